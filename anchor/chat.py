@@ -64,9 +64,13 @@ def validate_conversation(conversation: object, index: int = 0) -> Conversation:
             raise ValueError(f"{where}, message {i}: expected a dict with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise ValueError(f"{where}, message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            raise ValueError(
+                f"{where}, message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+            )
         if not isinstance(content, str):
-            raise ValueError(f"{where}, message {i}: 'content' must be a string, got {type(content).__name__}")
+            raise ValueError(
+                f"{where}, message {i}: 'content' must be a string, got {type(content).__name__}"
+            )
         if role == "system" and i != 0:
             raise ValueError(f"{where}, message {i}: a system message may only come first")
     if not any(m["role"] == "user" for m in conversation):
@@ -99,8 +103,12 @@ def _fold_system(conversation: Conversation) -> Conversation:
     return rest
 
 
-def _render_text(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
+def _render_text(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, generation_prompt: bool
+) -> str:
+    return tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def _response_chars(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, full: str, index: int):
@@ -119,7 +127,9 @@ def _response_chars(tokenizer: PreTrainedTokenizerBase, conversation: Conversati
     )
 
 
-def render_chats(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation]) -> list[RenderedChat]:
+def render_chats(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation]
+) -> list[RenderedChat]:
     """Tokenise conversations with the chat template.
 
     A conversation ending with an assistant message is rendered whole and its response span is
@@ -151,7 +161,9 @@ def render_chats(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Con
             raise ValueError(f"conversation {index}: the assistant message renders to no tokens")
         start, end = inside[0], inside[-1] + 1
         if start == 0:
-            raise ValueError(f"conversation {index}: the response starts at the first token, so there is no prompt")
+            raise ValueError(
+                f"conversation {index}: the response starts at the first token, so there is no prompt"
+            )
         rendered.append(RenderedChat(list(ids), start - 1, start, end))
     return rendered
 

@@ -101,7 +101,11 @@ class HFGenerator(Generator):
     ) -> list[list[str]]:
         cfg = _config(config, overrides)
         for i, conversation in enumerate(conversations):
-            if conversation and isinstance(conversation[-1], dict) and conversation[-1].get("role") == "assistant":
+            if (
+                conversation
+                and isinstance(conversation[-1], dict)
+                and conversation[-1].get("role") == "assistant"
+            ):
                 raise ValueError(f"conversation {i}: ends with an assistant message; nothing to generate")
         rendered = render_chats(self.tokenizer, conversations)
         # Each prompt row costs its length plus the new tokens, times n samples.

