@@ -62,6 +62,7 @@ def default_model_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a shared read-only copy
         try:
             tmp.rename(target)  # atomic: a half-written cache is never seen as complete
         except OSError:
