@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from anchor.batching import length_buckets
 from anchor.chat import Conversation, pad_chats, render_chats
 
 # End-of-turn tokens of common chat templates; generation stops at any that the vocabulary has.
@@ -62,21 +63,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     return sorted(i for i in ids if i is not None)
-
-
-def length_buckets(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length (longest first), each within the token budget
-    counted as rows x longest row. Sorting keeps padding small; the caller restores input order."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    for i in order:
-        width = lengths[batch[0]] if batch else lengths[i]
-        if batch and ((len(batch) + 1) * width > batch_tokens or len(batch) == max_batch_size):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
 
 
 class HFGenerator(Generator):

@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from anchor.generate import HFGenerator, SamplingConfig, VLLMGenerator, length_buckets
+from anchor.batching import length_buckets
+from anchor.generate import HFGenerator, SamplingConfig, VLLMGenerator
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
@@ -94,3 +95,10 @@ def test_default_model_answers_in_english_and_batches_exactly(default_model):
     assert sum(w.strip(".,!'") in COMMON_ENGLISH for w in words) >= 3
     assert all(ch.isascii() for ch in reply)
     assert batched == [generator.generate([p], config)[0] for p in prompts]
+
+
+def test_unsorted_batches_keep_input_order_within_budget():
+    lengths = [5, 100, 7, 98, 6, 50]
+    batches = list(length_buckets(lengths, batch_tokens=200, sort=False))
+    assert [i for b in batches for i in b] == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 200 for b in batches)

@@ -1,0 +1,178 @@
+"""Batched residual-stream reads: the toolkit's hot path.
+
+Every checkpoint of every run is read on the same probe sets, so this is where time goes. The
+reduction (last prompt token, or mean over the response) happens inside the hook on the model's
+device, only `[batch, d_model]` per layer leaves it, the LM head never runs, and the forward pass
+stops after the deepest requested block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from anchor.batching import length_buckets
+from anchor.chat import ChatBatch, Conversation, PaddingSide, pad_chats, render_chats
+from anchor.hooks import decoder_body, hook_name, hooks, resolve_layers
+
+ReadMode = Literal["response_mean", "prompt_last", "all_tokens"]
+READ_MODES: tuple[str, ...] = ("response_mean", "prompt_last", "all_tokens")
+
+
+@dataclass
+class Activations:
+    """Residual-stream reads of a set of conversations.
+
+    `tensor` is float32 `[n, n_layers, d_model]` for the pooled reads. For `all_tokens` it is the
+    rows of every conversation's tokens concatenated, `[sum(lengths), n_layers, d_model]`, with
+    `lengths` giving each conversation's token count (see `per_conversation`).
+    """
+
+    tensor: torch.Tensor
+    layers: list[int]
+    read: str
+    ids: list[str]
+    prompt_hash: str
+    lengths: list[int] | None = None
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [hook_name(layer) for layer in self.layers]
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """`[n, d_model]` at one model layer (its index in the model, not in `layers`)."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not read; these were: {self.layers}")
+        return self.tensor[:, self.layers.index(layer)]
+
+    def per_conversation(self) -> list[torch.Tensor]:
+        if self.lengths is None:
+            return list(self.tensor)
+        return list(self.tensor.split(self.lengths))
+
+
+def prompt_set_hash(conversations: Sequence[Conversation]) -> str:
+    """Identifies a probe set, so activations of different checkpoints can be checked to match."""
+    return hashlib.sha256(json.dumps(list(conversations), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _StopForward(Exception):
+    """Raised after the deepest requested block: the rest of the model is not needed."""
+
+
+class _Reader:
+    """Per-layer reducers that read one batch at a time."""
+
+    def __init__(self, layers: list[int], read: str) -> None:
+        self.layers, self.read = layers, read
+        self.results: dict[int, torch.Tensor] = {}
+
+    def begin(self, batch: ChatBatch, device: torch.device) -> None:
+        self.results = {}
+        if self.read == "prompt_last":
+            self.index = batch.prompt_last_mask.float().argmax(1).to(device)
+        elif self.read == "response_mean":
+            mask = batch.response_mask.float()
+            self.weights = (mask / mask.sum(1, keepdim=True)).to(device)
+        else:
+            self.mask = batch.attention_mask.bool().to(device)
+
+    def fn(self, layer: int):
+        last = layer == self.layers[-1]
+
+        def read(hidden: torch.Tensor) -> None:
+            if self.read == "prompt_last":
+                reduced = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.index]
+            elif self.read == "response_mean":
+                reduced = torch.einsum("bt,btd->bd", self.weights, hidden.float())
+            else:
+                reduced = hidden[self.mask]
+            self.results[layer] = reduced
+            if last:
+                raise _StopForward
+
+        return read
+
+    def collect(self) -> torch.Tensor:
+        return torch.stack([self.results[layer] for layer in self.layers], dim=1).float().cpu()
+
+
+@torch.inference_mode()
+def extract(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    layers: int | Sequence[int] | None = None,
+    read: ReadMode = "response_mean",
+    batch_tokens: int = 8192,
+    padding_side: PaddingSide = "right",
+    ids: Sequence[str] | None = None,
+    bucket: bool = True,
+    progress: bool = True,
+) -> Activations:
+    """Read `blocks.{layer}.hook_resid_post` for each conversation (None = all layers).
+
+    `batch_tokens` bounds rows x longest row per forward pass. `bucket=False` batches in input
+    order instead of by length (only to measure what bucketing buys).
+    """
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {', '.join(READ_MODES)}, got {read!r}")
+    if ids is not None and len(ids) != len(conversations):
+        raise ValueError(f"{len(ids)} ids for {len(conversations)} conversations")
+    if not conversations:
+        raise ValueError("no conversations to read")
+    chosen = resolve_layers(model, layers)
+    rendered = render_chats(tokenizer, conversations)
+    if read == "response_mean":
+        for index, r in enumerate(rendered):
+            if r.response_start == r.response_end:
+                raise ValueError(
+                    f"conversation {index}: read='response_mean' needs a final assistant message"
+                )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    body, reader = decoder_body(model), _Reader(chosen, read)
+
+    lengths = [len(r) for r in rendered]
+    pooled: torch.Tensor | None = None
+    ragged: list[torch.Tensor] = [torch.empty(0)] * len(rendered)
+    bar = tqdm(total=sum(lengths), desc=f"extract {read}", unit="tok", unit_scale=True, disable=not progress)
+    with hooks(model, {layer: reader.fn(layer) for layer in chosen}):
+        for batch in length_buckets(lengths, batch_tokens, sort=bucket):
+            padded = pad_chats([rendered[i] for i in batch], pad_id, padding_side)
+            attention = padded.attention_mask.to(device)
+            reader.begin(padded, device)
+            try:
+                body(
+                    input_ids=padded.input_ids.to(device),
+                    attention_mask=attention,
+                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=False,
+                )
+            except _StopForward:
+                pass
+            values = reader.collect()
+            if read == "all_tokens":
+                for i, rows in zip(batch, values.split([lengths[i] for i in batch])):
+                    ragged[i] = rows
+            else:
+                if pooled is None:
+                    pooled = torch.empty(len(rendered), *values.shape[1:])
+                pooled[batch] = values
+            bar.update(sum(lengths[i] for i in batch))
+    bar.close()
+    return Activations(
+        tensor=torch.cat(ragged) if read == "all_tokens" else pooled,
+        layers=chosen,
+        read=read,
+        ids=list(ids) if ids is not None else [str(i) for i in range(len(rendered))],
+        prompt_hash=prompt_set_hash(conversations),
+        lengths=lengths if read == "all_tokens" else None,
+    )
