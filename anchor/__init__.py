@@ -1,10 +1,20 @@
-"""identity-anchor core: models, chat rendering, generation (no training code here)."""
+"""identity-anchor core: models, chat rendering, generation, activation reads and storage (no training)."""
 
 from anchor.chat import ChatBatch, Conversation, RenderedChat, pad_chats, render_batch, render_chats
+from anchor.extract import Activations, extract
 from anchor.generate import Generator, HFGenerator, SamplingConfig, VLLMGenerator
+from anchor.hooks import ablate, find_blocks, hook_name, steer
 from anchor.models import load_model
+from anchor.store import ActivationStore
 
 __all__ = [
+    "Activations",
+    "ActivationStore",
+    "ablate",
+    "extract",
+    "find_blocks",
+    "hook_name",
+    "steer",
     "ChatBatch",
     "Conversation",
     "Generator",
