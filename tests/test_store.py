@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 
@@ -82,8 +80,4 @@ def test_bad_names_and_meta(tmp_path):
         store.save("../x", make())
     with pytest.raises(ValueError, match="JSON-serialisable"):
         store.save("x", make(), {"tensor": torch.zeros(1)})
-    assert (
-        json.loads((tmp_path / "manifest.json").read_text())["entries"] == {}
-        if (tmp_path / "manifest.json").exists()
-        else True
-    )
+    assert store.list() == []
