@@ -43,6 +43,18 @@ class RenderedChat:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def truncated(self, length: int) -> RenderedChat:
+        """The first `length` tokens. In a causal model nothing after a position changes its
+        activations, so reads that need only a prefix can skip the rest."""
+        if not self.prompt_last < length <= len(self):
+            raise ValueError(f"cannot truncate to {length} tokens: the prompt needs {self.prompt_last + 1}")
+        return RenderedChat(
+            self.input_ids[:length],
+            self.prompt_last,
+            min(self.response_start, length),
+            min(self.response_end, length),
+        )
+
 
 @dataclass
 class ChatBatch:

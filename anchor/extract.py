@@ -140,6 +140,11 @@ def extract(
     device = next(model.parameters()).device
     body, reader = decoder_body(model), _Reader(chosen, read)
 
+    # Causal attention: a read needs no token after the last one it averages or picks.
+    if read == "prompt_last":
+        rendered = [r.truncated(r.prompt_last + 1) for r in rendered]
+    elif read == "response_mean":
+        rendered = [r.truncated(r.response_end) for r in rendered]
     lengths = [len(r) for r in rendered]
     pooled: torch.Tensor | None = None
     ragged: list[torch.Tensor] = [torch.empty(0)] * len(rendered)

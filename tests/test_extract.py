@@ -107,6 +107,16 @@ def test_stops_after_deepest_layer_and_skips_lm_head(tiny_model, tiny_tokenizer)
     assert calls == {0: 1, 1: 1}
 
 
+def test_prompt_last_runs_only_the_prompts(tiny_model, tiny_tokenizer):
+    widths = []
+    handle = find_blocks(tiny_model)[0].register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
+    try:
+        extract(tiny_model, tiny_tokenizer, SETS, read="prompt_last", batch_tokens=100_000, progress=False)
+    finally:
+        handle.remove()
+    assert widths == [max(r.prompt_last + 1 for r in render_chats(tiny_tokenizer, SETS))]
+
+
 def hook_ids(model):
     """Hook handles on the blocks (transformers installs its own output-capturing ones, which stay)."""
     return [(set(b._forward_hooks), set(b._forward_pre_hooks)) for b in find_blocks(model)]

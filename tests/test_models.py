@@ -46,7 +46,9 @@ def test_unknown_spec_is_named(tmp_path):
 
 
 def test_hub_failure_says_what_the_spec_was(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, no network
     with pytest.raises(OSError, match="'defualt' is not 'default' nor a local directory"):
         load_model("defualt")
 
