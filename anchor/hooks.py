@@ -188,7 +188,7 @@ def ablate(
 ) -> Iterator[None]:
     """Project directions out of `resid_post`: h <- h - Q Q^T h, Q an orthonormal basis of the
     directions (`[d_model]` or `[k, d_model]`, or {layer: those}), at every position."""
-    dtype, device = _model_dtype_device(model)
+    _, device = _model_dtype_device(model)
 
     def basis(d: torch.Tensor) -> torch.Tensor:
         d = d.to(device=device, dtype=torch.float32).reshape(-1, d.shape[-1])

@@ -272,3 +272,25 @@ def test_matches_nnsight_and_transformer_lens(tiny_model, tiny_tokenizer, tmp_pa
     torch.testing.assert_close(
         ours, torch.stack([cache[hook_name(i)][0] for i in range(4)], 1), atol=1e-4, rtol=0
     )
+
+
+def test_resid_pre_is_previous_resid_post(tiny_model, tiny_tokenizer):
+    seen = {}
+
+    def keep(hidden):
+        seen["pre2"] = hidden.clone()
+
+    (r,) = render_chats(tiny_tokenizer, SETS[:1])
+    with hooks(tiny_model, {2: keep}, point="resid_pre"), torch.no_grad():
+        states = tiny_model(torch.tensor([r.input_ids]), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(seen["pre2"], states[2])  # hidden_states[2] = resid_post of block 1
+
+
+def test_steering_vector_gets_gradients_in_training(tiny_model, tiny_tokenizer):
+    v = torch.zeros(64, requires_grad=True)
+    (r,) = render_chats(tiny_tokenizer, SETS[:1])
+    ids = torch.tensor([r.input_ids])
+    with steer(tiny_model, v, alpha=1.0, layers=1):
+        tiny_model(ids, labels=ids).loss.backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    tiny_model.zero_grad(set_to_none=True)
