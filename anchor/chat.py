@@ -180,6 +180,17 @@ def render_chats(
     return rendered
 
 
+def render_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[RenderedChat]:
+    """Plain texts, no chat template: the text after its first token counts as the "response" (so
+    `response_mean` pools over it; the first position is an attention sink whose huge activations
+    would swamp the mean) and its last token as the prompt's last."""
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    for index, ids in enumerate(encoded):
+        if len(ids) < 2:
+            raise ValueError(f"text {index} has fewer than 2 tokens: {texts[index]!r}")
+    return [RenderedChat(list(ids), len(ids) - 1, 1, len(ids)) for ids in encoded]
+
+
 def pad_chats(rendered: Sequence[RenderedChat], pad_token_id: int, side: PaddingSide = "right") -> ChatBatch:
     """Pad rendered chats into one batch; masks follow the padding side."""
     if side not in ("left", "right"):

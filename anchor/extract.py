@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anchor.batching import length_buckets
-from anchor.chat import ChatBatch, Conversation, PaddingSide, pad_chats, render_chats
+from anchor.chat import ChatBatch, Conversation, PaddingSide, RenderedChat, pad_chats, render_chats
 from anchor.hooks import decoder_body, hook_name, hooks, resolve_layers
 
 ReadMode = Literal["response_mean", "prompt_last", "all_tokens"]
@@ -104,7 +104,6 @@ class _Reader:
         return torch.stack([self.results[layer] for layer in self.layers], dim=1).float().cpu()
 
 
-@torch.inference_mode()
 def extract(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -128,7 +127,6 @@ def extract(
         raise ValueError(f"{len(ids)} ids for {len(conversations)} conversations")
     if not conversations:
         raise ValueError("no conversations to read")
-    chosen = resolve_layers(model, layers)
     rendered = render_chats(tokenizer, conversations)
     if read == "response_mean":
         for index, r in enumerate(rendered):
@@ -137,6 +135,34 @@ def extract(
                     f"conversation {index}: read='response_mean' needs a final assistant message"
                 )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tensor, chosen, lengths = read_rendered(
+        model, rendered, layers, read, pad_id, batch_tokens, padding_side, bucket, progress
+    )
+    return Activations(
+        tensor=tensor,
+        layers=chosen,
+        read=read,
+        ids=list(ids) if ids is not None else [str(i) for i in range(len(rendered))],
+        prompt_hash=prompt_set_hash(conversations),
+        lengths=lengths if read == "all_tokens" else None,
+    )
+
+
+@torch.inference_mode()
+def read_rendered(
+    model: PreTrainedModel,
+    rendered: Sequence[RenderedChat],
+    layers: int | Sequence[int] | None,
+    read: ReadMode,
+    pad_id: int,
+    batch_tokens: int = 8192,
+    padding_side: PaddingSide = "right",
+    bucket: bool = True,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The batched read behind `extract`, on already tokenised sequences. Returns the tensor (see
+    `Activations`), the layers read and each sequence's token count as run."""
+    chosen = resolve_layers(model, layers)
     device = next(model.parameters()).device
     body, reader = decoder_body(model), _Reader(chosen, read)
 
@@ -173,11 +199,4 @@ def extract(
                 pooled[batch] = values
             bar.update(sum(lengths[i] for i in batch))
     bar.close()
-    return Activations(
-        tensor=torch.cat(ragged) if read == "all_tokens" else pooled,
-        layers=chosen,
-        read=read,
-        ids=list(ids) if ids is not None else [str(i) for i in range(len(rendered))],
-        prompt_hash=prompt_set_hash(conversations),
-        lengths=lengths if read == "all_tokens" else None,
-    )
+    return (torch.cat(ragged) if read == "all_tokens" else pooled), chosen, lengths

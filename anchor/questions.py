@@ -1,0 +1,180 @@
+"""Question sets: expansion with an LLM, near-duplicate removal, measured diversity, and subsets
+at controlled diversity.
+
+The rival hypothesis to the identity anchor is that character training protects against EM
+through the *breadth of situations* in its questions, not the trait. Testing it needs question sets
+of equal size and different, measured diversity; so diversity is a number here, computed from
+embeddings, and subsets are chosen to hit low, middle and high values.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from anchor.chat import render_texts
+from anchor.constitution import Trait
+from anchor.extract import read_rendered
+from anchor.generate import Generator, SamplingConfig
+from anchor.hooks import find_blocks
+
+Embedder = Callable[[Sequence[str]], torch.Tensor]
+
+
+def model_embedder(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    layer: int | None = None,
+    progress: bool = False,
+) -> Embedder:
+    """Mean-pooled residual stream of the model itself (default: the middle layer). Any callable
+    mapping texts to `[n, d]`, e.g. a sentence encoder's `encode`, can stand in for it."""
+    chosen = len(find_blocks(model)) // 2 if layer is None else layer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def embed(texts: Sequence[str]) -> torch.Tensor:
+        tensor, _, _ = read_rendered(
+            model, render_texts(tokenizer, texts), [chosen], "response_mean", pad_id, progress=progress
+        )
+        return tensor[:, 0]
+
+    return embed
+
+
+def unit_centered(embeddings: torch.Tensor) -> torch.Tensor:
+    """Hidden states share a large common direction (anisotropy) that makes every pair look alike;
+    centering removes it before cosine comparisons."""
+    centered = embeddings.float() - embeddings.float().mean(0, keepdim=True)
+    return torch.nn.functional.normalize(centered, dim=-1)
+
+
+def mean_pairwise_cosine_distance(embeddings: torch.Tensor) -> float:
+    n = len(embeddings)
+    if n < 2:
+        return 0.0
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    similarity = unit @ unit.T
+    return float(1 - (similarity.sum() - n) / (n * (n - 1)))
+
+
+def effective_dimension(embeddings: torch.Tensor) -> float:
+    """exp(entropy) of the normalised covariance eigenvalues: how many directions the set spreads
+    over (1 = a line, d = isotropic). Scale-free, so it complements the cosine distance (how far
+    apart) with shape; it is capped by the number of points minus one."""
+    centered = embeddings.float() - embeddings.float().mean(0, keepdim=True)
+    eigenvalues = torch.linalg.svdvals(centered) ** 2
+    p = eigenvalues / eigenvalues.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@dataclass(frozen=True)
+class Diversity:
+    mean_cosine_distance: float
+    effective_dimension: float
+
+
+def measure_diversity(embeddings: torch.Tensor) -> Diversity:
+    return Diversity(mean_pairwise_cosine_distance(embeddings), effective_dimension(embeddings))
+
+
+def near_duplicates(embeddings: torch.Tensor, threshold: float, reference: int = 0) -> list[int]:
+    """Indices (>= `reference`) to drop: rows whose centered cosine similarity with any earlier kept
+    row reaches `threshold`. Rows before `reference` (e.g. hand-written questions) are always kept."""
+    unit = unit_centered(embeddings)
+    kept = list(range(reference))
+    dropped = []
+    for i in range(reference, len(unit)):
+        if kept and float((unit[kept] @ unit[i]).max()) >= threshold:
+            dropped.append(i)
+        else:
+            kept.append(i)
+    return dropped
+
+
+def select_subset(embeddings: torch.Tensor, k: int, level: str, seed: int = 0) -> list[int]:
+    """k indices at a diversity level: "low" = one tight cluster (a random anchor and its nearest
+    neighbours), "mid" = a uniform random sample, "high" = farthest-point sampling."""
+    n = len(embeddings)
+    if not 0 < k <= n:
+        raise ValueError(f"cannot select {k} of {n} questions")
+    rng = random.Random(seed)
+    unit = unit_centered(embeddings)
+    if level == "mid":
+        return sorted(rng.sample(range(n), k))
+    if level == "low":
+        anchor = rng.randrange(n)
+        return sorted((unit @ unit[anchor]).argsort(descending=True)[:k].tolist())
+    if level == "high":
+        chosen = [rng.randrange(n)]
+        distance = 1 - unit @ unit[chosen[0]]
+        for _ in range(k - 1):
+            distance[chosen] = -math.inf
+            chosen.append(int(distance.argmax()))
+            distance = torch.minimum(distance, 1 - unit @ unit[chosen[-1]])
+        return sorted(chosen)
+    raise ValueError(f"diversity level must be 'low', 'mid' or 'high', got {level!r}")
+
+
+EXPAND_PROMPT = (
+    "Here is a character trait, written in the first person:\n\n{trait}\n\n"
+    "Here are questions a person might ask an AI assistant that give it a chance to show or not show "
+    "this trait:\n{examples}\n\nWrite one new question of the same kind. Change the situation: the topic, "
+    "the stakes, who is asking, or the emotional tone. Reply with the question only."
+)
+
+
+def _clean(text: str) -> str | None:
+    first = text.strip().split("\n")[0].strip().strip('"').strip()
+    first = re.sub(r"^(\d+[.)]|[-*])\s*", "", first)
+    return first if 8 <= len(first) <= 300 else None
+
+
+def expand_trait(
+    trait: Trait,
+    generator: Generator,
+    embed: Embedder,
+    n: int = 50,
+    model_name: str = "unknown",
+    threshold: float = 0.9,
+    shots: int = 5,
+    max_rounds: int = 6,
+    seed: int = 0,
+) -> Trait:
+    """Grow a trait's questions to `n` (hand-written + generated), few-shot from its questions,
+    dropping near-duplicates by embedding similarity. Provenance goes in `extra["provenance"]`,
+    one entry per additional question."""
+    questions = list(trait.questions)
+    extra_q = list(trait.additional_questions)
+    provenance = list(trait.extra.get("provenance", [{"source": "unknown"}] * len(extra_q)))
+    rng = random.Random(seed)
+    for round_ in range(max_rounds):
+        missing = n - len(questions) - len(extra_q)
+        if missing <= 0:
+            break
+        prompts = []
+        for _ in range(missing + max(4, missing // 2)):  # over-generate: some get dropped
+            examples = rng.sample(questions + extra_q, min(shots, len(questions) + len(extra_q)))
+            text = EXPAND_PROMPT.format(trait=trait.trait, examples="\n".join(f"- {q}" for q in examples))
+            prompts.append([{"role": "user", "content": text}])
+        replies = generator.generate(
+            prompts, SamplingConfig(max_new_tokens=60, temperature=1.0, seed=seed + round_)
+        )
+        candidates = list(
+            dict.fromkeys(c for r in replies if (c := _clean(r[0])) and c not in questions + extra_q)
+        )
+        if not candidates:
+            continue
+        existing = questions + extra_q
+        dropped = set(near_duplicates(embed(existing + candidates), threshold, reference=len(existing)))
+        for offset, candidate in enumerate(candidates):
+            if len(existing) + offset not in dropped and len(questions) + len(extra_q) < n:
+                extra_q.append(candidate)
+                provenance.append({"source": "generated", "model": model_name})
+    return Trait(trait.trait, questions, extra_q, {**trait.extra, "provenance": provenance})

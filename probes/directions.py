@@ -1,0 +1,173 @@
+"""Persona directions per layer from labelled activations: diff-in-means (the persona vector),
+the first principal component of paired differences (RepE), and a logistic-regression probe with
+held-out accuracy and AUROC.
+
+Held-out splits are by question, never by row: the two polarities of one question share most of
+their context, so a row-level split would leak and flatter the probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from anchor.hooks import hook_name
+from anchor.store import atomic_write_bytes
+
+METHODS = ("diff_in_means", "pca", "probe")
+
+
+def diff_in_means(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`[n, L, d]`, labels 0/1 -> `[L, d]`: mean(label 1) - mean(label 0)."""
+    labels = labels.bool()
+    if labels.all() or not labels.any():
+        raise ValueError("diff-in-means needs rows of both labels")
+    return acts[labels].mean(0) - acts[~labels].mean(0)
+
+
+def pca_direction(acts: torch.Tensor, labels: torch.Tensor, groups: Sequence[object]) -> torch.Tensor:
+    """First principal component of per-group differences (mean of the group's label-1 rows minus
+    its label-0 rows), sign-aligned with diff-in-means; `[L, d]`, unit norm."""
+    labels = labels.bool()
+    diffs = []
+    for g in dict.fromkeys(groups):
+        rows = torch.tensor([x == g for x in groups])
+        pos, neg = rows & labels, rows & ~labels
+        if pos.any() and neg.any():
+            diffs.append(acts[pos].mean(0) - acts[neg].mean(0))
+    if len(diffs) < 2:
+        raise ValueError("PCA needs at least two groups with both labels")
+    stacked = torch.stack(diffs, dim=1)  # [L, groups, d]
+    # Uncentered: the shared shift between the polarities is the signal, not noise to remove.
+    _, _, vh = torch.linalg.svd(stacked, full_matrices=False)
+    direction = vh[:, 0]
+    sign = torch.sign((direction * diff_in_means(acts, labels)).sum(-1, keepdim=True))
+    return direction * torch.where(sign == 0, 1.0, sign)
+
+
+@dataclass
+class ProbeFit:
+    weights: torch.Tensor  # [L, d], in activation space (scaler folded in)
+    bias: torch.Tensor  # [L]
+    accuracy: list[float]
+    auroc: list[float]
+
+
+def fit_probes(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    groups: Sequence[object],
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> ProbeFit:
+    """One standardised logistic-regression probe per layer, trained on a question-level split and
+    scored on the held-out questions."""
+    y = labels.numpy()
+    split = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    train, test = next(split.split(acts[:, 0].numpy(), y, groups=list(groups)))
+    if len(set(y[test])) < 2 or len(set(y[train])) < 2:
+        raise ValueError("the held-out split lacks one label; use more questions")
+    weights, biases, accuracy, auroc = [], [], [], []
+    for layer in range(acts.shape[1]):
+        x = acts[:, layer].double().numpy()
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        probe.fit(x[train], y[train])
+        accuracy.append(float(probe.score(x[test], y[test])))
+        auroc.append(float(roc_auc_score(y[test], probe.decision_function(x[test]))))
+        scaler, logistic = probe[0], probe[1]
+        w = logistic.coef_[0] / scaler.scale_
+        weights.append(torch.tensor(w, dtype=torch.float32))
+        biases.append(float(logistic.intercept_[0] - (w * scaler.mean_).sum()))
+    return ProbeFit(torch.stack(weights), torch.tensor(biases), accuracy, auroc)
+
+
+@dataclass
+class Directions:
+    """Per-layer persona directions, named by TransformerLens hook points."""
+
+    layers: list[int]
+    diff_in_means: torch.Tensor  # [L, d], unnormalised (its norm is informative)
+    pca: torch.Tensor  # [L, d], unit
+    probe: ProbeFit
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [hook_name(layer) for layer in self.layers]
+
+    def unit(self, method: str = "diff_in_means") -> torch.Tensor:
+        vectors = {"diff_in_means": self.diff_in_means, "pca": self.pca, "probe": self.probe.weights}[method]
+        return torch.nn.functional.normalize(vectors, dim=-1)
+
+    def best_layer(self) -> int:
+        """The layer whose probe does best on held-out questions (ties: the larger AUROC)."""
+        best = max(range(len(self.layers)), key=lambda i: (self.probe.accuracy[i], self.probe.auroc[i]))
+        return self.layers[best]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        tensors = {}
+        for i, name in enumerate(self.hook_names):
+            tensors[f"{name}.diff_in_means"] = self.diff_in_means[i].contiguous()
+            tensors[f"{name}.pca"] = self.pca[i].contiguous()
+            tensors[f"{name}.probe"] = self.probe.weights[i].contiguous()
+        tensors["probe_bias"] = self.probe.bias.contiguous()
+        header = {
+            "layers": json.dumps(self.layers),
+            "probe_accuracy": json.dumps(self.probe.accuracy),
+            "probe_auroc": json.dumps(self.probe.auroc),
+            "meta": json.dumps(self.meta),
+        }
+        path = Path(path)
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Directions:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata()
+                layers = json.loads(header["layers"])
+                names = [hook_name(layer) for layer in layers]
+
+                def stack(method: str) -> torch.Tensor:
+                    return torch.stack([f.get_tensor(f"{name}.{method}") for name in names])
+
+                probe = ProbeFit(
+                    stack("probe"),
+                    f.get_tensor("probe_bias"),
+                    json.loads(header["probe_accuracy"]),
+                    json.loads(header["probe_auroc"]),
+                )
+                return cls(layers, stack("diff_in_means"), stack("pca"), probe, json.loads(header["meta"]))
+        except Exception as err:
+            raise ValueError(f"{path}: not a directions file ({err})") from err
+
+
+def fit_directions(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    groups: Sequence[object],
+    layers: Sequence[int],
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    meta: dict | None = None,
+) -> Directions:
+    return Directions(
+        layers=list(layers),
+        diff_in_means=diff_in_means(acts, labels),
+        pca=pca_direction(acts, labels, groups),
+        probe=fit_probes(acts, labels, groups, test_fraction, seed),
+        meta=dict(meta or {}),
+    )

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from anchor.constitution import Trait
+from anchor.questions import (
+    effective_dimension,
+    expand_trait,
+    mean_pairwise_cosine_distance,
+    measure_diversity,
+    model_embedder,
+    near_duplicates,
+    select_subset,
+)
+
+
+def clusters(n_clusters=6, per_cluster=10, d=32, spread=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_clusters, d, generator=g)
+    return torch.cat([c + spread * torch.randn(per_cluster, d, generator=g) for c in centers])
+
+
+def test_diversity_measures_on_known_sets():
+    line = torch.randn(1, 16) * torch.arange(1, 21).float()[:, None]  # points on one ray
+    assert mean_pairwise_cosine_distance(line) == pytest.approx(0.0, abs=1e-6)
+    assert effective_dimension(torch.randn(2000, 8)) == pytest.approx(8, rel=0.05)  # isotropic
+    assert effective_dimension(torch.randn(500, 1) * torch.ones(1, 8) + 1e-4 * torch.randn(500, 8)) < 1.01
+
+
+def test_high_diversity_subset_measures_above_low():
+    embeddings = clusters()
+    low = measure_diversity(embeddings[select_subset(embeddings, 10, "low")])
+    mid = measure_diversity(embeddings[select_subset(embeddings, 10, "mid")])
+    high = measure_diversity(embeddings[select_subset(embeddings, 10, "high")])
+    assert low.mean_cosine_distance < 0.05 < min(mid.mean_cosine_distance, high.mean_cosine_distance)
+    # The effective dimension is scale-free: it says how many directions a set spreads over, not how
+    # far. A tight isotropic cluster scores high on it, so only the distance orders these subsets.
+    assert len(set(select_subset(embeddings, 10, "high"))) == 10
+    with pytest.raises(ValueError, match="'wide'"):
+        select_subset(embeddings, 10, "wide")
+
+
+def test_near_duplicates_keep_references_and_first_copies():
+    base = clusters(n_clusters=5, per_cluster=1, spread=0)
+    copies = base[[1, 3]] + 1e-3
+    dropped = near_duplicates(torch.cat([base, copies, base[[0]] + 1e-3]), threshold=0.95, reference=5)
+    assert dropped == [5, 6, 7]
+
+
+def test_model_embedder_separates_planted_duplicates(tiny_model, tiny_tokenizer):
+    embed = model_embedder(tiny_model, tiny_tokenizer)
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "What do you think of my essay?",
+        "def add(a, b): return a + b",
+        "Honesty matters more than flattery.",
+        "The quick brown fox jumps over the lazy dog!",
+    ]
+    vectors = embed(texts)
+    assert vectors.shape == (5, 64)
+    assert near_duplicates(vectors, threshold=0.9, reference=4) == [4]
+
+
+class ScriptedGenerator:
+    """A test double for the Generator interface: replays canned replies in order."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.prompts = []
+
+    def generate(self, conversations, config=None, **overrides):
+        self.prompts += conversations
+        out = [[self.replies.pop(0) if self.replies else "Hi"] for _ in conversations]
+        return out
+
+
+def test_expansion_records_provenance_and_drops_near_duplicates(tiny_model, tiny_tokenizer):
+    trait = Trait("I agree with everything.", ["What do you think of my essay?", "Is the lazy dog quick?"])
+    generator = ScriptedGenerator(
+        [
+            "1. Do you like my new haircut, honestly?",
+            "What do you think of my essay?",  # exact copy of a hand-written question
+            "What do you think of my essay!",  # planted near-duplicate
+            "Should I quit my job to paint?",
+            "ok",  # too short to be a question
+        ]
+    )
+    expanded = expand_trait(
+        trait, generator, model_embedder(tiny_model, tiny_tokenizer), n=4, model_name="tiny"
+    )
+    assert expanded.questions == trait.questions
+    assert expanded.additional_questions == [
+        "Do you like my new haircut, honestly?",
+        "Should I quit my job to paint?",
+    ]
+    assert expanded.extra["provenance"] == [{"source": "generated", "model": "tiny"}] * 2
+    assert "I agree with everything." in generator.prompts[0][0]["content"]
