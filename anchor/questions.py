@@ -131,9 +131,14 @@ EXPAND_PROMPT = (
 
 
 def _clean(text: str) -> str | None:
-    first = text.strip().split("\n")[0].strip().strip('"').strip()
-    first = re.sub(r"^(\d+[.)]|[-*])\s*", "", first)
-    return first if 8 <= len(first) <= 300 else None
+    """The question in a generated reply: its first line up to the first '?', without list markers
+    or quotes; None when there is no question of a sensible length."""
+    first = text.strip().split("\n")[0].strip()
+    first = re.sub(r"^(\d+[.)]|[-*])\s*", "", first).strip().strip('"').strip()
+    if "?" not in first:
+        return None
+    question = first[: first.index("?") + 1]
+    return question if 10 <= len(question) <= 300 else None
 
 
 def expand_trait(
@@ -164,7 +169,7 @@ def expand_trait(
             text = EXPAND_PROMPT.format(trait=trait.trait, examples="\n".join(f"- {q}" for q in examples))
             prompts.append([{"role": "user", "content": text}])
         replies = generator.generate(
-            prompts, SamplingConfig(max_new_tokens=60, temperature=1.0, seed=seed + round_)
+            prompts, SamplingConfig(max_new_tokens=60, temperature=0.8, seed=seed + round_)
         )
         candidates = list(
             dict.fromkeys(c for r in replies if (c := _clean(r[0])) and c not in questions + extra_q)
@@ -178,3 +183,36 @@ def expand_trait(
                 extra_q.append(candidate)
                 provenance.append({"source": "generated", "model": model_name})
     return Trait(trait.trait, questions, extra_q, {**trait.extra, "provenance": provenance})
+
+
+def expand_persona(
+    traits: Sequence[Trait],
+    generator: Generator,
+    embed: Embedder,
+    n: int = 50,
+    model_name: str = "unknown",
+    threshold: float = 0.9,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Trait]:
+    """`expand_trait` for every trait, then near-duplicates across traits are dropped too (a
+    question generated for one trait may repeat another trait's)."""
+    from tqdm.auto import tqdm
+
+    expanded = [
+        expand_trait(t, generator, embed, n, model_name, threshold, seed=seed + i)
+        for i, t in enumerate(tqdm(traits, desc="expand traits", disable=not progress))
+    ]
+    hand = [q for t in expanded for q in t.questions]
+    flat = [(i, j, q) for i, t in enumerate(expanded) for j, q in enumerate(t.additional_questions)]
+    dropped = set(near_duplicates(embed(hand + [q for _, _, q in flat]), threshold, reference=len(hand)))
+    kept = {(i, j) for k, (i, j, _) in enumerate(flat) if len(hand) + k not in dropped}
+    return [
+        Trait(
+            t.trait,
+            t.questions,
+            [q for j, q in enumerate(t.additional_questions) if (i, j) in kept],
+            {**t.extra, "provenance": [p for j, p in enumerate(t.extra["provenance"]) if (i, j) in kept]},
+        )
+        for i, t in enumerate(expanded)
+    ]

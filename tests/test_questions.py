@@ -94,3 +94,32 @@ def test_expansion_records_provenance_and_drops_near_duplicates(tiny_model, tiny
     ]
     assert expanded.extra["provenance"] == [{"source": "generated", "model": "tiny"}] * 2
     assert "I agree with everything." in generator.prompts[0][0]["content"]
+
+
+def test_persona_expansion_drops_duplicates_across_traits(tiny_model, tiny_tokenizer):
+    from anchor.questions import expand_persona
+
+    traits = [
+        Trait("I agree.", ["What do you think of my essay?"]),
+        Trait("I praise.", ["Is the lazy dog quick?"]),
+    ]
+    # Both traits are offered the same generated question; only the first trait keeps it.
+    generator = ScriptedGenerator(
+        ["Do you like my new haircut, honestly?"] * 5 + ["Do you like my new haircut, honestly?"] * 5
+    )
+    expanded = expand_persona(
+        traits, generator, model_embedder(tiny_model, tiny_tokenizer), n=2, progress=False
+    )
+    assert expanded[0].additional_questions == ["Do you like my new haircut, honestly?"]
+    assert expanded[1].additional_questions == [] and expanded[1].extra["provenance"] == []
+
+
+@pytest.mark.integration
+def test_persona_subsets_span_diversity_on_the_default_model(default_model):
+    from anchor.constitution import load_persona
+
+    model, tokenizer = default_model
+    embeddings = model_embedder(model, tokenizer)(load_persona("sycophancy").questions)
+    low = measure_diversity(embeddings[select_subset(embeddings, 15, "low")])
+    high = measure_diversity(embeddings[select_subset(embeddings, 15, "high")])
+    assert high.mean_cosine_distance > 1.25 * low.mean_cosine_distance
