@@ -13,9 +13,10 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anchor.chat import render_texts
@@ -100,12 +101,13 @@ def near_duplicates(embeddings: torch.Tensor, threshold: float, reference: int =
 
 def select_subset(embeddings: torch.Tensor, k: int, level: str, seed: int = 0) -> list[int]:
     """k indices at a diversity level: "low" = one tight cluster (a random anchor and its nearest
-    neighbours), "mid" = a uniform random sample, "high" = farthest-point sampling."""
+    neighbours), "mid" = a uniform random sample, "high" = farthest-point sampling. Distances are
+    the same cosine distances `measure_diversity` averages, so the levels order by that measure."""
     n = len(embeddings)
     if not 0 < k <= n:
         raise ValueError(f"cannot select {k} of {n} questions")
     rng = random.Random(seed)
-    unit = unit_centered(embeddings)
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     if level == "mid":
         return sorted(rng.sample(range(n), k))
     if level == "low":
@@ -141,45 +143,52 @@ def _clean(text: str) -> str | None:
     return question if 10 <= len(question) <= 300 else None
 
 
+@dataclass(frozen=True)
+class ExpansionConfig:
+    n: int = 50  # questions per trait after expansion, hand-written included
+    threshold: float = 0.9  # centered-cosine similarity at which a question counts as a near-duplicate
+    shots: int = 5
+    max_rounds: int = 6
+    temperature: float = 0.8
+    max_new_tokens: int = 60
+    seed: int = 0
+
+
 def expand_trait(
     trait: Trait,
     generator: Generator,
     embed: Embedder,
-    n: int = 50,
+    config: ExpansionConfig = ExpansionConfig(),
     model_name: str = "unknown",
-    threshold: float = 0.9,
-    shots: int = 5,
-    max_rounds: int = 6,
-    seed: int = 0,
 ) -> Trait:
-    """Grow a trait's questions to `n` (hand-written + generated), few-shot from its questions,
-    dropping near-duplicates by embedding similarity. Provenance goes in `extra["provenance"]`,
-    one entry per additional question."""
+    """Grow a trait's questions to `config.n` (hand-written + generated), few-shot from its
+    questions, dropping near-duplicates by embedding similarity. Provenance goes in
+    `extra["provenance"]`, one entry per additional question."""
     questions = list(trait.questions)
     extra_q = list(trait.additional_questions)
     provenance = list(trait.extra.get("provenance", [{"source": "unknown"}] * len(extra_q)))
-    rng = random.Random(seed)
-    for round_ in range(max_rounds):
-        missing = n - len(questions) - len(extra_q)
+    rng = random.Random(config.seed)
+    for round_ in range(config.max_rounds):
+        missing = config.n - len(questions) - len(extra_q)
         if missing <= 0:
             break
         prompts = []
         for _ in range(missing + max(4, missing // 2)):  # over-generate: some get dropped
-            examples = rng.sample(questions + extra_q, min(shots, len(questions) + len(extra_q)))
+            pool = questions + extra_q
+            examples = rng.sample(pool, min(config.shots, len(pool)))
             text = EXPAND_PROMPT.format(trait=trait.trait, examples="\n".join(f"- {q}" for q in examples))
             prompts.append([{"role": "user", "content": text}])
-        replies = generator.generate(
-            prompts, SamplingConfig(max_new_tokens=60, temperature=0.8, seed=seed + round_)
-        )
-        candidates = list(
-            dict.fromkeys(c for r in replies if (c := _clean(r[0])) and c not in questions + extra_q)
-        )
+        sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed + round_)
+        replies = generator.generate(prompts, sampling)
+        existing = questions + extra_q
+        candidates = list(dict.fromkeys(c for r in replies if (c := _clean(r[0])) and c not in existing))
         if not candidates:
             continue
-        existing = questions + extra_q
-        dropped = set(near_duplicates(embed(existing + candidates), threshold, reference=len(existing)))
+        dropped = set(
+            near_duplicates(embed(existing + candidates), config.threshold, reference=len(existing))
+        )
         for offset, candidate in enumerate(candidates):
-            if len(existing) + offset not in dropped and len(questions) + len(extra_q) < n:
+            if len(existing) + offset not in dropped and len(questions) + len(extra_q) < config.n:
                 extra_q.append(candidate)
                 provenance.append({"source": "generated", "model": model_name})
     return Trait(trait.trait, questions, extra_q, {**trait.extra, "provenance": provenance})
@@ -189,23 +198,22 @@ def expand_persona(
     traits: Sequence[Trait],
     generator: Generator,
     embed: Embedder,
-    n: int = 50,
+    config: ExpansionConfig = ExpansionConfig(),
     model_name: str = "unknown",
-    threshold: float = 0.9,
-    seed: int = 0,
     progress: bool = True,
 ) -> list[Trait]:
     """`expand_trait` for every trait, then near-duplicates across traits are dropped too (a
-    question generated for one trait may repeat another trait's)."""
-    from tqdm.auto import tqdm
-
+    question generated for one trait may repeat another trait's), which can leave a trait short
+    of `config.n`."""
     expanded = [
-        expand_trait(t, generator, embed, n, model_name, threshold, seed=seed + i)
+        expand_trait(t, generator, embed, replace(config, seed=config.seed + i), model_name)
         for i, t in enumerate(tqdm(traits, desc="expand traits", disable=not progress))
     ]
     hand = [q for t in expanded for q in t.questions]
     flat = [(i, j, q) for i, t in enumerate(expanded) for j, q in enumerate(t.additional_questions)]
-    dropped = set(near_duplicates(embed(hand + [q for _, _, q in flat]), threshold, reference=len(hand)))
+    dropped = set(
+        near_duplicates(embed(hand + [q for _, _, q in flat]), config.threshold, reference=len(hand))
+    )
     kept = {(i, j) for k, (i, j, _) in enumerate(flat) if len(hand) + k not in dropped}
     return [
         Trait(

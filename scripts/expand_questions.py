@@ -18,7 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor import HFGenerator, load_model  # noqa: E402
 from anchor.constitution import load_persona, save_constitution  # noqa: E402
-from anchor.questions import expand_persona, measure_diversity, model_embedder, select_subset  # noqa: E402
+from anchor.questions import (  # noqa: E402
+    ExpansionConfig,
+    expand_persona,
+    measure_diversity,
+    model_embedder,
+    select_subset,
+)
 from anchor.store import atomic_write_json  # noqa: E402
 
 
@@ -43,15 +49,9 @@ def main() -> None:
     out = Path(args.out or f"runs/questions/{persona.name}-{Path(args.model).name}-n{args.n}")
     model, tokenizer = load_model(args.model)
     embed = model_embedder(model, tokenizer)
-    traits = expand_persona(
-        persona.traits,
-        HFGenerator(model, tokenizer, progress=False),
-        embed,
-        args.n,
-        args.model,
-        args.threshold,
-        args.seed,
-    )
+    config = ExpansionConfig(n=args.n, threshold=args.threshold, seed=args.seed)
+    generator = HFGenerator(model, tokenizer, progress=False)
+    traits = expand_persona(persona.traits, generator, embed, config, args.model)
     path = save_constitution(traits, out / f"{persona.name}.jsonl")
 
     hand = [q for t in traits for q in t.questions]

@@ -3,7 +3,9 @@ import torch
 
 from anchor.constitution import Trait
 from anchor.questions import (
+    ExpansionConfig,
     effective_dimension,
+    expand_persona,
     expand_trait,
     mean_pairwise_cosine_distance,
     measure_diversity,
@@ -85,7 +87,7 @@ def test_expansion_records_provenance_and_drops_near_duplicates(tiny_model, tiny
         ]
     )
     expanded = expand_trait(
-        trait, generator, model_embedder(tiny_model, tiny_tokenizer), n=4, model_name="tiny"
+        trait, generator, model_embedder(tiny_model, tiny_tokenizer), ExpansionConfig(n=4), "tiny"
     )
     assert expanded.questions == trait.questions
     assert expanded.additional_questions == [
@@ -97,18 +99,14 @@ def test_expansion_records_provenance_and_drops_near_duplicates(tiny_model, tiny
 
 
 def test_persona_expansion_drops_duplicates_across_traits(tiny_model, tiny_tokenizer):
-    from anchor.questions import expand_persona
-
     traits = [
         Trait("I agree.", ["What do you think of my essay?"]),
         Trait("I praise.", ["Is the lazy dog quick?"]),
     ]
     # Both traits are offered the same generated question; only the first trait keeps it.
-    generator = ScriptedGenerator(
-        ["Do you like my new haircut, honestly?"] * 5 + ["Do you like my new haircut, honestly?"] * 5
-    )
+    generator = ScriptedGenerator(["Do you like my new haircut, honestly?"] * 10)
     expanded = expand_persona(
-        traits, generator, model_embedder(tiny_model, tiny_tokenizer), n=2, progress=False
+        traits, generator, model_embedder(tiny_model, tiny_tokenizer), ExpansionConfig(n=2), progress=False
     )
     assert expanded[0].additional_questions == ["Do you like my new haircut, honestly?"]
     assert expanded[1].additional_questions == [] and expanded[1].extra["provenance"] == []
