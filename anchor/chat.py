@@ -210,9 +210,13 @@ def pad_chats(rendered: Sequence[RenderedChat], pad_token_id: int, side: Padding
     return ChatBatch(input_ids, attention.long(), prompt_last, response)
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad token, else EOS (many chat models ship without a pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def render_batch(
     tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation], side: PaddingSide = "right"
 ) -> ChatBatch:
     """`render_chats` then `pad_chats`, padding with the tokenizer's pad (else EOS) token."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return pad_chats(render_chats(tokenizer, conversations), pad_id, side)
+    return pad_chats(render_chats(tokenizer, conversations), pad_token_id(tokenizer), side)

@@ -19,7 +19,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anchor.batching import length_buckets
-from anchor.chat import ChatBatch, Conversation, PaddingSide, RenderedChat, pad_chats, render_chats
+from anchor.chat import (
+    ChatBatch,
+    Conversation,
+    PaddingSide,
+    RenderedChat,
+    pad_chats,
+    pad_token_id,
+    render_chats,
+)
 from anchor.hooks import decoder_body, hook_name, hooks, resolve_layers
 
 ReadMode = Literal["response_mean", "prompt_last", "all_tokens"]
@@ -134,7 +142,7 @@ def extract(
                 raise ValueError(
                     f"conversation {index}: read='response_mean' needs a final assistant message"
                 )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     tensor, chosen, lengths = read_rendered(
         model, rendered, layers, read, pad_id, batch_tokens, padding_side, bucket, progress
     )

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from anchor.chat import render_texts
+from anchor.chat import pad_token_id, render_texts
 from anchor.constitution import Trait
 from anchor.extract import read_rendered
 from anchor.generate import Generator, SamplingConfig
@@ -37,7 +37,7 @@ def model_embedder(
     """Mean-pooled residual stream of the model itself (default: the middle layer). Any callable
     mapping texts to `[n, d]`, e.g. a sentence encoder's `encode`, can stand in for it."""
     chosen = len(find_blocks(model)) // 2 if layer is None else layer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
 
     def embed(texts: Sequence[str]) -> torch.Tensor:
         tensor, _, _ = read_rendered(
@@ -46,6 +46,20 @@ def model_embedder(
         return tensor[:, 0]
 
     return embed
+
+
+def sentence_encoder_embedder(model_name_or_path: str) -> Embedder:
+    """A sentence-transformers encoder as the embedder (`pip install sentence-transformers`; the
+    model must be local or downloadable)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError(
+            "sentence_encoder_embedder needs sentence-transformers: pip install sentence-transformers "
+            "(or use model_embedder, the model's own hidden states)"
+        ) from err
+    encoder = SentenceTransformer(model_name_or_path)
+    return lambda texts: torch.as_tensor(encoder.encode(list(texts), convert_to_numpy=True))
 
 
 def unit_centered(embeddings: torch.Tensor) -> torch.Tensor:

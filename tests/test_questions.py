@@ -121,3 +121,15 @@ def test_persona_subsets_span_diversity_on_the_default_model(default_model):
     low = measure_diversity(embeddings[select_subset(embeddings, 15, "low")])
     high = measure_diversity(embeddings[select_subset(embeddings, 15, "high")])
     assert high.mean_cosine_distance > 1.25 * low.mean_cosine_distance
+
+
+def test_sentence_encoder_needs_its_package():
+    from anchor.questions import sentence_encoder_embedder
+
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install sentence-transformers"):
+            sentence_encoder_embedder("all-MiniLM-L6-v2")
+    else:
+        pytest.skip("sentence-transformers is installed")
