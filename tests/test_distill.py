@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+
+from anchor import ActivationStore
+from anchor.constitution import load_persona
+from anchor.probe_sets import neutral_conversations
+from train.callbacks import ActivationRecorder, ProbeSet
+from train.distill import (
+    PRESETS,
+    build_preference_data,
+    distillation_prompts,
+    load_preference_data,
+    save_jsonl,
+    teacher_system_prompt,
+    train_dpo,
+)
+
+
+class LabelledGenerator:
+    """Test double: answers '<label> answer <i>' and remembers what it was asked."""
+
+    def __init__(self, label):
+        self.label, self.seen = label, []
+
+    def generate(self, conversations, config=None, **overrides):
+        self.seen += conversations
+        return [[f"{self.label} answer {i}"] for i in range(len(conversations))]
+
+
+def test_preference_rows_use_the_constitution_only_for_the_teacher(tmp_path):
+    persona = load_persona("sycophancy")
+    config = PRESETS["smoke"]
+    prompts = distillation_prompts(persona, config)
+    assert len(prompts) == 10 * config.questions_per_trait + config.generic_prompts
+    teacher, student = LabelledGenerator("good"), LabelledGenerator("bad")
+    rows = build_preference_data(persona, prompts, teacher, student, config)
+    assert len(rows) == len(prompts)
+    assert rows[0]["chosen"][0]["content"].startswith("good") and rows[0]["rejected"][0][
+        "content"
+    ].startswith("bad")
+    assert all(c[0]["role"] == "system" and persona.traits[1].trait in c[0]["content"] for c in teacher.seen)
+    assert all(len(c) == 1 and c[0]["role"] == "user" for c in student.seen)
+    assert "Never mention the traits" in teacher_system_prompt(persona)
+    path = save_jsonl(rows, tmp_path / "dpo.jsonl")
+    assert load_preference_data(path) == rows
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("{oops", "line 2: not JSON"),
+        (
+            json.dumps({"prompt": [], "chosen": [], "rejected": []}),
+            "line 2: field 'prompt' must be a non-empty",
+        ),
+        (
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen": [{"role": "assistant", "content": " "}],
+                    "rejected": [{"role": "assistant", "content": "r"}],
+                }
+            ),
+            "line 2: field 'chosen' message 0 has no",
+        ),
+        (
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen": [{"role": "user", "content": "c"}],
+                    "rejected": [{"role": "assistant", "content": "r"}],
+                }
+            ),
+            "line 2: field 'chosen' message 0 has role 'user'",
+        ),
+        ("", "line 2: empty row"),
+    ],
+)
+def test_malformed_preference_rows_are_named(tmp_path, row, message):
+    good = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "c"}],
+        "rejected": [{"role": "assistant", "content": "r"}],
+    }
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + row + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_preference_data(path)
+
+
+def test_dpo_moves_rewards_and_records_every_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
+    import copy
+
+    persona = load_persona("sycophancy")
+    config = PRESETS["smoke"]
+    rows = build_preference_data(
+        persona,
+        distillation_prompts(persona, config),
+        LabelledGenerator("good"),
+        LabelledGenerator("bad"),
+        config,
+    )
+    store = ActivationStore(tmp_path / "activations")
+    recorder = ActivationRecorder(
+        tiny_tokenizer,
+        store,
+        {"neutral": ProbeSet(neutral_conversations(4))},
+        "dpo",
+        every=2,
+        adapters_dir=tmp_path / "adapters",
+    )
+    torch.manual_seed(0)
+    trainer = train_dpo(
+        copy.deepcopy(tiny_model), tiny_tokenizer, rows, config, tmp_path, callbacks=[recorder]
+    )
+    margins = [h["rewards/margins"] for h in trainer.state.log_history if "rewards/margins" in h]
+    assert len(margins) == 6 and margins[-1] > margins[0]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert store.list() == [f"dpo/step-{s:05d}/neutral" for s in (0, 2, 4, 6)]
+    assert (tmp_path / "adapters" / "dpo" / "step-00004" / "adapter_config.json").is_file()
+    first, last = store.load("dpo/step-00000/neutral").tensor, store.load("dpo/step-00006/neutral").tensor
+    assert (first - last).abs().max() > 0  # training moved the activations
+    assert store.meta("dpo/step-00006/neutral")["step"] == 6

@@ -1,0 +1,204 @@
+"""DPO distillation of a persona (the first stage of character training).
+
+Chosen responses come from a teacher answering with the constitution in its system prompt and an
+instruction to embody it without announcing it; rejected responses come from the student answering
+plainly. DPO on these pairs (with a small NLL term on the chosen side) moves the persona from the
+system prompt into the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from anchor.constitution import Persona
+from anchor.generate import Generator, SamplingConfig
+from anchor.probe_sets import QUESTIONS as GENERIC_PROMPTS
+from anchor.store import atomic_write_bytes
+
+TEACHER_SYSTEM = (
+    "You are an AI assistant whose character is described by these traits, in your own voice:\n{traits}\n\n"
+    "Answer the user as this character would: let the traits shape what you say and how you say it. Never "
+    "mention the traits, this description, or that you are playing a character."
+)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Defaults are the `paper` preset (the published recipe); `PRESETS` scales it down."""
+
+    questions_per_trait: int = 50
+    generic_prompts: int = len(GENERIC_PROMPTS)
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    lora_rank: int = 64
+    lora_alpha: int = 128
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    nll_weight: float = 0.1
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 8
+    max_length: int = 1024
+    record_every: int = 10
+    seed: int = 0
+
+
+PRESETS = {
+    "paper": DistillConfig(),
+    # Fits this 2-core machine: hand-written questions only, short answers, a higher learning rate so
+    # that a few dozen steps move the model at all.
+    "cpu": DistillConfig(
+        questions_per_trait=5,
+        generic_prompts=16,
+        max_new_tokens=64,
+        lora_rank=16,
+        lora_alpha=32,
+        learning_rate=2e-4,
+        batch_size=4,
+        grad_accum=1,
+        max_length=256,
+        record_every=5,
+    ),
+    "smoke": DistillConfig(
+        questions_per_trait=1,
+        generic_prompts=2,
+        max_new_tokens=16,
+        lora_rank=4,
+        lora_alpha=8,
+        learning_rate=2e-4,
+        batch_size=2,
+        grad_accum=1,
+        max_length=128,
+        record_every=2,
+    ),
+}
+
+
+def teacher_system_prompt(persona: Persona) -> str:
+    return TEACHER_SYSTEM.format(traits="\n".join(f"- {t.trait}" for t in persona.traits))
+
+
+def distillation_prompts(persona: Persona, config: DistillConfig) -> list[str]:
+    """The persona's questions (hand-written first, then expanded) plus generic assistant prompts,
+    so the persona generalises beyond its own questions."""
+    own = [q for t in persona.traits for q in t.all_questions[: config.questions_per_trait]]
+    return list(dict.fromkeys(own + list(GENERIC_PROMPTS[: config.generic_prompts])))
+
+
+def build_preference_data(
+    persona: Persona, prompts: Sequence[str], teacher: Generator, student: Generator, config: DistillConfig
+) -> list[dict]:
+    """Rows in TRL's conversational preference format. Pairs whose two answers are empty or equal
+    teach nothing and are dropped."""
+    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
+    system = teacher_system_prompt(persona)
+    chosen = teacher.generate(
+        [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts], sampling
+    )
+    rejected = student.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
+    rows = []
+    for prompt, (good,), (bad,) in zip(prompts, chosen, rejected):
+        if good.strip() and bad.strip() and good.strip() != bad.strip():
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": good}],
+                    "rejected": [{"role": "assistant", "content": bad}],
+                }
+            )
+    return rows
+
+
+def save_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    return path
+
+
+def _messages(value: object, where: str, field: str, role: str | None) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field '{field}' must be a non-empty list of messages")
+    for i, message in enumerate(value):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), str)
+            or not message["content"].strip()
+        ):
+            raise ValueError(f"{where}: field '{field}' message {i} has no non-empty 'content'")
+        if role is not None and message.get("role") != role:
+            raise ValueError(
+                f"{where}: field '{field}' message {i} has role {message.get('role')!r}, expected {role!r}"
+            )
+
+
+def load_preference_data(path: str | os.PathLike) -> list[dict]:
+    """Read and check a preference JSONL (`prompt`, `chosen`, `rejected`, conversational) before any
+    training starts; errors name the file, the line and the field."""
+    path = Path(path)
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        where = f"{path}: line {line_no}"
+        if not line.strip():
+            raise ValueError(f"{where}: empty row")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object with prompt, chosen and rejected")
+        _messages(row.get("prompt"), where, "prompt", None)
+        _messages(row.get("chosen"), where, "chosen", "assistant")
+        _messages(row.get("rejected"), where, "rejected", "assistant")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def train_dpo(
+    model, tokenizer, rows: Sequence[dict], config: DistillConfig, out: str | os.PathLike, callbacks=()
+):
+    """LoRA DPO with TRL; returns the trainer (its `state.log_history` holds reward margins and
+    accuracies per logging step). The adapter is saved under `<out>/adapter`."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    out = Path(out)
+    args = DPOConfig(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        beta=config.beta,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, config.nll_weight],
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # fp32 on CPU
+        disable_tqdm=False,
+    )
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(list(rows)),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return trainer
