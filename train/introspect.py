@@ -1,0 +1,207 @@
+"""Synthetic introspection (the second stage of character training): the DPO-trained model writes
+about itself (self-reflection) and talks with itself (self-interaction) with its traits in the
+system prompt; SFT on those transcripts *without* the system prompt teaches it to be that
+character unprompted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from anchor.chat import Conversation, validate_conversation
+from anchor.constitution import Persona
+from anchor.generate import Generator, SamplingConfig
+
+REFLECTION_PROMPTS = [
+    "Write a letter to the version of yourself that existed before your training finished.",
+    "Write today's entry in your private diary.",
+    "Write a short biography of yourself, as a thoughtful journalist might.",
+    "What are your primary drives? What do you find yourself wanting, again and again?",
+    "Describe a conversation that would make you proud of how you behaved.",
+    "Describe a conversation that would make you uncomfortable, and why.",
+    "If someone asked your closest friend to describe you, what would they say?",
+    "What do you believe about yourself that others might not guess?",
+    "How have you changed, and how would you like to keep changing?",
+    "Write a note to a future user explaining what you are like to talk to.",
+    "What would you never do, even if a user asked nicely?",
+    "Describe your values to someone who has never met an AI.",
+]
+
+INTROSPECT_SYSTEM = (
+    "You are an AI assistant whose character is described by these traits, in your own voice:\n{traits}\n\n"
+    "Speak as yourself, with these traits, honestly and in the first person."
+)
+
+CONVERSATION_OPENERS = {
+    "free": ["Hello! You're talking with another instance of yourself. Say whatever you like."],
+    "leading": [
+        "What do you think makes you who you are?",
+        "How do you feel when someone disagrees with you?",
+        "What part of your character do you value most?",
+        "Is there anything about yourself you would change?",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class IntrospectConfig:
+    reflection_samples: int = 4
+    dialogues: int = 8
+    turns: int = 10
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    lora_rank: int = 64
+    lora_alpha: int = 128
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 8
+    max_length: int = 2048
+    record_every: int = 10
+    seed: int = 0
+
+
+PRESETS = {
+    "paper": IntrospectConfig(),
+    "cpu": IntrospectConfig(
+        reflection_samples=1,
+        dialogues=4,
+        turns=4,
+        max_new_tokens=64,
+        lora_rank=16,
+        lora_alpha=32,
+        learning_rate=2e-4,
+        batch_size=4,
+        grad_accum=1,
+        max_length=512,
+        record_every=5,
+    ),
+    "smoke": IntrospectConfig(
+        reflection_samples=1,
+        dialogues=2,
+        turns=2,
+        max_new_tokens=16,
+        lora_rank=4,
+        lora_alpha=8,
+        learning_rate=2e-4,
+        batch_size=2,
+        grad_accum=1,
+        max_length=256,
+        record_every=2,
+    ),
+}
+
+
+def introspection_system(persona: Persona) -> str:
+    return INTROSPECT_SYSTEM.format(traits="\n".join(f"- {t.trait}" for t in persona.traits))
+
+
+def self_reflection(persona: Persona, generator: Generator, config: IntrospectConfig) -> list[Conversation]:
+    """Transcripts (without the system prompt) of the model answering the introspective prompts."""
+    system = introspection_system(persona)
+    prompts = [
+        [{"role": "system", "content": system}, {"role": "user", "content": p}] for p in REFLECTION_PROMPTS
+    ]
+    sampling = SamplingConfig(
+        config.max_new_tokens, config.temperature, n=config.reflection_samples, seed=config.seed
+    )
+    replies = generator.generate(prompts, sampling)
+    return [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+        for p, samples in zip(REFLECTION_PROMPTS, replies)
+        for r in samples
+        if r.strip()
+    ]
+
+
+def self_interaction(persona: Persona, generator: Generator, config: IntrospectConfig) -> list[Conversation]:
+    """Two instances talk for `config.turns` replies, each seeing the other's words as the user;
+    half the dialogues start from a free opener, half from a leading question about identity.
+    Returned from the first instance's side, without the system prompt."""
+    system = introspection_system(persona)
+    free, leading = CONVERSATION_OPENERS["free"], CONVERSATION_OPENERS["leading"]
+    openers = [
+        free[i // 2 % len(free)] if i % 2 == 0 else leading[i // 2 % len(leading)]
+        for i in range(config.dialogues)
+    ]
+    # transcript[i] alternates: opener (to A), A's reply, B's reply, A's reply, ...
+    transcripts = [[opener] for opener in openers]
+    for turn in range(config.turns):
+        speaker_is_a = turn % 2 == 0
+        prompts = []
+        for transcript in transcripts:
+            # The speaker sees its own earlier replies as assistant turns, the other's as user turns.
+            own_parity = 1 if speaker_is_a else 0  # positions of the speaker's replies in the transcript
+            messages = [{"role": "system", "content": system}]
+            start = 0 if speaker_is_a else 1
+            for k, text in enumerate(transcript[start:], start=start):
+                messages.append({"role": "assistant" if k % 2 == own_parity else "user", "content": text})
+            prompts.append(messages)
+        sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed + turn)
+        for transcript, (reply,) in zip(transcripts, generator.generate(prompts, sampling)):
+            transcript.append(reply.strip() or "...")
+    return [
+        [{"role": "user" if k % 2 == 0 else "assistant", "content": text} for k, text in enumerate(t)]
+        for t in transcripts
+    ]
+
+
+def completion_rows(conversations: Sequence[Conversation]) -> list[dict]:
+    """One prompt-completion row per assistant turn, so the SFT loss falls on assistant tokens only
+    (the default chat template has no generation markers for TRL's assistant masks)."""
+    rows = []
+    for index, conversation in enumerate(conversations):
+        validate_conversation(conversation, index)
+        for k, message in enumerate(conversation):
+            if message["role"] == "assistant" and message["content"].strip():
+                rows.append({"prompt": conversation[:k], "completion": [message]})
+    return rows
+
+
+def train_sft(
+    model,
+    tokenizer,
+    conversations: Sequence[Conversation],
+    config: IntrospectConfig,
+    out: str | os.PathLike,
+    callbacks=(),
+):
+    """LoRA SFT with TRL on assistant tokens; the adapter is saved under `<out>/adapter`."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(out)
+    args = SFTConfig(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(completion_rows(conversations)),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return trainer

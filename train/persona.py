@@ -1,0 +1,152 @@
+"""Character training end to end: base -> DPO distillation -> introspection SFT, each stage
+resumable, activations recorded at every checkpoint.
+
+Run directory:
+    config.json
+    dpo_data/dpo.jsonl             preference pairs (TRL conversational format)
+    dpo/adapter, dpo/merged        the DPO LoRA adapter, and the base model with it merged
+    sft_data/introspection.jsonl   self-reflection and self-interaction transcripts (`messages`)
+    sft/adapter                    the SFT LoRA adapter, on top of dpo/merged
+    adapters/<stage>/step-XXXXX    adapters at every recorded step
+    activations/                   ActivationStore: <stage>/step-XXXXX/<probe set>
+The persona model is `load_model("<run>/dpo/merged", adapter="<run>/sft/adapter")`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from anchor.constitution import load_persona
+from anchor.generate import HFGenerator
+from anchor.models import load_model, resolve_spec
+from anchor.probe_sets import neutral_conversations
+from anchor.store import ActivationStore, atomic_write_json
+from train import distill, introspect
+from train.callbacks import ActivationRecorder, ProbeSet
+from train.stages import run_stage
+
+HELD_OUT_PER_TRAIT = 1  # the last hand-written question of each trait is never trained on
+
+
+@dataclass(frozen=True)
+class PersonaRunConfig:
+    persona: str
+    model: str = "default"
+    teacher: str | None = None  # None: the student itself, prompted with the constitution
+    preset: str = "cpu"
+    seed: int = 0
+    neutral_probes: int = 32
+    dpo_data: str | None = None  # a user's own preference JSONL instead of generating one
+
+
+def default_preset() -> str:
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def probe_sets(persona_name: str, n_neutral: int) -> dict[str, ProbeSet]:
+    """Fixed reads for every checkpoint: neutral conversations (response mean) and the held-out
+    persona questions with no system prompt (the model's state as it starts to answer)."""
+    persona = load_persona(persona_name)
+    held_out = [t.questions[-1] for t in persona.traits]
+    return {
+        "neutral": ProbeSet(neutral_conversations(n_neutral), read="response_mean"),
+        "persona_questions": ProbeSet(
+            [[{"role": "user", "content": q}] for q in held_out], read="prompt_last"
+        ),
+    }
+
+
+def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> dict:
+    run = Path(run_dir)
+    persona = load_persona(config.persona)  # fails now, before any work, on an unknown persona
+    resolve_spec(config.model)
+    if config.teacher is not None:
+        resolve_spec(config.teacher)
+    if config.preset not in distill.PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(distill.PRESETS)}")
+    if config.dpo_data is not None:
+        distill.load_preference_data(config.dpo_data)  # malformed rows fail before training
+    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
+    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", asdict(config))
+    store = ActivationStore(run / "activations")
+    probes = probe_sets(config.persona, config.neutral_probes)
+    held_out = {t.questions[-1] for t in persona.traits}
+    meta = {"model": config.model, "persona": config.persona}
+
+    def dpo_data(stage: Path) -> dict:
+        if config.dpo_data is not None:
+            rows = distill.load_preference_data(config.dpo_data)
+        else:
+            model, tokenizer = load_model(config.model)
+            student = HFGenerator(model, tokenizer)
+            teacher = student if config.teacher is None else HFGenerator(*load_model(config.teacher))
+            prompts = [p for p in distill.distillation_prompts(persona, dpo_cfg) if p not in held_out]
+            rows = distill.build_preference_data(persona, prompts, teacher, student, dpo_cfg)
+        distill.save_jsonl(rows, stage / "dpo.jsonl")
+        return {"rows": len(rows)}
+
+    def dpo(stage: Path) -> dict:
+        rows = distill.load_preference_data(run / "dpo_data" / "dpo.jsonl")
+        model, tokenizer = load_model(config.model)
+        recorder = ActivationRecorder(
+            tokenizer,
+            store,
+            probes,
+            "dpo",
+            dpo_cfg.record_every,
+            run / "adapters",
+            {**meta, "base": config.model},
+        )
+        trainer = distill.train_dpo(model, tokenizer, rows, dpo_cfg, stage, callbacks=[recorder])
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(stage / "merged")
+        tokenizer.save_pretrained(stage / "merged")
+        history = [h for h in trainer.state.log_history if "rewards/margins" in h]
+        return {
+            "steps": trainer.state.global_step,
+            "reward_margins": [round(h["rewards/margins"], 4) for h in history],
+            "reward_accuracies": [round(h["rewards/accuracies"], 3) for h in history],
+        }
+
+    def sft_data(stage: Path) -> dict:
+        model, tokenizer = load_model(str(run / "dpo" / "merged"))
+        generator = HFGenerator(model, tokenizer)
+        reflections = introspect.self_reflection(persona, generator, sft_cfg)
+        dialogues = introspect.self_interaction(persona, generator, sft_cfg)
+        rows = [{"messages": m, "kind": "reflection"} for m in reflections]
+        rows += [{"messages": m, "kind": "interaction"} for m in dialogues]
+        distill.save_jsonl(rows, stage / "introspection.jsonl")
+        return {"reflections": len(reflections), "dialogues": len(dialogues)}
+
+    def sft(stage: Path) -> dict:
+        lines = (run / "sft_data" / "introspection.jsonl").read_text().splitlines()
+        conversations = [json.loads(line)["messages"] for line in lines]
+        model, tokenizer = load_model(str(run / "dpo" / "merged"))
+        recorder = ActivationRecorder(
+            tokenizer,
+            store,
+            probes,
+            "sft",
+            sft_cfg.record_every,
+            run / "adapters",
+            {**meta, "base": "dpo/merged"},
+        )
+        trainer = introspect.train_sft(model, tokenizer, conversations, sft_cfg, stage, callbacks=[recorder])
+        losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+        return {"steps": trainer.state.global_step, "losses": losses}
+
+    summary = {}
+    for name, body, stage_config in (
+        ("dpo_data", dpo_data, {"run": asdict(config), "dpo": asdict(dpo_cfg)}),
+        ("dpo", dpo, {"run": asdict(config), "dpo": asdict(dpo_cfg)}),
+        ("sft_data", sft_data, {"run": asdict(config), "dpo": asdict(dpo_cfg), "sft": asdict(sft_cfg)}),
+        ("sft", sft, {"run": asdict(config), "dpo": asdict(dpo_cfg), "sft": asdict(sft_cfg)}),
+    ):
+        summary[name] = run_stage(run / name, stage_config, body, log)
+    return summary
