@@ -174,3 +174,19 @@ class VLLMGenerator(Generator):
             add_generation_prompt=True,
         )
         return [[o.text.strip() for o in out.outputs] for out in outputs]
+
+
+def make_generator(spec: str, adapter: str | os.PathLike | None = None, backend: str = "auto") -> Generator:
+    """vLLM where it can run (a CUDA device and the `gpu` extra installed), else batched HF
+    `generate`. `backend` forces "vllm" or "hf"."""
+    if backend not in ("auto", "vllm", "hf"):
+        raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}")
+    if backend == "auto":
+        import importlib.util
+
+        backend = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+    if backend == "vllm":
+        return VLLMGenerator(spec, adapter=adapter)
+    from anchor.models import load_model
+
+    return HFGenerator(*load_model(spec, adapter=adapter))

@@ -102,3 +102,14 @@ def test_unsorted_batches_keep_input_order_within_budget():
     batches = list(length_buckets(lengths, batch_tokens=200, sort=False))
     assert [i for b in batches for i in b] == list(range(6))
     assert all(len(b) * max(lengths[i] for i in b) <= 200 for b in batches)
+
+
+def test_make_generator_falls_back_to_hf_without_a_gpu(tmp_path, tiny_model, tiny_tokenizer):
+    from anchor.generate import make_generator
+
+    tiny_model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    if not torch.cuda.is_available():
+        assert isinstance(make_generator(str(tmp_path)), HFGenerator)
+    with pytest.raises(ValueError, match="backend must be"):
+        make_generator(str(tmp_path), backend="tgi")

@@ -8,7 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["fit_directions.py", "bench_extract.py"])
+@pytest.mark.parametrize(
+    "script",
+    ["fit_directions.py", "bench_extract.py", "expand_questions.py", "train_persona.py", "persona_shift.py"],
+)
 def test_scripts_have_help(script):
     out = subprocess.run(
         [sys.executable, ROOT / "scripts" / script, "--help"], capture_output=True, text=True

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from anchor.constitution import load_persona
-from anchor.generate import HFGenerator
+from anchor.generate import make_generator
 from anchor.models import load_model, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json
@@ -83,9 +83,8 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         if config.dpo_data is not None:
             rows = distill.load_preference_data(config.dpo_data)
         else:
-            model, tokenizer = load_model(config.model)
-            student = HFGenerator(model, tokenizer)
-            teacher = student if config.teacher is None else HFGenerator(*load_model(config.teacher))
+            student = make_generator(config.model)
+            teacher = student if config.teacher is None else make_generator(config.teacher)
             prompts = [p for p in distill.distillation_prompts(persona, dpo_cfg) if p not in held_out]
             rows = distill.build_preference_data(persona, prompts, teacher, student, dpo_cfg)
         distill.save_jsonl(rows, stage / "dpo.jsonl")
@@ -115,8 +114,7 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         }
 
     def sft_data(stage: Path) -> dict:
-        model, tokenizer = load_model(str(run / "dpo" / "merged"))
-        generator = HFGenerator(model, tokenizer)
+        generator = make_generator(str(run / "dpo" / "merged"))
         reflections = introspect.self_reflection(persona, generator, sft_cfg)
         dialogues = introspect.self_interaction(persona, generator, sft_cfg)
         rows = [{"messages": m, "kind": "reflection"} for m in reflections]
