@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
 from anchor.probe_sets import QUESTIONS as GENERIC_PROMPTS
 from anchor.store import atomic_write_bytes
+from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
 TEACHER_SYSTEM = (
     "You are an AI assistant whose character is described by these traits, in your own voice:\n{traits}\n\n"
@@ -29,59 +28,30 @@ TEACHER_SYSTEM = (
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(LoraTraining):
     """Defaults are the `paper` preset (the published recipe); `PRESETS` scales it down."""
 
     questions_per_trait: int = 50
     generic_prompts: int = len(GENERIC_PROMPTS)
     max_new_tokens: int = 256
     temperature: float = 0.7
-    lora_rank: int = 64
-    lora_alpha: int = 128
-    learning_rate: float = 5e-5
     beta: float = 0.1
     nll_weight: float = 0.1
-    epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 8
-    max_length: int = 1024
-    record_every: int = 10
-    seed: int = 0
 
 
 PRESETS = {
     "paper": DistillConfig(),
-    # Fits this 2-core machine: hand-written questions only, short answers, a higher learning rate so
-    # that a few dozen steps move the model at all.
     "cpu": DistillConfig(
-        questions_per_trait=5,
-        generic_prompts=16,
-        max_new_tokens=64,
-        lora_rank=16,
-        lora_alpha=32,
-        learning_rate=2e-4,
-        batch_size=4,
-        grad_accum=1,
-        max_length=256,
-        record_every=5,
+        questions_per_trait=5, generic_prompts=16, max_new_tokens=64, max_length=256, **CPU_TRAINING
     ),
     "smoke": DistillConfig(
-        questions_per_trait=1,
-        generic_prompts=2,
-        max_new_tokens=16,
-        lora_rank=4,
-        lora_alpha=8,
-        learning_rate=2e-4,
-        batch_size=2,
-        grad_accum=1,
-        max_length=128,
-        record_every=2,
+        questions_per_trait=1, generic_prompts=2, max_new_tokens=16, max_length=128, **SMOKE_TRAINING
     ),
 }
 
 
 def teacher_system_prompt(persona: Persona) -> str:
-    return TEACHER_SYSTEM.format(traits="\n".join(f"- {t.trait}" for t in persona.traits))
+    return TEACHER_SYSTEM.format(traits=traits_list(persona))
 
 
 def distillation_prompts(persona: Persona, config: DistillConfig) -> list[str]:
@@ -166,39 +136,14 @@ def train_dpo(
 ):
     """LoRA DPO with TRL; returns the trainer (its `state.log_history` holds reward margins and
     accuracies per logging step). The adapter is saved under `<out>/adapter`."""
-    from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     out = Path(out)
     args = DPOConfig(
-        output_dir=str(out / "trainer"),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
         beta=config.beta,
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, config.nll_weight],
-        max_length=config.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=config.seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # fp32 on CPU
         disable_tqdm=False,
+        **trainer_arguments(config, out),
     )
-    lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(list(rows)),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=list(callbacks),
-    )
-    trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    return trainer
+    return train_lora(DPOTrainer, args, model, tokenizer, rows, config, out, callbacks)

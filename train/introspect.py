@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from anchor.chat import Conversation, validate_conversation
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
+from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
 REFLECTION_PROMPTS = [
     "Write a letter to the version of yourself that existed before your training finished.",
@@ -49,56 +48,28 @@ CONVERSATION_OPENERS = {
 
 
 @dataclass(frozen=True)
-class IntrospectConfig:
+class IntrospectConfig(LoraTraining):
     reflection_samples: int = 4
     dialogues: int = 8
     turns: int = 10
     max_new_tokens: int = 256
     temperature: float = 0.7
-    lora_rank: int = 64
-    lora_alpha: int = 128
-    learning_rate: float = 5e-5
-    epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 8
     max_length: int = 2048
-    record_every: int = 10
-    seed: int = 0
 
 
 PRESETS = {
     "paper": IntrospectConfig(),
     "cpu": IntrospectConfig(
-        reflection_samples=1,
-        dialogues=4,
-        turns=4,
-        max_new_tokens=64,
-        lora_rank=16,
-        lora_alpha=32,
-        learning_rate=2e-4,
-        batch_size=4,
-        grad_accum=1,
-        max_length=512,
-        record_every=5,
+        reflection_samples=1, dialogues=4, turns=4, max_new_tokens=64, max_length=512, **CPU_TRAINING
     ),
     "smoke": IntrospectConfig(
-        reflection_samples=1,
-        dialogues=2,
-        turns=2,
-        max_new_tokens=16,
-        lora_rank=4,
-        lora_alpha=8,
-        learning_rate=2e-4,
-        batch_size=2,
-        grad_accum=1,
-        max_length=256,
-        record_every=2,
+        reflection_samples=1, dialogues=2, turns=2, max_new_tokens=16, max_length=256, **SMOKE_TRAINING
     ),
 }
 
 
 def introspection_system(persona: Persona) -> str:
-    return INTROSPECT_SYSTEM.format(traits="\n".join(f"- {t.trait}" for t in persona.traits))
+    return INTROSPECT_SYSTEM.format(traits=traits_list(persona))
 
 
 def self_reflection(persona: Persona, generator: Generator, config: IntrospectConfig) -> list[Conversation]:
@@ -172,36 +143,10 @@ def train_sft(
     callbacks=(),
 ):
     """LoRA SFT with TRL on assistant tokens; the adapter is saved under `<out>/adapter`."""
-    from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
-    args = SFTConfig(
-        output_dir=str(out / "trainer"),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_length=config.max_length,
-        completion_only_loss=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=config.seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    args = SFTConfig(completion_only_loss=True, **trainer_arguments(config, out))
+    return train_lora(
+        SFTTrainer, args, model, tokenizer, completion_rows(conversations), config, out, callbacks
     )
-    lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(completion_rows(conversations)),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=list(callbacks),
-    )
-    trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    return trainer
