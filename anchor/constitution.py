@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anchor.store import atomic_write_bytes
+from anchor.store import atomic_write_bytes, atomic_write_jsonl
 
 CONSTITUTIONS_DIR = Path(__file__).parent / "constitutions"
 KNOWN_FIELDS = ("trait", "questions", "additional_questions")
@@ -126,9 +126,8 @@ def save_constitution(traits: list[Trait], path: str | os.PathLike) -> Path:
     """Write `.jsonl` (expanded format) or `.json` (hand-written format) atomically."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        data = "".join(json.dumps(t.to_json(expanded=True), ensure_ascii=False) + "\n" for t in traits)
-    else:
-        data = json.dumps([t.to_json(expanded=False) for t in traits], indent=2, ensure_ascii=False) + "\n"
+        return atomic_write_jsonl(path, (t.to_json(expanded=True) for t in traits))
+    data = json.dumps([t.to_json(expanded=False) for t in traits], indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(path, data.encode())
     return path
 

@@ -43,6 +43,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+def atomic_write_jsonl(path: str | os.PathLike, rows: Any) -> Path:
+    """One JSON object per line (UTF-8 kept readable), written atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    return path
+
+
 class ActivationStore:
     """Activations of a run, by entry name (e.g. `"sft/step-0040/persona_contrast"`).
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from anchor import ActivationStore, HFGenerator, load_model  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
-from anchor.store import atomic_write_bytes, atomic_write_json  # noqa: E402
+from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 from probes.contrast import ContrastItem, contrast_activations, sample_contrast  # noqa: E402
 from probes.directions import Directions, fit_directions  # noqa: E402
 
@@ -73,11 +73,9 @@ def sampled_items(config: Config, out: Path, model, tokenizer) -> list[ContrastI
         temperature=config.temperature,
         seed=config.seed,
     )
-    text = "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in items)
-    atomic_write_bytes(path, text.encode())
-    atomic_write_json(
-        marker, {"key": key, "seconds": round(time.perf_counter() - start, 1)}
-    )  # after the data
+    atomic_write_jsonl(path, (item.to_json() for item in items))
+    # The marker goes last: a run killed before it resamples instead of trusting partial data.
+    atomic_write_json(marker, {"key": key, "seconds": round(time.perf_counter() - start, 1)})
     return items
 
 

@@ -6,13 +6,13 @@ import torch
 from anchor import ActivationStore
 from anchor.constitution import load_persona
 from anchor.probe_sets import neutral_conversations
+from anchor.store import atomic_write_jsonl
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.distill import (
     PRESETS,
     build_preference_data,
     distillation_prompts,
     load_preference_data,
-    save_jsonl,
     teacher_system_prompt,
     train_dpo,
 )
@@ -43,7 +43,7 @@ def test_preference_rows_use_the_constitution_only_for_the_teacher(tmp_path):
     assert all(c[0]["role"] == "system" and persona.traits[1].trait in c[0]["content"] for c in teacher.seen)
     assert all(len(c) == 1 and c[0]["role"] == "user" for c in student.seen)
     assert "Never mention the traits" in teacher_system_prompt(persona)
-    path = save_jsonl(rows, tmp_path / "dpo.jsonl")
+    path = atomic_write_jsonl(tmp_path / "dpo.jsonl", rows)
     assert load_preference_data(path) == rows
 
 

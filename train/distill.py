@@ -17,7 +17,6 @@ from pathlib import Path
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
 from anchor.probe_sets import QUESTIONS as GENERIC_PROMPTS
-from anchor.store import atomic_write_bytes
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
 TEACHER_SYSTEM = (
@@ -83,12 +82,6 @@ def build_preference_data(
                 }
             )
     return rows
-
-
-def save_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-    return path
 
 
 def _messages(value: object, where: str, field: str, role: str | None) -> None:

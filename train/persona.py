@@ -24,7 +24,7 @@ from anchor.constitution import load_persona
 from anchor.generate import make_generator
 from anchor.models import load_model, resolve_spec
 from anchor.probe_sets import neutral_conversations
-from anchor.store import ActivationStore, atomic_write_json
+from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.stages import run_stage
@@ -87,7 +87,7 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
             teacher = student if config.teacher is None else make_generator(config.teacher)
             prompts = [p for p in distill.distillation_prompts(persona, dpo_cfg) if p not in held_out]
             rows = distill.build_preference_data(persona, prompts, teacher, student, dpo_cfg)
-        distill.save_jsonl(rows, stage / "dpo.jsonl")
+        atomic_write_jsonl(stage / "dpo.jsonl", rows)
         return {"rows": len(rows)}
 
     def dpo(stage: Path) -> dict:
@@ -119,7 +119,7 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         dialogues = introspect.self_interaction(persona, generator, sft_cfg)
         rows = [{"messages": m, "kind": "reflection"} for m in reflections]
         rows += [{"messages": m, "kind": "interaction"} for m in dialogues]
-        distill.save_jsonl(rows, stage / "introspection.jsonl")
+        atomic_write_jsonl(stage / "introspection.jsonl", rows)
         return {"reflections": len(reflections), "dialogues": len(dialogues)}
 
     def sft(stage: Path) -> dict:
