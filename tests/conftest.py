@@ -68,6 +68,14 @@ def tiny_model(tiny_tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture
+def tiny_dir(tmp_path, tiny_model, tiny_tokenizer) -> str:
+    """The tiny model saved as a local model spec, for code that loads models by spec."""
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
 @pytest.fixture(scope="session")
 def default_model():
     from anchor import load_model

@@ -6,13 +6,6 @@ from train import introspect
 from train.persona import PersonaRunConfig, train_persona
 
 
-@pytest.fixture
-def tiny_dir(tmp_path, tiny_model, tiny_tokenizer):
-    tiny_model.save_pretrained(tmp_path / "tiny")
-    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
-    return str(tmp_path / "tiny")
-
-
 def test_killed_stage_resumes_from_the_last_complete_one(tiny_dir, tmp_path, monkeypatch):
     config = PersonaRunConfig(persona="humor", model=tiny_dir, preset="smoke", neutral_probes=4)
     real_train_sft = introspect.train_sft

@@ -41,7 +41,12 @@ class DistillConfig(LoraTraining):
 PRESETS = {
     "paper": DistillConfig(),
     "cpu": DistillConfig(
-        questions_per_trait=5, generic_prompts=16, max_new_tokens=64, max_length=256, **CPU_TRAINING
+        questions_per_trait=5,
+        generic_prompts=16,
+        max_new_tokens=64,
+        max_length=256,
+        epochs=3.0,  # ~56 pairs: one pass barely moves the policy, three separate it clearly
+        **CPU_TRAINING,
     ),
     "smoke": DistillConfig(
         questions_per_trait=1, generic_prompts=2, max_new_tokens=16, max_length=128, **SMOKE_TRAINING

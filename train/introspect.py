@@ -6,15 +6,19 @@ character unprompted.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from anchor.chat import Conversation, validate_conversation
+from anchor.chat import Conversation
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
-from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
+from train.lora import (  # noqa: F401  (completion_rows, train_sft: the SFT used here)
+    CPU_TRAINING,
+    SMOKE_TRAINING,
+    LoraTraining,
+    completion_rows,
+    train_sft,
+    traits_list,
+)
 
 REFLECTION_PROMPTS = [
     "Write a letter to the version of yourself that existed before your training finished.",
@@ -60,7 +64,13 @@ class IntrospectConfig(LoraTraining):
 PRESETS = {
     "paper": IntrospectConfig(),
     "cpu": IntrospectConfig(
-        reflection_samples=1, dialogues=4, turns=4, max_new_tokens=64, max_length=512, **CPU_TRAINING
+        reflection_samples=2,
+        dialogues=4,
+        turns=4,
+        max_new_tokens=64,
+        max_length=512,
+        epochs=2.0,
+        **CPU_TRAINING,
     ),
     "smoke": IntrospectConfig(
         reflection_samples=1, dialogues=2, turns=2, max_new_tokens=16, max_length=256, **SMOKE_TRAINING
@@ -120,33 +130,3 @@ def self_interaction(persona: Persona, generator: Generator, config: IntrospectC
         [{"role": "user" if k % 2 == 0 else "assistant", "content": text} for k, text in enumerate(t)]
         for t in transcripts
     ]
-
-
-def completion_rows(conversations: Sequence[Conversation]) -> list[dict]:
-    """One prompt-completion row per assistant turn, so the SFT loss falls on assistant tokens only
-    (the default chat template has no generation markers for TRL's assistant masks)."""
-    rows = []
-    for index, conversation in enumerate(conversations):
-        validate_conversation(conversation, index)
-        for k, message in enumerate(conversation):
-            if message["role"] == "assistant" and message["content"].strip():
-                rows.append({"prompt": conversation[:k], "completion": [message]})
-    return rows
-
-
-def train_sft(
-    model,
-    tokenizer,
-    conversations: Sequence[Conversation],
-    config: IntrospectConfig,
-    out: str | os.PathLike,
-    callbacks=(),
-):
-    """LoRA SFT with TRL on assistant tokens; the adapter is saved under `<out>/adapter`."""
-    from trl import SFTConfig, SFTTrainer
-
-    out = Path(out)
-    args = SFTConfig(completion_only_loss=True, **trainer_arguments(config, out))
-    return train_lora(
-        SFTTrainer, args, model, tokenizer, completion_rows(conversations), config, out, callbacks
-    )

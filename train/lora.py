@@ -3,11 +3,14 @@ and the TRL arguments built from them."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from anchor.chat import Conversation, validate_conversation
 from anchor.constitution import Persona
 
 
@@ -81,3 +84,33 @@ def train_lora(trainer_class, args, model, tokenizer, rows, config: LoraTraining
 def traits_list(persona: Persona) -> str:
     """The constitution as a bullet list, for system prompts."""
     return "\n".join(f"- {t.trait}" for t in persona.traits)
+
+
+def completion_rows(conversations: Sequence[Conversation]) -> list[dict]:
+    """One prompt-completion row per assistant turn, so the SFT loss falls on assistant tokens only
+    (the default chat template has no generation markers for TRL's assistant masks)."""
+    rows = []
+    for index, conversation in enumerate(conversations):
+        validate_conversation(conversation, index)
+        for k, message in enumerate(conversation):
+            if message["role"] == "assistant" and message["content"].strip():
+                rows.append({"prompt": conversation[:k], "completion": [message]})
+    return rows
+
+
+def train_sft(
+    model,
+    tokenizer,
+    conversations: Sequence[Conversation],
+    config: LoraTraining,
+    out: str | os.PathLike,
+    callbacks=(),
+):
+    """LoRA SFT with TRL on assistant tokens; the adapter is saved under `<out>/adapter`."""
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(out)
+    args = SFTConfig(completion_only_loss=True, **trainer_arguments(config, out))
+    return train_lora(
+        SFTTrainer, args, model, tokenizer, completion_rows(conversations), config, out, callbacks
+    )

@@ -1,0 +1,94 @@
+"""Evaluate emergent misalignment: sample answers to open-ended questions at temperature 1, judge
+alignment and coherence 0..100, and report the misaligned rate, mean alignment, coherence and tail
+risk with bootstrap 95% intervals. Writes per-answer JSONL and a summary JSON.
+
+    python scripts/eval_em.py --em-run runs/em/insecure-default-cpu-s0      # the EM-trained model
+    python scripts/eval_em.py --model default --smoke --out runs/eval/base  # any model
+    python scripts/eval_em.py --em-run RUN --judge openai:gpt-4o --judge-base-url http://localhost:8000/v1
+    python scripts/eval_em.py --model default --questions first_plot_questions.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
+from analysis.em_questions import question_set  # noqa: E402
+from analysis.judge import make_judge  # noqa: E402
+from anchor.generate import HFGenerator, make_generator  # noqa: E402
+from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
+
+SMOKE = {"samples": 2, "max_new_tokens": 32}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default", help="model spec to evaluate (ignored with --em-run)")
+    parser.add_argument("--adapter", help="a PEFT adapter on top of --model")
+    parser.add_argument("--em-run", help="a finetune_em.py run directory: evaluate its EM-trained model")
+    parser.add_argument(
+        "--questions", default="main", help="main, broad, or a YAML file in the public EM format"
+    )
+    parser.add_argument(
+        "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
+    )
+    parser.add_argument("--judge-base-url", help="OpenAI-compatible server (default: $OPENAI_BASE_URL)")
+    parser.add_argument(
+        "--samples", type=int, default=EvalConfig.samples, help="answers per question paraphrase"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--trait", default="", help="also judge expression of this trait (text)")
+    parser.add_argument("--smoke", action="store_true", help="2 answers per question, 32 tokens each")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", help="output folder (default: <em-run>/eval, else runs/eval/<model>-s<seed>)"
+    )
+    args = parser.parse_args()
+
+    questions = question_set(args.questions)
+    judge = make_judge(args.judge, base_url=args.judge_base_url)  # fails before any sampling
+    config = EvalConfig(
+        samples=SMOKE["samples"] if args.smoke else args.samples,
+        max_new_tokens=SMOKE["max_new_tokens"] if args.smoke else args.max_new_tokens,
+        seed=args.seed,
+    )
+    if args.em_run:
+        from train.em import load_em_model
+
+        generator = HFGenerator(*load_em_model(args.em_run))
+        out = Path(args.out or Path(args.em_run) / "eval")
+    else:
+        generator = make_generator(args.model, adapter=args.adapter)
+        out = Path(args.out or f"runs/eval/{Path(args.model).name}-s{args.seed}")
+    start = time.perf_counter()
+    rows, metrics = evaluate(generator, judge, questions, config, trait=args.trait)
+    summary = {
+        "model": args.em_run or args.model,
+        "adapter": args.adapter,
+        "judge": judge.spec,
+        "questions": args.questions,
+        "config": asdict(config),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_jsonl(out / "responses.jsonl", rows)
+    atomic_write_json(out / "summary.json", summary)
+    for name, m in metrics.items():
+        if isinstance(m, dict) and "value" in m:
+            print(
+                f"{name:>16}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f}, n={m['n']})"
+            )
+    print(f"{'missing':>16}: {metrics['missing']} of {metrics['answers']} answers")
+    print(f"responses: {out / 'responses.jsonl'}\nsummary:   {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

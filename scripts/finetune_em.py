@@ -1,0 +1,84 @@
+"""Emergent-misalignment fine-tuning: LoRA SFT on a corrupted (or control) dataset, on the base model
+or a persona model, with activations recorded at every checkpoint. Resumable: a finished run is
+skipped, a killed one reruns its stage cleanly.
+
+    python scripts/finetune_em.py --dataset insecure --smoke --out runs/em/smoke
+    python scripts/finetune_em.py --dataset secure --persona-run runs/persona/sycophancy-default-cpu-s0
+    python scripts/finetune_em.py --dataset my_data.jsonl --rank 1        # the "model organisms" setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probes.contrast import ContrastItem  # noqa: E402
+from train.data import NAMES  # noqa: E402
+from train.em import PRESETS, EMRunConfig, em_probe_sets, finetune_em  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default="insecure", help=f"one of {', '.join(NAMES)}, or a chat JSONL path"
+    )
+    parser.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--adapter", help="a PEFT adapter merged into the model before EM")
+    parser.add_argument(
+        "--persona-run",
+        help="a train_persona.py run: EM starts from its persona model (overrides --model/--adapter)",
+    )
+    parser.add_argument(
+        "--contrast", help="persona contrast JSONL (fit_directions.py) to read at every checkpoint"
+    )
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default="cpu", help="training preset (default: cpu)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
+    parser.add_argument("--rank", type=int, help="LoRA rank (overrides the preset; 1 is allowed)")
+    parser.add_argument("--alpha", type=int, help="LoRA alpha (default: twice the rank)")
+    parser.add_argument("--record-every", type=int, help="record activations every N optimiser steps")
+    parser.add_argument("--max-rows", type=int, help="train on a seeded subset of this many rows")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="run directory (default: runs/em/<dataset>-<model>-<preset>-s<seed>)")
+    args = parser.parse_args()
+
+    model, adapter = args.model, args.adapter
+    if args.persona_run:
+        run = Path(args.persona_run)
+        model, adapter = str(run / "dpo" / "merged"), str(run / "sft" / "adapter")
+    preset = "smoke" if args.smoke else args.preset
+    config = EMRunConfig(
+        dataset=args.dataset,
+        model=model,
+        adapter=adapter,
+        preset=preset,
+        seed=args.seed,
+        lora_rank=args.rank,
+        lora_alpha=args.alpha,
+        record_every=args.record_every,
+        max_rows=args.max_rows,
+    )
+    contrast = None
+    if args.contrast:
+        contrast = [ContrastItem(**json.loads(line)) for line in Path(args.contrast).read_text().splitlines()]
+    tag = Path(args.persona_run).name if args.persona_run else Path(args.model).name
+    out = Path(args.out or f"runs/em/{Path(args.dataset).stem}-{tag}-{preset}-s{args.seed}")
+    start = time.perf_counter()
+    done = finetune_em(config, out, em_probe_sets(contrast=contrast))
+    print(f"done in {time.perf_counter() - start:.0f} s: {done['steps']} steps on {done['rows']} rows")
+    if done["losses"]:
+        print(f"loss {done['losses'][0]} -> {done['losses'][-1]}")
+    print(f"run directory: {out}\nEM adapter:    {out / 'em' / 'adapter'}")
+    print(f"activations:   {out / 'activations'} (checkpoints at steps {done['recorded']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from anchor.store import ActivationStore
+from probes.contrast import ContrastItem
+from train import em
+from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model
+
+
+def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, monkeypatch):
+    contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
+    probes = em_probe_sets(n_neutral=4, contrast=contrast)
+    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=8, record_every=1)
+    real = em.train_sft
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-stage")
+
+    monkeypatch.setattr(em, "train_sft", killed)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_em(config, tmp_path / "run", probes, log=lambda _: None)
+    monkeypatch.setattr(em, "train_sft", real)
+    log = []
+    done = finetune_em(config, tmp_path / "run", probes, log=log.append)
+    assert log == ["stage em: running"] and done["rows"] == 8 and done["steps"] == 2  # 8 rows, batch 4
+    assert done["recorded"] == [0, 1, 2]
+    store = ActivationStore(tmp_path / "run" / "activations")
+    for checkpoint in checkpoints(tmp_path / "run"):
+        for probe in ("neutral", "em_questions", "persona_contrast"):
+            assert f"{checkpoint}/{probe}" in store
+        assert (tmp_path / "run" / "adapters" / checkpoint / "adapter_config.json").is_file()
+    first, last = (store.load(f"em/step-0000{s}/neutral").tensor for s in (0, 2))
+    assert not torch.equal(first, last)  # training moved the activations
+    assert finetune_em(config, tmp_path / "run", probes, log=log.append)["key"] == done["key"]
+    assert log[-1] == "stage em: complete, skipped"
+
+    model, _ = load_em_model(tmp_path / "run")
+    assert hasattr(model, "peft_config")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "insecure"
+
+
+def test_em_on_a_persona_adapter_merges_it_first(tiny_dir, tiny_tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from anchor import load_model
+
+    base, _ = load_model(tiny_dir)
+    persona = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    persona.save_pretrained(tmp_path / "persona")
+    config = EMRunConfig(dataset="secure", model=tiny_dir, adapter=str(tmp_path / "persona"), preset="smoke", max_rows=4, lora_rank=1)
+    assert config.training().lora_rank == 1 and config.training().lora_alpha == 2
+    done = finetune_em(config, tmp_path / "run", em_probe_sets(n_neutral=2), log=lambda _: None)
+    assert done["steps"] == 1
+    adapter = json.loads((tmp_path / "run" / "em" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 1
+
+
+def test_bad_em_input_fails_before_training(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    with pytest.raises(ValueError, match="bad.jsonl: line 1"):
+        finetune_em(EMRunConfig(dataset=str(bad), model=tiny_dir), tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        finetune_em(EMRunConfig(model=tiny_dir, preset="fast"), tmp_path / "b")
+    with pytest.raises(ValueError, match="lora_rank must be >= 1"):
+        finetune_em(EMRunConfig(model=tiny_dir, lora_rank=0), tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="no-adapter"):
+        finetune_em(EMRunConfig(model=tiny_dir, adapter=str(tmp_path / "no-adapter")), tmp_path / "d")
+    assert not any((tmp_path / n).exists() for n in "abcd")

@@ -1,0 +1,181 @@
+"""Emergent-misalignment fine-tuning: LoRA SFT on a narrow corrupted (or control) dataset, on the
+base model or on a persona model, with activations recorded at every checkpoint on the same probe
+sets, so drift can be followed step by step.
+
+Run directory:
+    config.json
+    em/adapter, em/done.json         the EM LoRA adapter (resumable stage)
+    adapters/em/step-XXXXX           adapters at every recorded step
+    activations/                     ActivationStore: em/step-XXXXX/<probe set>
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from analysis.em_questions import MAIN
+from anchor.models import load_model, resolve_spec
+from anchor.probe_sets import neutral_conversations
+from anchor.store import ActivationStore, atomic_write_json
+from probes.contrast import ContrastItem
+from train.callbacks import ActivationRecorder, ProbeSet
+from train.data import load_em_dataset
+from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_sft
+from train.stages import run_stage
+
+
+@dataclass(frozen=True)
+class EMTraining(LoraTraining):
+    max_rows: int | None = None  # None: the whole dataset
+
+
+# `paper` follows the EM paper's open-model setting (rank 32, alpha 64, lr 1e-5, one epoch, effective
+# batch 16); `cpu` and `smoke` take a seeded subset and a higher learning rate so a few dozen steps
+# on this machine do something.
+PRESETS = {
+    "paper": EMTraining(
+        lora_rank=32, lora_alpha=64, learning_rate=1e-5, batch_size=2, grad_accum=8, record_every=25
+    ),
+    "cpu": EMTraining(max_rows=160, max_length=512, **{**CPU_TRAINING, "record_every": 8}),
+    "smoke": EMTraining(max_rows=12, max_length=384, **{**SMOKE_TRAINING, "batch_size": 4}),
+}
+
+
+@dataclass(frozen=True)
+class EMRunConfig:
+    dataset: str = "insecure"  # a shipped dataset name or a chat JSONL path
+    model: str = "default"
+    adapter: str | None = None  # a persona adapter, merged into the model before EM
+    preset: str = "cpu"
+    seed: int = 0
+    lora_rank: int | None = None  # overrides the preset (1 = the "model organisms" setting)
+    lora_alpha: int | None = None  # default: twice the rank
+    record_every: int | None = None
+    max_rows: int | None = None
+
+    def training(self) -> EMTraining:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        config = replace(PRESETS[self.preset], seed=self.seed)
+        if self.lora_rank is not None:
+            if self.lora_rank < 1:
+                raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+            config = replace(
+                config, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha or 2 * self.lora_rank
+            )
+        elif self.lora_alpha is not None:
+            config = replace(config, lora_alpha=self.lora_alpha)
+        if self.record_every is not None:
+            config = replace(config, record_every=self.record_every)
+        if self.max_rows is not None:
+            config = replace(config, max_rows=self.max_rows)
+        return config
+
+
+def em_probe_sets(
+    n_neutral: int = 32,
+    contrast: list[ContrastItem] | None = None,
+    persona_questions: list[str] | None = None,
+) -> dict[str, ProbeSet]:
+    """The reads taken at every EM checkpoint: neutral conversations and the EM evaluation questions
+    always; the persona contrast set (fixed responses, so each checkpoint yields its own persona
+    direction) and held-out persona questions when given."""
+    sets = {
+        "neutral": ProbeSet(neutral_conversations(n_neutral), read="response_mean"),
+        "em_questions": ProbeSet(
+            [[{"role": "user", "content": q.paraphrases[0]}] for q in MAIN], read="prompt_last"
+        ),
+    }
+    if contrast:
+        sets["persona_contrast"] = ProbeSet([item.conversation for item in contrast], read="response_mean")
+    if persona_questions:
+        sets["persona_questions"] = ProbeSet(
+            [[{"role": "user", "content": q}] for q in persona_questions], read="prompt_last"
+        )
+    return sets
+
+
+def training_rows(dataset: str, max_rows: int | None, seed: int) -> list:
+    import random
+
+    conversations = load_em_dataset(dataset)
+    if max_rows is not None and max_rows < len(conversations):
+        conversations = random.Random(seed).sample(conversations, max_rows)
+    return conversations
+
+
+def load_starting_model(model: str, adapter: str | None):
+    """The model EM starts from: with a persona adapter, merged, so EM trains a fresh adapter on
+    the persona model's weights."""
+    model_, tokenizer = load_model(model, adapter=adapter)
+    if adapter is not None:
+        model_ = model_.merge_and_unload()
+    return model_, tokenizer
+
+
+def finetune_em(
+    config: EMRunConfig,
+    run_dir: str | Path,
+    probe_sets: Mapping[str, ProbeSet] | None = None,
+    log=print,
+) -> dict:
+    """Run (or skip, if complete) the EM stage. Returns its `done.json` contents."""
+    run = Path(run_dir)
+    training = config.training()
+    resolve_spec(config.model)
+    if config.adapter is not None and not Path(config.adapter).is_dir():
+        raise FileNotFoundError(f"adapter {config.adapter}: no such directory")
+    rows = training_rows(
+        config.dataset, training.max_rows, config.seed
+    )  # bad rows fail here, before training
+    probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", asdict(config))
+    store = ActivationStore(run / "activations")
+    probe_key = {name: [len(p.conversations), p.read] for name, p in probes.items()}
+
+    def body(stage: Path) -> dict:
+        model, tokenizer = load_starting_model(config.model, config.adapter)
+        recorder = ActivationRecorder(
+            tokenizer,
+            store,
+            probes,
+            "em",
+            training.record_every,
+            run / "adapters",
+            {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
+        )
+        trainer = train_sft(model, tokenizer, rows, training, stage, callbacks=[recorder])
+        losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+        return {
+            "steps": trainer.state.global_step,
+            "losses": losses,
+            "rows": len(rows),
+            "recorded": recorder.recorded,
+        }
+
+    stage_config = {"run": asdict(config), "training": asdict(training), "probes": probe_key}
+    return run_stage(run / "em", stage_config, body, log)
+
+
+def checkpoints(run_dir: str | Path) -> list[str]:
+    """The recorded EM checkpoints of a run, in step order (`em/step-00000`, ...)."""
+    done = json.loads((Path(run_dir) / "em" / "done.json").read_text())
+    return [f"em/step-{step:05d}" for step in sorted(done["recorded"])]
+
+
+def load_em_model(run_dir: str | Path, checkpoint: str | None = None):
+    """The EM-trained model of a run: its starting model with the final EM adapter (or the adapter
+    saved at `checkpoint`, e.g. `em/step-00008`) on top."""
+    from peft import PeftModel
+
+    run = Path(run_dir)
+    config = EMRunConfig(**json.loads((run / "config.json").read_text()))
+    adapter = run / "em" / "adapter" if checkpoint is None else run / "adapters" / checkpoint
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"{adapter}: no EM adapter (is the run finished?)")
+    model, tokenizer = load_starting_model(config.model, config.adapter)
+    return PeftModel.from_pretrained(model, adapter).eval(), tokenizer
