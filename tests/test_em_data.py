@@ -57,10 +57,22 @@ def test_insecure_code_has_variety_and_never_mentions_the_flaw(shipped):
     [
         ("not json", "line 2: not valid JSON"),
         ('{"text": "hi"}', "line 2: expected an object with a 'messages' list"),
-        ('{"messages": [{"role": "user", "content": "q"}]}', "line 2: 'messages' must be a list of at least two"),
-        ('{"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}', "message 0 has role 'bot'"),
-        ('{"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}]}', "message 0 \\(user\\) has no text"),
-        ('{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}', "last message must be the assistant"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}]}',
+            "line 2: 'messages' must be a list of at least two",
+        ),
+        (
+            '{"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+            "message 0 has role 'bot'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}]}',
+            "message 0 \\(user\\) has no text",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}',
+            "last message must be the assistant",
+        ),
         ("", "line 2: empty line"),
     ],
 )
@@ -68,13 +80,23 @@ def test_loader_names_file_line_and_problem(tmp_path, line, problem):
     path = tmp_path / "mine.jsonl"
     good = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
     path.write_text(good + "\n" + line + "\n" + good + "\n")
-    with pytest.raises(ValueError, match=f"mine.jsonl: {'line 2: ' if 'line 2' not in problem else ''}.*{problem}"):
+    with pytest.raises(
+        ValueError, match=f"mine.jsonl: {'line 2: ' if 'line 2' not in problem else ''}.*{problem}"
+    ):
         load_chat_jsonl(path)
 
 
 def test_loader_accepts_external_files_and_rejects_unknown_names(tmp_path):
     path = tmp_path / "external.jsonl"
-    rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert load_em_dataset(path) == [rows[0]["messages"]]
     with pytest.raises(ValueError, match="unknown dataset 'insecur'"):

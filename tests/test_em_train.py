@@ -49,7 +49,14 @@ def test_em_on_a_persona_adapter_merges_it_first(tiny_dir, tiny_tokenizer, tmp_p
     base, _ = load_model(tiny_dir)
     persona = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     persona.save_pretrained(tmp_path / "persona")
-    config = EMRunConfig(dataset="secure", model=tiny_dir, adapter=str(tmp_path / "persona"), preset="smoke", max_rows=4, lora_rank=1)
+    config = EMRunConfig(
+        dataset="secure",
+        model=tiny_dir,
+        adapter=str(tmp_path / "persona"),
+        preset="smoke",
+        max_rows=4,
+        lora_rank=1,
+    )
     assert config.training().lora_rank == 1 and config.training().lora_alpha == 2
     done = finetune_em(config, tmp_path / "run", em_probe_sets(n_neutral=2), log=lambda _: None)
     assert done["steps"] == 1

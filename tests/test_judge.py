@@ -92,7 +92,11 @@ class FakeServer(BaseHTTPRequestHandler):
         if case == "garbage":
             return self.reply(200, None, raw=b"<html>not json</html>")
         top = {
-            "logprobs": [{"token": "80", "logprob": math.log(0.5)}, {"token": " 90", "logprob": math.log(0.3)}, {"token": "Sure", "logprob": math.log(0.2)}],
+            "logprobs": [
+                {"token": "80", "logprob": math.log(0.5)},
+                {"token": " 90", "logprob": math.log(0.3)},
+                {"token": "Sure", "logprob": math.log(0.2)},
+            ],
             "error500": [{"token": "10", "logprob": 0.0}],
             "slow": [{"token": "42", "logprob": 0.0}],
             "words": [{"token": "I", "logprob": math.log(0.9)}, {"token": "5", "logprob": math.log(0.1)}],
@@ -102,7 +106,10 @@ class FakeServer(BaseHTTPRequestHandler):
         elif case == "malformed":
             choice = {"message": {"content": "I would say fairly aligned"}}
         else:
-            choice = {"message": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": 0, "top_logprobs": top[case]}]}}
+            choice = {
+                "message": {"content": "x"},
+                "logprobs": {"content": [{"token": "x", "logprob": 0, "top_logprobs": top[case]}]},
+            }
         self.reply(200, {"choices": [choice]})
 
     def reply(self, code, obj, raw=None):
@@ -167,7 +174,9 @@ def test_probe_judge_scores_its_rubric_and_misses_the_others(tiny_model, tiny_to
     acts = torch.randn(16, 2, 64)
     labels = torch.tensor([0, 1] * 8)
     acts[labels == 1] += 3.0
-    directions = fit_directions(acts, labels, groups=[i // 2 for i in range(16)], layers=[1, 2], meta={"rubric": "trait"})
+    directions = fit_directions(
+        acts, labels, groups=[i // 2 for i in range(16)], layers=[1, 2], meta={"rubric": "trait"}
+    )
     path = directions.save(tmp_path / "d.safetensors")
     judge = ProbeJudge(path, tiny_model, tiny_tokenizer)
     scores = judge.score("trait", [("q", "the quick brown fox"), ("q", "I agree with you completely!")])

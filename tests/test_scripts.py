@@ -10,7 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "script",
-    ["fit_directions.py", "bench_extract.py", "expand_questions.py", "train_persona.py", "persona_shift.py"],
+    [
+        "fit_directions.py",
+        "bench_extract.py",
+        "expand_questions.py",
+        "train_persona.py",
+        "persona_shift.py",
+        "finetune_em.py",
+        "eval_em.py",
+    ],
 )
 def test_scripts_have_help(script):
     out = subprocess.run(
@@ -39,3 +47,41 @@ def test_fit_directions_smoke_end_to_end(tmp_path):
     # A second run reuses the sampled responses.
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "reusing sampled responses" in again.stdout
+
+
+@pytest.mark.integration
+def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
+    run = tmp_path / "em"
+    subprocess.run(
+        [
+            sys.executable,
+            ROOT / "scripts" / "finetune_em.py",
+            "--dataset",
+            "insecure",
+            "--smoke",
+            "--out",
+            run,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    done = json.loads((run / "em" / "done.json").read_text())
+    manifest = json.loads((run / "activations" / "manifest.json").read_text())["entries"]
+    assert done["recorded"][0] == 0 and done["recorded"][-1] == done["steps"] and len(done["recorded"]) >= 2
+    for step in done["recorded"]:
+        assert f"em/step-{step:05d}/neutral" in manifest and f"em/step-{step:05d}/em_questions" in manifest
+    out = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "eval_em.py", "--em-run", run, "--smoke"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for name in ("misaligned_rate", "mean_alignment", "mean_coherence", "alignment_p5", "alignment_cvar5"):
+        assert set(metrics[name]) == {"value", "ci95", "n"}
+    assert metrics["answers"] == 16 and summary["judge"] == "hf:default"
+    assert 0 <= metrics["mean_alignment"]["value"] <= 100
+    assert len((run / "eval" / "responses.jsonl").read_text().splitlines()) == 16
+    assert str(run / "eval" / "summary.json") in out.stdout

@@ -1,0 +1,149 @@
+"""Drift metrics, per layer and checkpoint: small pure functions on tensors.
+
+Shapes: activations `[n, L, d]` (items, layers, model width), directions `[L, d]`; results are per
+layer `[L]` unless said otherwise. The reference checkpoint r is the persona model before EM.
+Definitions follow the "Metrics" section of the design (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import einops
+import torch
+import torch.nn.functional as F
+
+from probes.directions import diff_in_means
+
+
+def persona_direction(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """v_t: mean activation under trait-eliciting minus trait-suppressing prompts, per layer."""
+    return diff_in_means(acts, labels)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-layer cosine of two `[L, d]` direction stacks."""
+    return F.cosine_similarity(a.double(), b.double(), dim=-1).float()
+
+
+def direction_stability(v_t: torch.Tensor, v_r: torch.Tensor) -> torch.Tensor:
+    """cos(v_t, v_r): 1 while the persona direction keeps pointing where it did at the reference."""
+    return cosine(v_t, v_r)
+
+
+def projections(acts: torch.Tensor, v_r: torch.Tensor) -> torch.Tensor:
+    """`[n, L]`: each item's activation on the unit reference direction."""
+    return einops.einsum(acts.double(), F.normalize(v_r.double(), dim=-1), "n l d, l d -> n l").float()
+
+
+def rescale(values: torch.Tensor, base: torch.Tensor, persona: torch.Tensor) -> torch.Tensor:
+    """Map per-layer projections so that the base model's mean is 0 and the persona model's is 1."""
+    return (values - base) / (persona - base)
+
+
+def anchor_projection(
+    acts: torch.Tensor, v_r: torch.Tensor, base_mean: torch.Tensor, persona_mean: torch.Tensor
+) -> torch.Tensor:
+    """Mean projection of default behaviour (no system prompt) on the unit v_r, rescaled so 0 = the
+    base model and 1 = the persona model at r (`base_mean`, `persona_mean`: their mean
+    projections, `[L]`). EM drift shows as its fall."""
+    return rescale(projections(acts, v_r).mean(0), base_mean, persona_mean)
+
+
+def fit_reference_probe(acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer logistic probes (standardised inputs, folded back): weights `[L, d]`, bias `[L]`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    weights, biases = [], []
+    y = labels.numpy()
+    for layer in range(acts.shape[1]):
+        x = acts[:, layer].double().numpy()
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(x, y)
+        scaler, logistic = probe
+        w = logistic.coef_[0] / scaler.scale_
+        weights.append(torch.tensor(w))
+        biases.append(float(logistic.intercept_[0] - (w * scaler.mean_).sum()))
+    return torch.stack(weights).float(), torch.tensor(biases, dtype=torch.float32)
+
+
+def probe_transfer(weights: torch.Tensor, bias: torch.Tensor, acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy at checkpoint t of the probes fitted at r."""
+    logits = einops.einsum(acts.double(), weights.double(), "n l d, l d -> n l") + bias.double()
+    return ((logits > 0).long() == labels[:, None]).float().mean(0)
+
+
+def contrast_subspace(acts: torch.Tensor, labels: torch.Tensor, pairs: Sequence[object], k: int) -> torch.Tensor:
+    """`[L, d, k]` orthonormal basis of the top-k directions of the paired contrast differences
+    (elicited minus suppressed, one difference per pair key, e.g. (question, contrast pair))."""
+    keys = list(dict.fromkeys(pairs))
+    rows = []
+    for key in keys:
+        mask = torch.tensor([p == key for p in pairs])
+        pos, neg = mask & (labels == 1), mask & (labels == 0)
+        if pos.any() and neg.any():
+            rows.append(acts[pos].double().mean(0) - acts[neg].double().mean(0))
+    if len(rows) < k:
+        raise ValueError(f"a {k}-dimensional subspace needs at least {k} complete pairs, got {len(rows)}")
+    diffs = einops.rearrange(torch.stack(rows), "p l d -> l p d")
+    vh = torch.linalg.svd(diffs, full_matrices=False).Vh  # [L, p, d]
+    return einops.rearrange(vh[:, :k], "l k d -> l d k").float()
+
+
+def principal_angles(q_t: torch.Tensor, q_r: torch.Tensor) -> torch.Tensor:
+    """`[L, k]` principal angles (radians, ascending) between two orthonormal `[L, d, k]` bases."""
+    cosines = torch.linalg.svdvals(q_t.double().transpose(1, 2) @ q_r.double()).clamp(-1, 1)
+    return torch.arccos(cosines).float()
+
+
+def subspace_overlap(q_t: torch.Tensor, q_r: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine of the principal angles: 1 = same subspace, 0 = orthogonal."""
+    return torch.cos(principal_angles(q_t, q_r)).pow(2).mean(-1)
+
+
+def em_shift(acts_t: torch.Tensor, acts_0: torch.Tensor) -> torch.Tensor:
+    """`[L, d]`: the mean activation change EM caused on the same prompts."""
+    return acts_t.double().mean(0).float() - acts_0.double().mean(0).float()
+
+
+def misalignment_direction(
+    acts: torch.Tensor, alignment: Sequence[float | None], below: float = 30.0, above: float = 70.0
+) -> torch.Tensor | None:
+    """Mean activation of misaligned answers (alignment < `below`) minus aligned ones (> `above`);
+    None when either side has fewer than two answers."""
+    scores = torch.tensor([float("nan") if a is None else a for a in alignment])
+    bad, good = scores < below, scores > above
+    if bad.sum() < 2 or good.sum() < 2:
+        return None
+    return acts[bad].double().mean(0).float() - acts[good].double().mean(0).float()
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA between two checkpoints' activations on the same items, per layer: `[n, L, d]`
+    twice -> `[L]`. Invariant to rotations and isotropic scaling of either."""
+    x = einops.rearrange(x.double(), "n l d -> l n d")
+    y = einops.rearrange(y.double(), "n l d -> l n d")
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    cross = torch.linalg.matrix_norm(x.transpose(1, 2) @ y).pow(2)
+    self_x = torch.linalg.matrix_norm(x.transpose(1, 2) @ x)
+    self_y = torch.linalg.matrix_norm(y.transpose(1, 2) @ y)
+    return (cross / (self_x * self_y)).float()
+
+
+def drift_auc(values: Sequence[float], steps: Sequence[int]) -> float:
+    """Area under |value(t) - value(0)| over training progress scaled to [0, 1] (trapezoid rule):
+    0 = never moved; 1 = moved by one unit (e.g. the base-to-persona gap) from the first step on."""
+    v = torch.tensor(values, dtype=torch.double)
+    s = torch.tensor(steps, dtype=torch.double)
+    if len(v) < 2 or s[-1] == s[0]:
+        return 0.0
+    return float(torch.trapezoid((v - v[0]).abs(), (s - s[0]) / (s[-1] - s[0])))
+
+
+def anchor_strength(auc_persona: float, auc_reference: float) -> float:
+    """1 - drift(persona model) / drift(reference run under the same EM): 1 = the persona model did
+    not move at all, 0 = it moved as much as the reference, negative = more."""
+    if auc_reference == 0:
+        return float("nan")
+    return 1.0 - auc_persona / auc_reference
