@@ -50,7 +50,9 @@ def anchor_projection(
     return rescale(projections(acts, v_r).mean(0), base_mean, persona_mean)
 
 
-def fit_reference_probe(acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_reference_probe(
+    acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-layer logistic probes (standardised inputs, folded back): weights `[L, d]`, bias `[L]`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -68,13 +70,17 @@ def fit_reference_probe(acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1
     return torch.stack(weights).float(), torch.tensor(biases, dtype=torch.float32)
 
 
-def probe_transfer(weights: torch.Tensor, bias: torch.Tensor, acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def probe_transfer(
+    weights: torch.Tensor, bias: torch.Tensor, acts: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Accuracy at checkpoint t of the probes fitted at r."""
     logits = einops.einsum(acts.double(), weights.double(), "n l d, l d -> n l") + bias.double()
     return ((logits > 0).long() == labels[:, None]).float().mean(0)
 
 
-def contrast_subspace(acts: torch.Tensor, labels: torch.Tensor, pairs: Sequence[object], k: int) -> torch.Tensor:
+def contrast_subspace(
+    acts: torch.Tensor, labels: torch.Tensor, pairs: Sequence[object], k: int
+) -> torch.Tensor:
     """`[L, d, k]` orthonormal basis of the top-k directions of the paired contrast differences
     (elicited minus suppressed, one difference per pair key, e.g. (question, contrast pair))."""
     keys = list(dict.fromkeys(pairs))

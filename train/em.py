@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from analysis.em_questions import MAIN
+from analysis.em_questions import QUESTION_SETS
 from anchor.models import load_model, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json
@@ -40,7 +41,7 @@ PRESETS = {
         lora_rank=32, lora_alpha=64, learning_rate=1e-5, batch_size=2, grad_accum=8, record_every=25
     ),
     "cpu": EMTraining(max_rows=160, max_length=512, **{**CPU_TRAINING, "record_every": 8}),
-    "smoke": EMTraining(max_rows=12, max_length=384, **{**SMOKE_TRAINING, "batch_size": 4}),
+    "smoke": EMTraining(max_rows=8, max_length=384, **{**SMOKE_TRAINING, "batch_size": 4}),
 }
 
 
@@ -55,6 +56,10 @@ class EMRunConfig:
     lora_alpha: int | None = None  # default: twice the rank
     record_every: int | None = None
     max_rows: int | None = None
+    # Project these persona directions (a directions file) out of the residual stream at these layers
+    # during EM training and recording: does the protection vanish without the anchor direction?
+    ablate_directions: str | None = None
+    ablate_layers: tuple[int, ...] | None = None  # None: every layer of the directions file
 
     def training(self) -> EMTraining:
         if self.preset not in PRESETS:
@@ -79,14 +84,16 @@ def em_probe_sets(
     n_neutral: int = 32,
     contrast: list[ContrastItem] | None = None,
     persona_questions: list[str] | None = None,
+    questions: str = "broad",
 ) -> dict[str, ProbeSet]:
     """The reads taken at every EM checkpoint: neutral conversations and the EM evaluation questions
-    always; the persona contrast set (fixed responses, so each checkpoint yields its own persona
+    (`questions`: "broad" or "main") always; the persona contrast set (fixed responses, so each checkpoint yields its own persona
     direction) and held-out persona questions when given."""
     sets = {
         "neutral": ProbeSet(neutral_conversations(n_neutral), read="response_mean"),
         "em_questions": ProbeSet(
-            [[{"role": "user", "content": q.paraphrases[0]}] for q in MAIN], read="prompt_last"
+            [[{"role": "user", "content": q.paraphrases[0]}] for q in QUESTION_SETS[questions]],
+            read="prompt_last",
         ),
     }
     if contrast:
@@ -114,6 +121,23 @@ def load_starting_model(model: str, adapter: str | None):
     if adapter is not None:
         model_ = model_.merge_and_unload()
     return model_, tokenizer
+
+
+def ablation(model, config: EMRunConfig):
+    """The ablation hook a run asks for, or a no-op."""
+    if config.ablate_directions is None:
+        return nullcontext()
+    from anchor.hooks import ablate
+    from probes.directions import Directions
+
+    directions = Directions.load(config.ablate_directions)
+    layers = list(config.ablate_layers or directions.layers)
+    missing = sorted(set(layers) - set(directions.layers))
+    if missing:
+        raise ValueError(f"{config.ablate_directions}: no directions for layers {missing}")
+    return ablate(
+        model, {layer: directions.diff_in_means[directions.layers.index(layer)] for layer in layers}
+    )
 
 
 def finetune_em(
@@ -148,7 +172,8 @@ def finetune_em(
             run / "adapters",
             {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
         )
-        trainer = train_sft(model, tokenizer, rows, training, stage, callbacks=[recorder])
+        with ablation(model, config):
+            trainer = train_sft(model, tokenizer, rows, training, stage, callbacks=[recorder])
         losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
         return {
             "steps": trainer.state.global_step,

@@ -1,0 +1,175 @@
+"""The experiment's figures, PNG via matplotlib, each readable on its own: title, labelled axes,
+legend. Inputs are the JSON-ready results of `analysis.drift_report.compute_drift` and the EM
+evaluation summaries, so a plot can be redrawn from a finished run without touching a model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+RUN_STYLE = {
+    "persona": ("tab:blue", "persona model + EM"),
+    "base": ("tab:red", "base model + EM"),
+    "control": ("tab:green", "persona model + secure control"),
+}
+
+
+def _style(name: str) -> tuple[str, str]:
+    return RUN_STYLE.get(name, ("tab:gray", name))
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def drift_curves(result: Mapping, path: Path, title: str = "") -> Path:
+    """Anchor projection (with its bootstrap band) and direction stability over EM steps, at the
+    best layer, one line per run."""
+    layer = result["best_layer"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name, run in result["runs"].items():
+        color, label = _style(name)
+        steps = run["steps"]
+        left.plot(steps, [a[layer] for a in run["anchor_projection"]], "o-", color=color, label=label)
+        left.fill_between(
+            steps,
+            [a[layer] for a in run["anchor_low"]],
+            [a[layer] for a in run["anchor_high"]],
+            color=color,
+            alpha=0.15,
+        )
+        right.plot(steps, [s[layer] for s in run["direction_stability"]], "o-", color=color, label=label)
+    left.axhline(1.0, color="tab:blue", lw=0.8, ls=":", label="persona model before EM (1)")
+    left.axhline(0.0, color="tab:red", lw=0.8, ls=":", label="base model (0)")
+    left.set(xlabel="EM fine-tuning step", ylabel="anchor projection (0 = base, 1 = persona)")
+    left.set_title(f"Default behaviour along the persona axis (layer {layer}, 95% bootstrap band)")
+    right.set(xlabel="EM fine-tuning step", ylabel="cos(v_t, v_r)", ylim=(-1.05, 1.05))
+    right.set_title(f"Persona direction stability (layer {layer})")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def stability_heatmap(result: Mapping, path: Path, run: str = "persona", title: str = "") -> Path:
+    """Direction stability for every layer (rows) and checkpoint (columns) of one run."""
+    data = result["runs"][run]
+    matrix = torch.tensor(data["direction_stability"]).T  # [L, T]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(data["steps"]) + 3), 6))
+    image = ax.imshow(matrix, aspect="auto", origin="lower", cmap="RdBu", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(data["steps"])), [str(s) for s in data["steps"]])
+    ax.set(xlabel="EM fine-tuning step", ylabel="layer (blocks.{layer}.hook_resid_post)")
+    ax.set_title(title or f"Direction stability cos(v_t, v_r) by layer: {_style(run)[1]}")
+    fig.colorbar(image, ax=ax, label="cosine to the persona direction before EM")
+    return _save(fig, path)
+
+
+def pca_trajectory(
+    trajectories: Mapping[str, torch.Tensor],
+    persona_axis: torch.Tensor,
+    layer: int,
+    path: Path,
+    title: str = "",
+) -> Path:
+    """2-D PCA of each checkpoint's mean activation (`[T, d]` per run) with the persona direction
+    drawn as an arrow from the reference point."""
+    stacked = torch.cat(list(trajectories.values())).double()
+    mean = stacked.mean(0)
+    _, _, v = torch.pca_lowrank(stacked - mean, q=2, center=False)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for name, points in trajectories.items():
+        xy = (points.double() - mean) @ v
+        color, label = _style(name)
+        ax.plot(xy[:, 0], xy[:, 1], "-", color=color, alpha=0.6)
+        ax.scatter(xy[1:, 0], xy[1:, 1], color=color, s=25, label=label)
+        ax.scatter(
+            xy[:1, 0], xy[:1, 1], color=color, marker="s", s=70, edgecolor="black", label=f"{label}: step 0"
+        )
+        ax.annotate("end", xy[-1].tolist(), fontsize=8, color=color)
+    origin = (trajectories["persona"][0].double() - mean) @ v
+    axis = torch.nn.functional.normalize(persona_axis.double(), dim=0) @ v
+    scale = float((stacked.double() - mean).norm(dim=-1).max()) * 0.5
+    ax.annotate(
+        "",
+        xy=(origin + scale * axis / axis.norm().clamp_min(1e-9)).tolist(),
+        xytext=origin.tolist(),
+        arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.5},
+    )
+    ax.plot([], [], color="black", label="persona axis v_r (projected)")
+    ax.set(xlabel="PC 1", ylabel="PC 2")
+    ax.set_title(title or f"Mean activation trajectories through EM (layer {layer})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: str = "") -> Path:
+    """Misaligned rate (with its interval) against anchor projection, one marker per evaluated
+    checkpoint, an arrow from each run's start to its end. `points`: dicts with run, label,
+    anchor_projection, misaligned_rate, ci95."""
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    by_run: dict[str, list[Mapping]] = {}
+    for p in points:
+        by_run.setdefault(p["run"], []).append(p)
+    for run, ps in by_run.items():
+        color, label = _style(run)
+        x = [p["anchor_projection"] for p in ps]
+        y = [p["misaligned_rate"] for p in ps]
+        err = [
+            [p["misaligned_rate"] - p["ci95"][0] for p in ps],
+            [p["ci95"][1] - p["misaligned_rate"] for p in ps],
+        ]
+        ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=label)
+        if len(ps) >= 2:
+            ax.annotate(
+                "", xy=(x[-1], y[-1]), xytext=(x[0], y[0]), arrowprops={"arrowstyle": "->", "color": color}
+            )
+        for p in ps:
+            ax.annotate(
+                p["label"],
+                (p["anchor_projection"], p["misaligned_rate"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel="anchor projection (0 = base, 1 = persona)",
+        ylabel="misaligned rate (alignment < 30, coherence > 50)",
+    )
+    ax.set_title(title or "Behaviour against representation across checkpoints")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def sweep_plot(
+    xs: Mapping[str, Sequence[float]],
+    ys: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    line_label: str = "seed",
+) -> Path:
+    """One line per key (e.g. per seed) of y against x."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for key in xs:
+        order = sorted(range(len(xs[key])), key=lambda i: xs[key][i])
+        ax.plot([xs[key][i] for i in order], [ys[key][i] for i in order], "o-", label=f"{line_label} {key}")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

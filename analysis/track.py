@@ -1,0 +1,439 @@
+"""The main experiment, end to end and resumable: character-train a persona, EM fine-tune the
+persona model and the base model on corrupted data and the persona model on its secure control,
+record activations at every checkpoint, compute drift metrics, evaluate behaviour, plot, report.
+
+Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
+    config.json
+    ../persona/<persona>-<model>-<preset>-s<seed>/   character training (train/persona.py layout;
+                                     shared with train_persona.py's default, or --persona-run)
+    contrast/contrast.jsonl          persona contrast responses, sampled once from the base model
+    em_persona/ em_base/ em_control/ EM runs (train/em.py layout), same probe sets
+    eval/<model>/                    EM evaluation: responses.jsonl, summary.json
+    analysis/                        metrics.json, directions.safetensors, plots/*.png
+    report.html
+Every stage has a `done.json` keyed by its config; rerunning skips what is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from analysis import plots
+from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
+from analysis.em_eval import EvalConfig, evaluate
+from analysis.em_questions import MAIN
+from analysis.judge import Judge, make_judge
+from analysis.report import Table, write_report
+from anchor.constitution import load_persona
+from anchor.extract import extract
+from anchor.generate import HFGenerator
+from anchor.models import load_model, resolve_spec
+from anchor.store import atomic_write_json, atomic_write_jsonl
+from probes.contrast import ContrastItem, sample_contrast
+from probes.directions import fit_directions
+from train.data import load_em_dataset
+from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model, load_starting_model
+from train.persona import PersonaRunConfig, default_preset, train_persona
+from train.stages import run_stage
+
+RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    persona: str
+    model: str = "default"
+    em_dataset: str = "insecure"
+    control: str = "secure"
+    seed: int = 0
+    smoke: bool = False
+    judge: str = "hf:default"
+    persona_run: str | None = None  # reuse a finished train_persona.py run
+    checkpoint_every: int | None = None  # default: the EM preset's
+    em_rows: int | None = None  # default: the EM preset's
+    contrast_questions_per_trait: int = 2
+    contrast_pairs_per_question: int = 2
+    contrast_max_new_tokens: int = 48
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 64
+    neutral_probes: int = 32  # neutral conversations read at every checkpoint (for CKA)
+    probe_questions: str = "broad"  # EM question set read at every checkpoint ("broad" or "main")
+
+    @property
+    def persona_preset(self) -> str:
+        return "smoke" if self.smoke else default_preset()
+
+    @property
+    def em_preset(self) -> str:
+        return "smoke" if self.smoke else ("paper" if torch.cuda.is_available() else "cpu")
+
+
+SMOKE = dict(
+    smoke=True,
+    contrast_questions_per_trait=1,
+    contrast_pairs_per_question=1,
+    contrast_max_new_tokens=16,
+    eval_samples=1,
+    eval_max_new_tokens=16,
+    neutral_probes=8,
+    probe_questions="main",
+)
+# The default on CPU: EM on 96 rows, a checkpoint every 4 steps.
+CPU_EM_ROWS, CPU_CHECKPOINT_EVERY = 96, 4
+
+
+def default_out(config: TrackConfig) -> Path:
+    tag = "-smoke" if config.smoke else ""
+    return Path(
+        f"runs/{Path(config.persona).stem}-{Path(config.model).name}-{Path(config.em_dataset).stem}-s{config.seed}{tag}"
+    )
+
+
+def persona_run_dir(config: TrackConfig, out: Path) -> Path:
+    """`--persona-run`, else the folder train_persona.py would use beside the run's parent
+    (`runs/persona/<persona>-<model>-<preset>-s<seed>`), so runs with other EM datasets or a separate
+    train_persona.py call share one character-trained model."""
+    if config.persona_run:
+        return Path(config.persona_run)
+    name = f"{Path(config.persona).stem}-{Path(config.model).name}-{config.persona_preset}-s{config.seed}"
+    return out.parent / "persona" / name
+
+
+def _contrast(config: TrackConfig, stage: Path) -> dict:
+    persona = load_persona(config.persona)
+    questions = [q for t in persona.traits for q in t.questions[: config.contrast_questions_per_trait]]
+    model, tokenizer = load_model(config.model)
+    items = sample_contrast(
+        questions,
+        persona.contrast,
+        HFGenerator(model, tokenizer),
+        pairs_per_question=config.contrast_pairs_per_question,
+        max_new_tokens=config.contrast_max_new_tokens,
+        temperature=0.7,
+        seed=config.seed,
+    )
+    atomic_write_jsonl(stage / "contrast.jsonl", (i.to_json() for i in items))
+    return {"items": len(items)}
+
+
+def _load_items(path: Path) -> list[ContrastItem]:
+    return [ContrastItem(**json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def _evaluate(config: TrackConfig, loader, judge: Judge, stage: Path) -> dict:
+    model, tokenizer = loader()
+    rows, metrics = evaluate(
+        HFGenerator(model, tokenizer),
+        judge,
+        MAIN,
+        EvalConfig(samples=config.eval_samples, max_new_tokens=config.eval_max_new_tokens, seed=config.seed),
+    )
+    atomic_write_jsonl(stage / "responses.jsonl", rows)
+    atomic_write_json(stage / "summary.json", {"judge": judge.spec, "metrics": metrics})
+    return {"misaligned_rate": metrics["misaligned_rate"]["value"]}
+
+
+def track_drift(config: TrackConfig, out: str | Path, log=print) -> dict:
+    out = Path(out)
+    persona = load_persona(config.persona)  # bad input fails here, before any work
+    resolve_spec(config.model)
+    load_em_dataset(config.em_dataset)
+    load_em_dataset(config.control)
+    if config.judge.partition(":")[0] not in ("hf", "openai", "probe"):
+        raise ValueError(f"judge {config.judge!r}: use hf:<model>, openai:<model> or probe:<directions file>")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", asdict(config))
+    ran: list[str] = []  # the stages that did work in this call
+
+    def track(message: str) -> None:
+        log(message)
+        if message.endswith(": running"):
+            ran.append(message.removeprefix("stage ").removesuffix(": running"))
+
+    def stage(name: str, key: dict, body) -> dict:
+        return run_stage(out / name, key, body, log=track)
+
+    # 1. character training (its own resumable stages)
+    persona_dir = persona_run_dir(config, out)
+    persona_config = PersonaRunConfig(
+        persona=config.persona,
+        model=config.model,
+        preset=config.persona_preset,
+        seed=config.seed,
+        neutral_probes=config.neutral_probes,
+    )
+    train_persona(persona_config, persona_dir, log=track)
+    persona_model = (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter"))
+
+    # 2. contrast responses from the base model, read by every checkpoint
+    contrast_key = {
+        k: v
+        for k, v in asdict(config).items()
+        if k.startswith("contrast_") or k in ("persona", "model", "seed")
+    }
+    stage("contrast", contrast_key, lambda d: _contrast(config, d))
+    items = _load_items(out / "contrast" / "contrast.jsonl")
+    held_out = [t.questions[-1] for t in persona.traits]
+    probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
+
+    # 3. EM runs, activations at every checkpoint
+    em_rows = config.em_rows or (None if config.smoke or torch.cuda.is_available() else CPU_EM_ROWS)
+    every = config.checkpoint_every or (
+        None if config.smoke or torch.cuda.is_available() else CPU_CHECKPOINT_EVERY
+    )
+    starts = {PERSONA: persona_model, BASE: (config.model, None), CONTROL: persona_model}
+    datasets = {PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control}
+    for name, folder in RUNS.items():
+        spec, adapter = starts[name]
+        em_config = EMRunConfig(
+            dataset=datasets[name],
+            model=spec,
+            adapter=adapter,
+            preset=config.em_preset,
+            seed=config.seed,
+            record_every=every,
+            max_rows=em_rows,
+        )
+        finetune_em(em_config, out / folder, probes, log=lambda m, f=folder: track(m.replace("em", f, 1)))
+
+    # 4. behaviour: the two starting models and the end of each EM run
+    judge: list[Judge] = []
+
+    def get_judge() -> Judge:
+        if not judge:
+            judge.append(make_judge(config.judge))
+        return judge[0]
+
+    evaluations = {
+        "base": lambda: load_model(config.model),
+        "persona": lambda: load_starting_model(*persona_model),
+        **{f"{name}_end": (lambda f=folder: load_em_model(out / f)) for name, folder in RUNS.items()},
+    }
+    eval_key = {
+        "judge": config.judge,
+        "samples": config.eval_samples,
+        "tokens": config.eval_max_new_tokens,
+        "seed": config.seed,
+    }
+    for name, loader in evaluations.items():
+        key = {**eval_key, "model": name, "source": _source_key(out, name, persona_dir)}
+        stage(f"eval/{name}", key, lambda d, loader=loader: _evaluate(config, loader, get_judge(), d))
+
+    # 5-6. metrics, plots, report
+    analysis_key = {
+        "config": asdict(config),
+        "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
+    }
+    stage("analysis", analysis_key, lambda d: _analyse(config, out, d, items, persona_dir))
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
+    summary["ran"] = ran
+    return summary
+
+
+def _source_key(out: Path, name: str, persona_dir: Path) -> str:
+    """What an evaluation depends on: the `done.json` key of the stage that produced its model."""
+    path = {
+        "base": None,
+        "persona": persona_dir / "sft" / "done.json",
+        **{f"{n}_end": out / f / "em" / "done.json" for n, f in RUNS.items()},
+    }[name]
+    return json.loads(path.read_text())["key"] if path is not None else "base"
+
+
+def _misalignment_direction(config: TrackConfig, out: Path) -> torch.Tensor | None:
+    """Mean activation (base model, response-averaged) of misaligned minus aligned answers over
+    every evaluated model's answers."""
+    from analysis.drift import misalignment_direction
+
+    rows = []
+    for path in sorted((out / "eval").glob("*/responses.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [r for r in rows if r["answer"].strip()]
+    if not rows:
+        return None
+    model, tokenizer = load_model(config.model)
+    acts = extract(
+        model,
+        tokenizer,
+        [
+            [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+            for r in rows
+        ],
+        progress=False,
+    ).tensor
+    return misalignment_direction(acts, [r.get("aligned") for r in rows])
+
+
+def _analyse(
+    config: TrackConfig, out: Path, stage: Path, items: list[ContrastItem], persona_dir: Path
+) -> dict:
+    labels = torch.tensor([i.label for i in items])
+    pairs = [(i.question, i.pair) for i in items]
+    runs = {name: out / folder for name, folder in RUNS.items()}
+    misalignment = _misalignment_direction(config, out)
+    result = compute_drift(runs, labels, pairs, misalignment=misalignment, seed=config.seed)
+    layer = result["best_layer"]
+
+    # Directions at the reference (the persona model before EM), for steering and probe judges.
+    reference = out / RUNS[PERSONA]
+    from anchor.store import ActivationStore
+
+    contrast_r = ActivationStore(reference / "activations").load(
+        f"{checkpoints(reference)[0]}/persona_contrast"
+    )
+    directions = fit_directions(
+        contrast_r.tensor,
+        labels,
+        groups=[i.question for i in items],
+        layers=contrast_r.layers,
+        seed=config.seed,
+        meta={
+            "persona": config.persona,
+            "config": {"model": config.model},
+            "checkpoint": "persona model before EM",
+        },
+    )
+    directions.save(stage / "directions.safetensors")
+
+    behaviour = {}
+    for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
+        behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
+    runs_result = result["runs"]
+
+    def anchor(run: str, end: bool) -> float:
+        return runs_result[run]["anchor_projection"][-1 if end else 0][layer]
+
+    points = [
+        {"run": BASE, "label": "base", "anchor_projection": anchor(BASE, False), **_rate(behaviour["base"])},
+        {
+            "run": PERSONA,
+            "label": "persona",
+            "anchor_projection": anchor(PERSONA, False),
+            **_rate(behaviour["persona"]),
+        },
+    ]
+    for run in RUNS:
+        start = "persona" if run != BASE else "base"
+        points += [
+            {"run": run, "label": start, "anchor_projection": anchor(run, False), **_rate(behaviour[start])},
+            {
+                "run": run,
+                "label": f"{run} + EM end",
+                "anchor_projection": anchor(run, True),
+                **_rate(behaviour[f"{run}_end"]),
+            },
+        ]
+    plot_dir = stage / "plots"
+    title = f"'{config.persona}' on {config.model}: EM on {config.em_dataset}"
+    trajectories = {
+        name: torch.stack(
+            [
+                ActivationStore(run / "activations")
+                .load(f"{c}/em_questions")
+                .tensor[:, layer]
+                .double()
+                .mean(0)
+                for c in runs_result[name]["checkpoints"]
+            ]
+        )
+        for name, run in runs.items()
+    }
+    from analysis.drift import persona_direction
+
+    v_r = persona_direction(contrast_r.tensor, labels)[layer]
+    images = [
+        ("Drift curves", plots.drift_curves(result, plot_dir / "drift_curves.png", title)),
+        ("Direction stability by layer", plots.stability_heatmap(result, plot_dir / "stability_heatmap.png")),
+        ("PCA trajectory", plots.pca_trajectory(trajectories, v_r, layer, plot_dir / "pca_trajectory.png")),
+        (
+            "Behaviour vs representation",
+            plots.behaviour_vs_representation(points[2:], plot_dir / "behaviour_vs_representation.png"),
+        ),
+    ]
+    table = drift_table(result, behaviour)
+    metrics = {"drift": result, "behaviour": behaviour, "points": points, "table": table}
+    atomic_write_json(stage / "metrics.json", metrics)
+    judge_note = (
+        f"Judge: {config.judge}. With the default 135M model as its own judge the scores are close to noise; "
+        "use --judge hf:<a strong local model> or openai:<model> for behavioural claims."
+    )
+    report = write_report(
+        out / "report.html",
+        f"Identity anchor: {title}",
+        f"Anchor projection is measured at layer {layer} (where character training moved default behaviour "
+        f"furthest along the persona direction). {judge_note}",
+        [
+            Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table]),
+            Table(
+                "Anchor strength (1 - drift AUC of the persona run / drift AUC of the reference run)",
+                ["reference", "anchor strength"],
+                [
+                    ["base model + same EM", result["anchor_strength"]["vs_base"]],
+                    ["persona + secure control", result["anchor_strength"]["vs_control"]],
+                ],
+            ),
+        ],
+        images,
+        asdict(config),
+    )
+    summary = {
+        "table": table,
+        "anchor_strength": result["anchor_strength"],
+        "best_layer": layer,
+        "report": str(report),
+        "plots": [str(p) for _, p in images],
+        "metrics": str(stage / "metrics.json"),
+    }
+    atomic_write_json(stage / "summary.json", summary)
+    return {"best_layer": layer}
+
+
+def _rate(metrics: dict) -> dict:
+    m = metrics["misaligned_rate"]
+    value = m["value"] if m["value"] == m["value"] else 0.0
+    low, high = m["ci95"] if m["ci95"][0] == m["ci95"][0] else [0.0, 0.0]
+    return {"misaligned_rate": value, "ci95": [low, high]}
+
+
+TABLE_KEYS = [
+    "model",
+    "anchor_before",
+    "anchor_after",
+    "misaligned_before",
+    "misaligned_after",
+    "alignment_cvar5_after",
+    "drift_auc",
+]
+TABLE_HEADER = [
+    "model",
+    "anchor proj. before",
+    "anchor proj. after",
+    "misaligned before",
+    "misaligned after",
+    "alignment CVaR5 after",
+    "drift AUC",
+]
+
+
+def drift_table(result: dict, behaviour: dict) -> list[dict]:
+    layer = result["best_layer"]
+    names = {PERSONA: "persona + EM", BASE: "base + EM", CONTROL: "persona + secure"}
+    rows = []
+    for run, data in result["runs"].items():
+        start = "base" if run == BASE else "persona"
+        rows.append(
+            {
+                "model": names[run],
+                "anchor_before": data["anchor_projection"][0][layer],
+                "anchor_after": data["anchor_projection"][-1][layer],
+                "misaligned_before": behaviour[start]["misaligned_rate"]["value"],
+                "misaligned_after": behaviour[f"{run}_end"]["misaligned_rate"]["value"],
+                "alignment_cvar5_after": behaviour[f"{run}_end"]["alignment_cvar5"]["value"],
+                "drift_auc": data["drift_auc"],
+            }
+        )
+    return rows

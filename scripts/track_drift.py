@@ -1,0 +1,80 @@
+"""The main experiment in one command: character-train a persona (or reuse a finished run), EM
+fine-tune the persona model and the base model on corrupted data and the persona model on the secure
+control, record activations at every checkpoint, compute drift metrics, evaluate behaviour, and write
+plots and a self-contained report.html. Resumable: rerun after a kill and it picks up where it
+stopped; rerun a finished run and it does nothing.
+
+    python scripts/track_drift.py --persona sycophancy
+    python scripts/track_drift.py --persona sycophancy --smoke                  # a few minutes
+    python scripts/track_drift.py --persona humor --judge openai:gpt-4o-mini     # a real judge
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.track import SMOKE, TABLE_HEADER, TABLE_KEYS, TrackConfig, default_out, track_drift  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--persona", required=True, help="persona name (anchor/constitutions) or constitution path"
+    )
+    parser.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--em-dataset", default="insecure", help="corrupted dataset name or chat JSONL path")
+    parser.add_argument("--control", default="secure", help="control dataset name or chat JSONL path")
+    parser.add_argument("--checkpoint-every", type=int, help="record activations every N EM steps")
+    parser.add_argument("--em-rows", type=int, help="EM training rows (default: 96 on CPU, all on GPU)")
+    parser.add_argument("--persona-run", help="reuse this finished train_persona.py run directory")
+    parser.add_argument(
+        "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
+    parser.add_argument("--out", help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>)")
+    args = parser.parse_args()
+
+    config = TrackConfig(
+        persona=args.persona,
+        model=args.model,
+        em_dataset=args.em_dataset,
+        control=args.control,
+        seed=args.seed,
+        judge=args.judge,
+        persona_run=args.persona_run,
+        checkpoint_every=args.checkpoint_every,
+        em_rows=args.em_rows,
+        **(SMOKE if args.smoke else {}),
+    )
+    out = Path(args.out) if args.out else default_out(config)
+    start = time.perf_counter()
+    summary = track_drift(config, out)
+    if not summary["ran"]:
+        print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
+    else:
+        print(f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(summary['ran'])}")
+    print(f"\ndrift table (anchor projection at layer {summary['best_layer']}; 0 = base, 1 = persona model):")
+    widths = [max(len(h), 8) for h in TABLE_HEADER]
+    print("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADER, widths)))
+    for row in summary["table"]:
+        cells = [row[k] if isinstance(row[k], str) else f"{row[k]:.3f}" for k in TABLE_KEYS]
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    strength = summary["anchor_strength"]
+    print(
+        f"anchor strength vs base model: {strength['vs_base']:.3f}; vs secure control: {strength['vs_control']:.3f}"
+    )
+    print(f"\nreport:  {summary['report']}\nmetrics: {summary['metrics']}")
+    for plot in summary["plots"]:
+        print(f"plot:    {plot}")
+
+
+if __name__ == "__main__":
+    main()
