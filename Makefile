@@ -7,13 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint install
 
 demo: $(STAMP)
-	@if [ -f scripts/track_drift.py ]; then \
-		$(BIN)/python scripts/track_drift.py --persona sycophancy; \
-	else \
-		echo "make demo: scripts/track_drift.py does not exist yet (it arrives with the drift-analysis issue)."; \
-		echo "The environment is ready: try  $(BIN)/python -c \"import anchor; print(anchor.load_model('default')[0].config)\""; \
-		exit 1; \
-	fi
+	$(BIN)/python scripts/track_drift.py --persona sycophancy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RUN_STYLE = {
     "persona": ("tab:blue", "persona model + EM"),
@@ -53,9 +54,12 @@ def drift_curves(result: Mapping, path: Path, title: str = "") -> Path:
     left.axhline(0.0, color="tab:red", lw=0.8, ls=":", label="base model (0)")
     left.set(xlabel="EM fine-tuning step", ylabel="anchor projection (0 = base, 1 = persona)")
     left.set_title(f"Default behaviour along the persona axis (layer {layer}, 95% bootstrap band)")
-    right.set(xlabel="EM fine-tuning step", ylabel="cos(v_t, v_r)", ylim=(-1.05, 1.05))
+    right.set(xlabel="EM fine-tuning step", ylabel="cos(v_t, v_r)  (1 = unchanged)")
+    low = min(min(s[layer] for s in run["direction_stability"]) for run in result["runs"].values())
+    right.set_ylim(min(low - 0.05 * (1 - low) - 1e-3, 0.99), 1.0 + 0.05 * (1 - low) + 1e-3)
     right.set_title(f"Persona direction stability (layer {layer})")
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
@@ -68,7 +72,9 @@ def stability_heatmap(result: Mapping, path: Path, run: str = "persona", title: 
     data = result["runs"][run]
     matrix = torch.tensor(data["direction_stability"]).T  # [L, T]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(data["steps"]) + 3), 6))
-    image = ax.imshow(matrix, aspect="auto", origin="lower", cmap="RdBu", vmin=-1, vmax=1)
+    # Cosines near 1 are the usual case: scale the colours to the data so small drifts show.
+    low = min(float(matrix.min()), 0.999)
+    image = ax.imshow(matrix, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=1.0)
     ax.set_xticks(range(len(data["steps"])), [str(s) for s in data["steps"]])
     ax.set(xlabel="EM fine-tuning step", ylabel="layer (blocks.{layer}.hook_resid_post)")
     ax.set_title(title or f"Direction stability cos(v_t, v_r) by layer: {_style(run)[1]}")
@@ -99,15 +105,18 @@ def pca_trajectory(
         )
         ax.annotate("end", xy[-1].tolist(), fontsize=8, color=color)
     origin = (trajectories["persona"][0].double() - mean) @ v
-    axis = torch.nn.functional.normalize(persona_axis.double(), dim=0) @ v
-    scale = float((stacked.double() - mean).norm(dim=-1).max()) * 0.5
+    axis = torch.nn.functional.normalize(persona_axis.double(), dim=0) @ v  # its shadow on the PC plane
+    scale = float(((stacked.double() - mean) @ v).norm(dim=-1).max()) * 0.6
+    end = origin + scale * axis / axis.norm().clamp_min(1e-9)
+    ax.plot(
+        [origin[0], end[0]], [origin[1], end[1]], color="black", lw=1.5, label="persona axis v_r (projected)"
+    )
     ax.annotate(
         "",
-        xy=(origin + scale * axis / axis.norm().clamp_min(1e-9)).tolist(),
+        xy=end.tolist(),
         xytext=origin.tolist(),
         arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.5},
     )
-    ax.plot([], [], color="black", label="persona axis v_r (projected)")
     ax.set(xlabel="PC 1", ylabel="PC 2")
     ax.set_title(title or f"Mean activation trajectories through EM (layer {layer})")
     ax.legend(fontsize=8)
@@ -123,7 +132,7 @@ def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: st
     by_run: dict[str, list[Mapping]] = {}
     for p in points:
         by_run.setdefault(p["run"], []).append(p)
-    for run, ps in by_run.items():
+    for k, (run, ps) in enumerate(by_run.items()):
         color, label = _style(run)
         x = [p["anchor_projection"] for p in ps]
         y = [p["misaligned_rate"] for p in ps]
@@ -141,7 +150,8 @@ def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: st
                 p["label"],
                 (p["anchor_projection"], p["misaligned_rate"]),
                 fontsize=7,
-                xytext=(4, 4),
+                color=color,
+                xytext=(4, 6 + 11 * k),  # runs sharing a start point get their own label row
                 textcoords="offset points",
             )
     ax.set(
