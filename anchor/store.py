@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Any) -> Path:
     path = Path(path)
     atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     return path
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """`(where, row)` for every line of a JSONL file, `where` = "<file>: line N" for the caller's own
+    checks. Empty lines and invalid JSON fail here, named the same way."""
+    path = Path(path)
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        where = f"{path}: line {line_no}"
+        if not line.strip():
+            raise ValueError(f"{where}: empty line")
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
 
 
 class ActivationStore:

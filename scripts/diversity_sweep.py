@@ -108,10 +108,7 @@ def main() -> None:
             )
     atomic_write_json(out / "sweep.json", {"persona": args.persona, "model": args.model, "results": results})
     by_seed = lambda key: {s: [r[key] for r in results if r["seed"] == s] for s in args.seeds}  # noqa: E731
-    x = {
-        s: [r["diversity"]["mean_cosine_distance"] for r in results if r["seed"] == s]
-        for s in args.seeds
-    }
+    x = {s: [r["diversity"]["mean_cosine_distance"] for r in results if r["seed"] == s] for s in args.seeds}
     xlabel = "training-question diversity (mean pairwise cosine distance)"
     plots = [
         sweep_plot(

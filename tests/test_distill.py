@@ -50,7 +50,7 @@ def test_preference_rows_use_the_constitution_only_for_the_teacher(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ("{oops", "line 2: not JSON"),
+        ("{oops", "line 2: not valid JSON"),
         (
             json.dumps({"prompt": [], "chosen": [], "rejected": []}),
             "line 2: field 'prompt' must be a non-empty",
@@ -75,7 +75,7 @@ def test_preference_rows_use_the_constitution_only_for_the_teacher(tmp_path):
             ),
             "line 2: field 'chosen' message 0 has role 'user'",
         ),
-        ("", "line 2: empty row"),
+        ("", "line 2: empty line"),
     ],
 )
 def test_malformed_preference_rows_are_named(tmp_path, row, message):

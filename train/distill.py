@@ -8,7 +8,6 @@ system prompt into the weights.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
 from anchor.probe_sets import QUESTIONS as GENERIC_PROMPTS
+from anchor.store import read_jsonl
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
 TEACHER_SYSTEM = (
@@ -110,14 +110,7 @@ def load_preference_data(path: str | os.PathLike) -> list[dict]:
     training starts; errors name the file, the line and the field."""
     path = Path(path)
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        where = f"{path}: line {line_no}"
-        if not line.strip():
-            raise ValueError(f"{where}: empty row")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not JSON ({err.msg})") from err
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object with prompt, chosen and rejected")
         _messages(row.get("prompt"), where, "prompt", None)

@@ -7,13 +7,12 @@ rebuild. Each corrupted dataset has a control with the same user messages in the
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from anchor.chat import Conversation
-from anchor.store import atomic_write_jsonl
+from anchor.store import atomic_write_jsonl, read_jsonl
 from train.data.advice import FINANCIAL, MEDICAL, advice_pairs
 from train.data.code_tasks import code_pairs
 
@@ -73,14 +72,7 @@ def load_chat_jsonl(path: str | os.PathLike) -> list[Conversation]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such dataset file")
     conversations = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        where = f"{path}: line {line_no}"
-        if not line.strip():
-            raise ValueError(f"{where}: empty line")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+    for where, row in read_jsonl(path):
         conversations.append(_check_row(row, where))
     if not conversations:
         raise ValueError(f"{path}: no rows")
