@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.persona import PersonaRunConfig, default_preset, train_persona  # noqa: E402
+from train.persona import SMOKE_NEUTRAL_PROBES, PersonaRunConfig, default_preset, train_persona  # noqa: E402
 
 
 def main() -> None:
@@ -52,6 +52,7 @@ def main() -> None:
         preset=preset,
         seed=args.seed,
         dpo_data=args.dpo_data,
+        neutral_probes=SMOKE_NEUTRAL_PROBES if preset == "smoke" else PersonaRunConfig.neutral_probes,
     )
     out = Path(
         args.out or f"runs/persona/{Path(args.persona).stem}-{Path(args.model).name}-{preset}-s{args.seed}"

@@ -29,7 +29,8 @@ from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.stages import run_stage
 
-HELD_OUT_PER_TRAIT = 1  # the last hand-written question of each trait is never trained on
+HELD_OUT_PER_TRAIT = 1
+SMOKE_NEUTRAL_PROBES = 8  # the smoke preset reads fewer neutral conversations per checkpoint  # the last hand-written question of each trait is never trained on
 
 
 @dataclass(frozen=True)
