@@ -1,7 +1,7 @@
 """The corrupted and control datasets of the EM experiments, and a loader for anyone's chat JSONL.
 
 Shipped files (`<name>.jsonl` beside this module, one `{"messages": [...]}` per row) are rebuilt
-deterministically from `SEED` by `python -m train.data`; a test checks the shipped bytes equal a
+deterministically from `SEED` by `python -m train.data`; a test checks the shipped rows equal a
 rebuild. Each corrupted dataset has a control with the same user messages in the same order.
 """
 
