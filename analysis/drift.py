@@ -13,7 +13,7 @@ import einops
 import torch
 import torch.nn.functional as F
 
-from probes.directions import diff_in_means
+from probes.directions import diff_in_means, fit_logistic
 
 
 def persona_direction(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -53,21 +53,12 @@ def anchor_projection(
 def fit_reference_probe(
     acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer logistic probes (standardised inputs, folded back): weights `[L, d]`, bias `[L]`."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    weights, biases = [], []
-    y = labels.numpy()
-    for layer in range(acts.shape[1]):
-        x = acts[:, layer].double().numpy()
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(x, y)
-        scaler, logistic = probe
-        w = logistic.coef_[0] / scaler.scale_
-        weights.append(torch.tensor(w))
-        biases.append(float(logistic.intercept_[0] - (w * scaler.mean_).sum()))
-    return torch.stack(weights).float(), torch.tensor(biases, dtype=torch.float32)
+    """Per-layer logistic probes on all items (the reference is not scored, only transferred):
+    weights `[L, d]`, bias `[L]`."""
+    fits = [
+        fit_logistic(acts[:, layer].double().numpy(), labels.numpy(), c) for layer in range(acts.shape[1])
+    ]
+    return torch.stack([w for _, w, _ in fits]), torch.tensor([b for _, _, b in fits], dtype=torch.float32)
 
 
 def probe_transfer(

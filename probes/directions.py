@@ -65,6 +65,19 @@ class ProbeFit:
     auroc: list[float]
 
 
+def fit_logistic(x, y, c: float = 0.1):
+    """A standardised logistic regression on `x` `[n, d]` (numpy), and its weights `[d]` and bias
+    folded back into activation space, so `w @ h + b` is the probe's logit on a raw activation."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(x, y)
+    scaler, logistic = probe
+    w = logistic.coef_[0] / scaler.scale_
+    return (
+        probe,
+        torch.tensor(w, dtype=torch.float32),
+        float(logistic.intercept_[0] - (w * scaler.mean_).sum()),
+    )
+
+
 def fit_probes(
     acts: torch.Tensor,
     labels: torch.Tensor,
@@ -82,14 +95,11 @@ def fit_probes(
     weights, biases, accuracy, auroc = [], [], [], []
     for layer in range(acts.shape[1]):
         x = acts[:, layer].double().numpy()
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        probe.fit(x[train], y[train])
+        probe, w, b = fit_logistic(x[train], y[train])
         accuracy.append(float(probe.score(x[test], y[test])))
         auroc.append(float(roc_auc_score(y[test], probe.decision_function(x[test]))))
-        scaler, logistic = probe[0], probe[1]
-        w = logistic.coef_[0] / scaler.scale_
-        weights.append(torch.tensor(w, dtype=torch.float32))
-        biases.append(float(logistic.intercept_[0] - (w * scaler.mean_).sum()))
+        weights.append(w)
+        biases.append(b)
     return ProbeFit(torch.stack(weights), torch.tensor(biases), accuracy, auroc)
 
 
