@@ -10,6 +10,7 @@ EM run, i.e. the persona model before EM; "base" is step 0 of the base model's E
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +43,34 @@ def bootstrap_band(values: torch.Tensor, n_boot: int, seed: int) -> tuple[torch.
     return torch.quantile(means, 0.025, dim=0), torch.quantile(means, 0.975, dim=0)
 
 
+@dataclass
+class AnchorAxis:
+    """The reference persona direction and the two ends of the anchor scale, read from a run."""
+
+    contrast: torch.Tensor  # [n, L, d] contrast activations of the persona model before EM
+    v_r: torch.Tensor  # [L, d]
+    base: torch.Tensor  # [n, L] base model's default behaviour projected on v_r (the 0)
+    persona: torch.Tensor  # [n, L] persona model's, before EM (the 1)
+
+    def anchor(self, acts: torch.Tensor) -> torch.Tensor:
+        """`[n, L]` per-item anchor projections of default-behaviour activations."""
+        return drift.rescale(drift.projections(acts, self.v_r), self.base.mean(0), self.persona.mean(0))
+
+
+def anchor_axis(persona_run: Path, base_run: Path, labels: torch.Tensor) -> AnchorAxis:
+    """v_r from the persona run's step 0 contrast reads; its 0 and 1 from step 0 of the base and
+    persona runs."""
+    r = checkpoints(persona_run)[0]
+    contrast = _acts(persona_run, r, "persona_contrast")
+    v_r = drift.persona_direction(contrast, labels)
+    return AnchorAxis(
+        contrast,
+        v_r,
+        drift.projections(default_behaviour(base_run, checkpoints(base_run)[0]), v_r),
+        drift.projections(default_behaviour(persona_run, r), v_r),
+    )
+
+
 def compute_drift(
     runs: Mapping[str, Path],
     labels: torch.Tensor,
@@ -58,13 +87,12 @@ def compute_drift(
     `misalignment` is an optional `[L, d]` misalignment direction."""
     reference = runs[PERSONA]
     r = checkpoints(reference)[0]
-    contrast_r = _acts(reference, r, "persona_contrast")
-    v_r = drift.persona_direction(contrast_r, labels)
+    axis = anchor_axis(reference, runs[BASE], labels)
+    contrast_r, v_r = axis.contrast, axis.v_r
     probe_w, probe_b = drift.fit_reference_probe(contrast_r, labels)
     k = min(subspace_k, len(set(pairs)) - 1)
     q_r = drift.contrast_subspace(contrast_r, labels, pairs, k) if k >= 1 else None
-    base_proj = drift.projections(default_behaviour(runs[BASE], checkpoints(runs[BASE])[0]), v_r)
-    persona_proj = drift.projections(default_behaviour(reference, r), v_r)
+    base_proj, persona_proj = axis.base, axis.persona
     base_mean, persona_mean = base_proj.mean(0), persona_proj.mean(0)
     # The layer where character training moved default behaviour furthest along v_r, in units of
     # the spread of the items: the anchor is measured where there is one to measure.
@@ -101,7 +129,7 @@ def compute_drift(
         for c in ckpts:
             contrast = _acts(run, c, "persona_contrast")
             v_t = drift.persona_direction(contrast, labels)
-            scaled = drift.rescale(drift.projections(default_behaviour(run, c), v_r), base_mean, persona_mean)
+            scaled = axis.anchor(default_behaviour(run, c))
             low, high = bootstrap_band(scaled, n_boot, seed)
             shift = drift.em_shift(_acts(run, c, "em_questions"), start_questions)
             series["direction_stability"].append(drift.direction_stability(v_t, v_r).tolist())

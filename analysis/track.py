@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from analysis import plots
+from analysis.drift import misalignment_direction
 from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
 from analysis.em_eval import EvalConfig, evaluate
 from analysis.em_questions import MAIN
@@ -32,7 +33,7 @@ from anchor.constitution import load_persona
 from anchor.extract import extract
 from anchor.generate import HFGenerator
 from anchor.models import load_model, resolve_spec
-from anchor.store import atomic_write_json, atomic_write_jsonl
+from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from probes.contrast import ContrastItem, sample_contrast
 from probes.directions import fit_directions
 from train.data import load_em_dataset
@@ -248,8 +249,6 @@ def _source_key(out: Path, name: str, persona_dir: Path) -> str:
 def _misalignment_direction(config: TrackConfig, out: Path) -> torch.Tensor | None:
     """Mean activation (base model, response-averaged) of misaligned minus aligned answers over
     every evaluated model's answers."""
-    from analysis.drift import misalignment_direction
-
     rows = []
     for path in sorted((out / "eval").glob("*/responses.jsonl")):
         rows += [json.loads(line) for line in path.read_text().splitlines()]
@@ -281,8 +280,6 @@ def _analyse(
 
     # Directions at the reference (the persona model before EM), for steering and probe judges.
     reference = out / RUNS[PERSONA]
-    from anchor.store import ActivationStore
-
     contrast_r = ActivationStore(reference / "activations").load(
         f"{checkpoints(reference)[0]}/persona_contrast"
     )
@@ -343,9 +340,7 @@ def _analyse(
         )
         for name, run in runs.items()
     }
-    from analysis.drift import persona_direction
-
-    v_r = persona_direction(contrast_r.tensor, labels)[layer]
+    v_r = directions.diff_in_means[directions.layers.index(layer)]  # the persona direction at r
     images = [
         ("Drift curves", plots.drift_curves(result, plot_dir / "drift_curves.png", title)),
         ("Direction stability by layer", plots.stability_heatmap(result, plot_dir / "stability_heatmap.png")),

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from analysis import drift  # noqa: E402
-from analysis.drift_report import default_behaviour, step_of  # noqa: E402
+from analysis.drift_report import anchor_axis, default_behaviour, step_of  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.em_questions import MAIN  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
@@ -36,7 +36,7 @@ from analysis.track import RUNS, TrackConfig, persona_run_dir  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
 from anchor.generate import HFGenerator  # noqa: E402
 from anchor.hooks import ablate  # noqa: E402
-from anchor.store import ActivationStore, atomic_write_json  # noqa: E402
+from anchor.store import atomic_write_json  # noqa: E402
 from probes.contrast import ContrastItem  # noqa: E402
 from probes.directions import Directions  # noqa: E402
 from probes.steering import dose_response, steering_vectors  # noqa: E402
@@ -99,15 +99,10 @@ def main() -> None:
         for line in (run / "contrast" / "contrast.jsonl").read_text().splitlines()
     ]
     labels = torch.tensor([i.label for i in items])
-    reference = checkpoints(em_persona)[0]
-    contrast_r = ActivationStore(em_persona / "activations").load(f"{reference}/persona_contrast").tensor
-    v_r = drift.persona_direction(contrast_r, labels)
-    base_mean = float(
-        drift.projections(default_behaviour(em_base, checkpoints(em_base)[0]), v_r)[:, read_layer].mean()
-    )
-    persona_mean = float(
-        drift.projections(default_behaviour(em_persona, reference), v_r)[:, read_layer].mean()
-    )
+    axis = anchor_axis(em_persona, em_base, labels)
+    v_r = axis.v_r
+    base_mean = float(axis.base[:, read_layer].mean())
+    persona_mean = float(axis.persona[:, read_layer].mean())
     held_out = [t.questions[-1] for t in persona.traits]
     prompts = em_probe_sets(0, persona_questions=held_out, questions=config.probe_questions)
     default_prompts = list(prompts["em_questions"].conversations) + list(
@@ -172,14 +167,7 @@ def main() -> None:
             ("persona + EM, direction ablated", out / "em_ablated"),
         ):
             ckpts = checkpoints(em_run)
-            values = [
-                (
-                    float(drift.projections(default_behaviour(em_run, c), v_r)[:, read_layer].mean())
-                    - base_mean
-                )
-                / (persona_mean - base_mean)
-                for c in ckpts
-            ]
+            values = [float(axis.anchor(default_behaviour(em_run, c))[:, read_layer].mean()) for c in ckpts]
             curves[name] = {"steps": [step_of(c) for c in ckpts], "anchor_projection": values}
             curves[name]["drift_auc"] = drift.drift_auc(values, curves[name]["steps"])
         model, tokenizer = load_em_model(out / "em_ablated")
