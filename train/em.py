@@ -12,6 +12,7 @@ Run directory:
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -106,8 +107,6 @@ def em_probe_sets(
 
 
 def training_rows(dataset: str, max_rows: int | None, seed: int) -> list:
-    import random
-
     conversations = load_em_dataset(dataset)
     if max_rows is not None and max_rows < len(conversations):
         conversations = random.Random(seed).sample(conversations, max_rows)
