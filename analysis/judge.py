@@ -147,8 +147,10 @@ class HFJudge(Judge):
 
     @classmethod
     def from_spec(cls, spec: str) -> HFJudge:
+        from anchor.engines import assert_no_engine
         from anchor.models import load_model
 
+        assert_no_engine(f"judge hf:{spec}")
         model, tokenizer = load_model(spec)
         return cls(model.eval(), tokenizer, spec=f"hf:{spec}")
 
@@ -346,6 +348,20 @@ class ProbeJudge(Judge):
 
     def score_prompts(self, prompts):  # pragma: no cover - the probe reads pairs, not prompts
         raise NotImplementedError("the probe judge scores (question, answer) pairs")
+
+
+def check_judge_spec(spec: str) -> None:
+    """Fail on a judge spec that cannot work, without loading anything (so a script can check it
+    before minutes of sampling, and load the judge only once the GPU is free)."""
+    kind, _, target = spec.partition(":")
+    if not target or kind not in ("hf", "openai", "probe"):
+        raise ValueError(f"judge {spec!r}: expected hf:<model>, openai:<model> or probe:<directions file>")
+    if kind == "hf":
+        from anchor.models import resolve_spec
+
+        resolve_spec(target)
+    elif kind == "probe" and not Path(target).is_file():
+        raise FileNotFoundError(f"judge {spec!r}: no directions file at {target}")
 
 
 def make_judge(spec: str, base_url: str | None = None, api_key: str | None = None, **kwargs) -> Judge:

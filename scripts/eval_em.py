@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
+from analysis.em_eval import EvalConfig, em_metrics, judge_answers, rubrics_for, sample_answers  # noqa: E402
 from analysis.em_questions import question_set  # noqa: E402
-from analysis.judge import make_judge  # noqa: E402
+from analysis.judge import check_judge_spec, make_judge  # noqa: E402
 from anchor.generate import HFGenerator, make_generator  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
@@ -49,12 +49,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 answers per question, 32 tokens each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.85,
+        help="share of the GPU's memory the vLLM engine may take (default: 0.85)",
+    )
+    parser.add_argument(
         "--out", help="output folder (default: <em-run>/eval, else runs/eval/<model>-s<seed>)"
     )
     args = parser.parse_args()
 
     questions = question_set(args.questions)
-    judge = make_judge(args.judge, base_url=args.judge_base_url)  # fails before any sampling
+    check_judge_spec(args.judge)  # fails before any sampling; the judge loads once sampling is done
     config = EvalConfig(
         samples=SMOKE["samples"] if args.smoke else args.samples,
         max_new_tokens=SMOKE["max_new_tokens"] if args.smoke else args.max_new_tokens,
@@ -63,13 +69,19 @@ def main() -> None:
     if args.em_run:
         from train.em import load_em_model
 
-        generator = HFGenerator(*load_em_model(args.em_run))
+        generator = HFGenerator(*load_em_model(args.em_run), owns_model=True)
         out = Path(args.out or Path(args.em_run) / "eval")
     else:
-        generator = make_generator(args.model, adapter=args.adapter)
+        generator = make_generator(
+            args.model, adapter=args.adapter, gpu_memory_utilization=args.gpu_memory_utilization
+        )
         out = Path(args.out or f"runs/eval/{Path(args.model).name}-s{args.seed}")
     start = time.perf_counter()
-    rows, metrics = evaluate(generator, judge, questions, config, trait=args.trait)
+    with generator:  # the engine (or model) is gone before the judge takes the GPU
+        rows = sample_answers(generator, questions, config)
+    judge = make_judge(args.judge, base_url=args.judge_base_url)
+    judge_answers(rows, judge, questions, rubrics_for(args.trait), args.trait)
+    metrics = em_metrics(rows, config.n_boot, config.seed)
     summary = {
         "model": args.em_run or args.model,
         "adapter": args.adapter,

@@ -7,6 +7,7 @@ stopped; rerun a finished run and it does nothing.
     python scripts/track_drift.py --persona sycophancy
     python scripts/track_drift.py --persona sycophancy --smoke                  # a few minutes
     python scripts/track_drift.py --persona humor --judge openai:gpt-4o-mini     # a real judge
+    python scripts/track_drift.py --persona sycophancy --model Qwen/Qwen2.5-7B-Instruct --num-processes 4
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.track import SMOKE, TABLE_HEADER, TABLE_KEYS, TrackConfig, default_out, track_drift  # noqa: E402
+from analysis.track import (  # noqa: E402
+    SMOKE,
+    TABLE_HEADER,
+    TABLE_KEYS,
+    Resources,
+    TrackConfig,
+    default_out,
+    track_drift,
+)
 
 
 def main() -> None:
@@ -40,6 +49,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
     parser.add_argument("--out", help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>)")
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=Resources.num_processes,
+        help="train data-parallel on this many processes (GPUs) through accelerate; generation, "
+        "evaluation and analysis stay in this process (default: 1)",
+    )
+    parser.add_argument(
+        "--accelerate-config",
+        help="an accelerate config for the training stages, e.g. train/accelerate/zero3.yaml for "
+        "models that do not fit one GPU (default: plain DDP)",
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=Resources.gpu_memory_utilization,
+        help=f"share of the GPU's memory a vLLM engine may take (default: {Resources.gpu_memory_utilization})",
+    )
     args = parser.parse_args()
 
     config = TrackConfig(
@@ -56,7 +83,8 @@ def main() -> None:
     )
     out = Path(args.out) if args.out else default_out(config)
     start = time.perf_counter()
-    summary = track_drift(config, out)
+    resources = Resources(args.num_processes, args.gpu_memory_utilization, args.accelerate_config)
+    summary = track_drift(config, out, resources=resources)
     if not summary["ran"]:
         print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
     else:
