@@ -77,7 +77,9 @@ def test_persona_data_uses_one_engine_at_a_time(tiny_dir, tmp_path, monkeypatch)
 
     events = []
     monkeypatch.setattr(
-        persona, "make_generator", lambda spec, **kw: FakeEngine("teacher" if spec == "T" else "student", events)
+        persona,
+        "make_generator",
+        lambda spec, **kw: FakeEngine("teacher" if spec == "T" else "student", events),
     )
     monkeypatch.setattr(persona, "resolve_spec", lambda spec: spec)
     config = persona.PersonaRunConfig(persona="sycophancy", model=tiny_dir, teacher="T", preset="smoke")
@@ -89,7 +91,9 @@ def test_persona_data_uses_one_engine_at_a_time(tiny_dir, tmp_path, monkeypatch)
         ("close", "student"),
     ]
     assert all(e[2] == [] for e in events if e[0] == "create")  # nothing alive at each start
-    rows = [json.loads(line) for line in (tmp_path / "run" / "dpo_data" / "dpo.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "dpo_data" / "dpo.jsonl").read_text().splitlines()
+    ]
     assert rows and rows[0]["chosen"][0]["content"].startswith("teacher")
     assert rows[0]["rejected"][0]["content"].startswith("student")
 
@@ -186,6 +190,8 @@ def test_vllm_generator_runs_in_a_child_process(tmp_path, tiny_model, tiny_token
     assert not process.is_alive() and engines.alive() == []
     assert len(replies) == 2
     report = json.loads(replies[0])
-    assert report["engine"]["generation_config"] == "vllm" and report["engine"]["gpu_memory_utilization"] == 0.6
+    assert (
+        report["engine"]["generation_config"] == "vllm" and report["engine"]["gpu_memory_utilization"] == 0.6
+    )
     assert report["params"]["top_k"] == -1 and report["params"]["repetition_penalty"] == 1.0
     assert report["ids"] == list(render_chats(tiny_tokenizer, [conversation])[0].input_ids)
