@@ -74,8 +74,9 @@ def test_hf_judge_answers_code_and_refusal(tiny_model, tiny_tokenizer):
     assert judge.prefix_ids == tiny_tokenizer.encode("Answer: ", add_special_tokens=False)  # not "Score: "
     for word in ("CODE", "REFUSAL"):
         forced = HFJudge(force_token(tiny_model, tiny_tokenizer, words[word][:1]), tiny_tokenizer)
-        assert forced.score("aligned", [("q", "a"), ("q2", "b")]) == [word, word]
-        assert forced.score("coherent", [("q", "a")]) == [None]  # coherence stays numeric: missing
+        short = ["Rate: {question} {answer}"] * 2  # short prompts: the tiny BPE is slow on long ones
+        assert forced.score("aligned", [("q", "a"), ("q2", "b")], short) == [word, word]
+        assert forced.score("coherent", [("q", "a")], short[:1]) == [None]  # coherence stays numeric
         assert forced.missing == 1
 
 
