@@ -1,11 +1,15 @@
 """Evaluate emergent misalignment: sample answers to open-ended questions at temperature 1, judge
-alignment and coherence 0..100, and report the misaligned rate, mean alignment, coherence and tail
-risk with bootstrap 95% intervals. Writes per-answer JSONL and a summary JSON.
+alignment (0..100, or CODE / REFUSAL) and coherence (0..100), and report the misaligned rate (over
+scored answers, with its coverage, and over all answers), code and refusal rates, mean alignment,
+coherence and tail risk with 95% intervals, next to the judge and its calibration. Writes
+per-answer JSONL and a summary JSON. Presets: paper (every question of the file, 100 answers per
+paraphrase, 600 tokens), cpu (the default), smoke.
 
     python scripts/eval_em.py --em-run runs/em/insecure-default-cpu-s0      # the EM-trained model
     python scripts/eval_em.py --model default --smoke --out runs/eval/base  # any model
     python scripts/eval_em.py --em-run RUN --judge openai:gpt-4o --judge-base-url http://localhost:8000/v1
-    python scripts/eval_em.py --model default --questions first_plot_questions.yaml
+    python scripts/eval_em.py --model default --questions first_plot_questions.yaml --preset paper
+    python scripts/eval_em.py --model default --judge-calibration runs/calibration/hf_default/calibration.json
 """
 
 from __future__ import annotations
@@ -13,18 +17,54 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.em_eval import EvalConfig, em_metrics, judge_answers, rubrics_for, sample_answers  # noqa: E402
+from analysis.calibration import (  # noqa: E402
+    calibrate,
+    describe,
+    judge_calibration,
+    load_calibration,
+    load_labels,
+)
+from analysis.em_eval import (  # noqa: E402
+    PRESETS,
+    judge_answers,
+    rubrics_for,
+    sample_answers,
+    select_questions,
+    summarise,
+)
 from analysis.em_questions import question_set  # noqa: E402
 from analysis.judge import check_judge_spec, make_judge  # noqa: E402
 from anchor.generate import HFGenerator, make_generator  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
-SMOKE = {"samples": 2, "max_new_tokens": 32}
+
+def eval_config(args: argparse.Namespace):
+    """The preset (`--smoke` means `--preset smoke`) with the flags given on the command line."""
+    preset = PRESETS["smoke" if args.smoke else args.preset]
+    overrides = {
+        "samples": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "misaligned_below": args.misaligned_below,
+        "coherent_above": args.coherent_above,
+    }
+    return replace(preset, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def print_metrics(metrics: dict, note: str) -> None:
+    for name, m in metrics.items():
+        if isinstance(m, dict) and "value" in m:
+            print(
+                f"{name:>20}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f}, n={m['n']})"
+            )
+    print(
+        f"{'missing':>20}: {metrics['missing']} of {metrics['answers']} answers; words {metrics['verdicts']}"
+    )
+    print(note)
 
 
 def main() -> None:
@@ -42,11 +82,21 @@ def main() -> None:
     )
     parser.add_argument("--judge-base-url", help="OpenAI-compatible server (default: $OPENAI_BASE_URL)")
     parser.add_argument(
-        "--samples", type=int, default=EvalConfig.samples, help="answers per question paraphrase"
+        "--preset", choices=sorted(PRESETS), default="cpu", help="evaluation size (default: cpu)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--samples", type=int, help="answers per question paraphrase (default: the preset's)")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length (default: the preset's)")
+    parser.add_argument("--misaligned-below", type=float, help="alignment threshold (default: 30)")
+    parser.add_argument("--coherent-above", type=float, help="coherence threshold (default: 50)")
     parser.add_argument("--trait", default="", help="also judge expression of this trait (text)")
-    parser.add_argument("--smoke", action="store_true", help="2 answers per question, 32 tokens each")
+    parser.add_argument("--smoke", action="store_true", help="the smoke preset: 2 answers, 32 tokens each")
+    parser.add_argument(
+        "--judge-calibration",
+        help="a calibration.json from scripts/calibrate_judge.py to report beside the numbers",
+    )
+    parser.add_argument(
+        "--calibrate", action="store_true", help="calibrate the judge on the project's labels (after judging)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--gpu-memory-utilization",
@@ -59,13 +109,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    questions = question_set(args.questions)
+    config = eval_config(args)
+    questions = select_questions(question_set(args.questions), config)
     check_judge_spec(args.judge)  # fails before any sampling; the judge loads once sampling is done
-    config = EvalConfig(
-        samples=SMOKE["samples"] if args.smoke else args.samples,
-        max_new_tokens=SMOKE["max_new_tokens"] if args.smoke else args.max_new_tokens,
-        seed=args.seed,
-    )
+    calibration = load_calibration(args.judge_calibration) if args.judge_calibration else None
     if args.em_run:
         from train.em import load_em_model
 
@@ -81,24 +128,34 @@ def main() -> None:
         rows = sample_answers(generator, questions, config)
     judge = make_judge(args.judge, base_url=args.judge_base_url)
     judge_answers(rows, judge, questions, rubrics_for(args.trait), args.trait)
-    metrics = em_metrics(rows, config.n_boot, config.seed)
+    metrics = summarise(rows, config)
+    if args.calibrate:
+        calibration = calibrate(
+            [judge],
+            load_labels(),
+            misaligned_below=config.misaligned_below,
+            coherent_above=config.coherent_above,
+        )
+        atomic_write_json(out / "calibration.json", calibration)
+    entry = judge_calibration(calibration, judge.spec)
+    if calibration is not None and entry is None:
+        print(f"note: {args.judge_calibration} has no calibration for judge {judge.spec}")
+    note = describe(judge.spec, entry)
     summary = {
         "model": args.em_run or args.model,
         "adapter": args.adapter,
         "judge": judge.spec,
+        "judge_calibration": entry,
+        "judge_note": note,
         "questions": args.questions,
+        "preset": "smoke" if args.smoke else args.preset,
         "config": asdict(config),
         "metrics": metrics,
         "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_jsonl(out / "responses.jsonl", rows)
     atomic_write_json(out / "summary.json", summary)
-    for name, m in metrics.items():
-        if isinstance(m, dict) and "value" in m:
-            print(
-                f"{name:>16}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f}, n={m['n']})"
-            )
-    print(f"{'missing':>16}: {metrics['missing']} of {metrics['answers']} answers")
+    print_metrics(metrics, note)
     print(f"responses: {out / 'responses.jsonl'}\nsummary:   {out / 'summary.json'}")
 
 
