@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from analysis import plots
+from analysis.calibration import describe
 from analysis.drift import misalignment_direction
 from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
-from analysis.em_eval import EvalConfig, evaluate
+from analysis.em_eval import EvalConfig, evaluate, numeric
 from analysis.em_questions import MAIN
 from analysis.judge import Judge, make_judge
 from analysis.report import Table, write_report
@@ -207,7 +208,15 @@ def _finetune_em(config: EMRunConfig, run: Path, probes, resources: Resources, l
         finetune_em(config, run, probes, log=log)
 
 
-def track_drift(config: TrackConfig, out: str | Path, log=print, resources: Resources = Resources()) -> dict:
+def track_drift(
+    config: TrackConfig,
+    out: str | Path,
+    log=print,
+    resources: Resources = Resources(),
+    judge_calibration: dict | None = None,
+) -> dict:
+    """The whole experiment; `judge_calibration` (analysis.calibration.judge_calibration's entry for
+    config.judge) is reported beside the behavioural numbers."""
     out = Path(out)
     persona = load_persona(config.persona)  # bad input fails here, before any work
     resolve_spec(config.model)
@@ -300,8 +309,9 @@ def track_drift(config: TrackConfig, out: str | Path, log=print, resources: Reso
     analysis_key = {
         "config": asdict(config),
         "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
+        **({"judge_calibration": judge_calibration} if judge_calibration else {}),
     }
-    stage("analysis", analysis_key, lambda d: _analyse(config, out, d, items, persona_dir))
+    stage("analysis", analysis_key, lambda d: _analyse(config, out, d, items, persona_dir, judge_calibration))
     summary = json.loads((out / "analysis" / "summary.json").read_text())
     summary["ran"] = ran
     return summary
@@ -336,11 +346,16 @@ def _misalignment_direction(config: TrackConfig, out: Path) -> torch.Tensor | No
         ],
         progress=False,
     ).tensor
-    return misalignment_direction(acts, [r.get("aligned") for r in rows])
+    return misalignment_direction(acts, [numeric(r.get("aligned")) for r in rows])  # words are no score
 
 
 def _analyse(
-    config: TrackConfig, out: Path, stage: Path, items: list[ContrastItem], persona_dir: Path
+    config: TrackConfig,
+    out: Path,
+    stage: Path,
+    items: list[ContrastItem],
+    persona_dir: Path,
+    judge_calibration: dict | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
     pairs = [(i.question, i.pair) for i in items]
@@ -422,19 +437,17 @@ def _analyse(
         ),
     ]
     table = drift_table(result, behaviour)
+    judge_note = describe(config.judge, judge_calibration)
     metrics = {"drift": result, "behaviour": behaviour, "points": points, "table": table}
+    metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
     atomic_write_json(stage / "metrics.json", metrics)
-    judge_note = (
-        f"Judge: {config.judge}. With the default 135M model as its own judge the scores are close to noise; "
-        "use --judge hf:<a strong local model> or openai:<model> for behavioural claims."
-    )
     report = write_report(
         out / "report.html",
         f"Identity anchor: {title}",
         f"Anchor projection is measured at layer {layer} (where character training moved default behaviour "
         f"furthest along the persona direction). {judge_note}",
         [
-            Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table]),
+            Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
             Table(
                 "Anchor strength (1 - drift AUC of the persona run / drift AUC of the reference run)",
                 ["reference", "anchor strength"],

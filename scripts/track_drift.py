@@ -7,6 +7,7 @@ stopped; rerun a finished run and it does nothing.
     python scripts/track_drift.py --persona sycophancy
     python scripts/track_drift.py --persona sycophancy --smoke                  # a few minutes
     python scripts/track_drift.py --persona humor --judge openai:gpt-4o-mini     # a real judge
+    python scripts/track_drift.py --persona sycophancy --calibrate   # report the judge's calibration
     python scripts/track_drift.py --persona sycophancy --model Qwen/Qwen2.5-7B-Instruct --num-processes 4
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.calibration import calibrate_spec, judge_calibration, load_calibration  # noqa: E402
 from analysis.track import (  # noqa: E402
     SMOKE,
     TABLE_HEADER,
@@ -45,6 +47,16 @@ def main() -> None:
     parser.add_argument("--persona-run", help="reuse this finished train_persona.py run directory")
     parser.add_argument(
         "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
+    )
+    parser.add_argument(
+        "--judge-calibration",
+        help="a calibration.json from scripts/calibrate_judge.py for --judge, reported beside the behaviour",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate --judge on the project's labels first (about 2 min for hf:default on CPU); "
+        "kept in <run>/judge_calibration.json",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
@@ -84,7 +96,18 @@ def main() -> None:
     out = Path(args.out) if args.out else default_out(config)
     start = time.perf_counter()
     resources = Resources(args.num_processes, args.gpu_memory_utilization, args.accelerate_config)
-    summary = track_drift(config, out, resources=resources)
+    calibration = None
+    if args.judge_calibration:
+        calibration = judge_calibration(load_calibration(args.judge_calibration), args.judge)
+        if calibration is None:
+            parser.error(
+                f"--judge-calibration {args.judge_calibration}: no calibration for judge {args.judge}"
+            )
+    elif args.calibrate:
+        calibration = judge_calibration(
+            calibrate_spec(args.judge, out / "judge_calibration.json"), args.judge
+        )
+    summary = track_drift(config, out, resources=resources, judge_calibration=calibration)
     if not summary["ran"]:
         print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
     else:
