@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.em_questions import question_set  # noqa: E402
+from analysis.inputs import check_eval_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
 from anchor.generate import HFGenerator, make_generator  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
 SMOKE = {"samples": 2, "max_new_tokens": 32}
@@ -53,8 +55,18 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    default_out = (
+        Path(args.em_run) / "eval" if args.em_run else f"runs/eval/{Path(args.model).name}-s{args.seed}"
+    )
+    out = Path(args.out or default_out)
+    try:  # every input, before any model loads or folder is made
+        check_eval_inputs(
+            args.model, args.adapter, args.em_run, args.questions, args.judge, args.judge_base_url, out
+        )
+    except InputError as err:
+        parser.error(str(err))
     questions = question_set(args.questions)
-    judge = make_judge(args.judge, base_url=args.judge_base_url)  # fails before any sampling
+    judge = make_judge(args.judge, base_url=args.judge_base_url)
     config = EvalConfig(
         samples=SMOKE["samples"] if args.smoke else args.samples,
         max_new_tokens=SMOKE["max_new_tokens"] if args.smoke else args.max_new_tokens,
@@ -64,10 +76,8 @@ def main() -> None:
         from train.em import load_em_model
 
         generator = HFGenerator(*load_em_model(args.em_run))
-        out = Path(args.out or Path(args.em_run) / "eval")
     else:
         generator = make_generator(args.model, adapter=args.adapter)
-        out = Path(args.out or f"runs/eval/{Path(args.model).name}-s{args.seed}")
     start = time.perf_counter()
     rows, metrics = evaluate(generator, judge, questions, config, trait=args.trait)
     summary = {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from anchor.inputs import InputError  # noqa: E402
 from train.persona import SMOKE_NEUTRAL_PROBES, PersonaRunConfig, default_preset, train_persona  # noqa: E402
 
 
@@ -58,7 +59,10 @@ def main() -> None:
         args.out or f"runs/persona/{Path(args.persona).stem}-{Path(args.model).name}-{preset}-s{args.seed}"
     )
     start = time.perf_counter()
-    summary = train_persona(config, out)
+    try:
+        summary = train_persona(config, out)
+    except InputError as err:
+        parser.error(str(err))
     dpo = summary["dpo"]
     print(f"done in {time.perf_counter() - start:.0f} s ({preset} preset)")
     print(

@@ -22,11 +22,12 @@ import torch
 
 from anchor.constitution import load_persona
 from anchor.generate import make_generator
-from anchor.models import load_model, resolve_spec
+from anchor.models import load_model
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
+from train.inputs import check_persona_inputs
 from train.stages import run_stage
 
 HELD_OUT_PER_TRAIT = 1
@@ -63,14 +64,8 @@ def probe_sets(persona_name: str, n_neutral: int) -> dict[str, ProbeSet]:
 
 def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> dict:
     run = Path(run_dir)
-    persona = load_persona(config.persona)  # fails now, before any work, on an unknown persona
-    resolve_spec(config.model)
-    if config.teacher is not None:
-        resolve_spec(config.teacher)
-    if config.preset not in distill.PRESETS:
-        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(distill.PRESETS)}")
-    if config.dpo_data is not None:
-        distill.load_preference_data(config.dpo_data)  # malformed rows fail before training
+    check_persona_inputs(config, run)  # every input, before any model loads or folder is made
+    persona = load_persona(config.persona)
     dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
     sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
     run.mkdir(parents=True, exist_ok=True)
