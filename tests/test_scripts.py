@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,67 @@ def test_track_drift_help_states_the_defaults_the_code_uses():
     text = " ".join(out.stdout.split())  # argparse wraps help text; compare it unwrapped
     assert f"--em-rows EM_ROWS EM training rows (default: {CPU_EM_ROWS} on CPU" in text
     assert (
-        f"--checkpoint-every CHECKPOINT_EVERY record activations every N EM steps (default: {CPU_CHECKPOINT_EVERY} on CPU"
-        in text
+        f"--checkpoint-every CHECKPOINT_EVERY record activations every N EM steps (default: "
+        f"{CPU_CHECKPOINT_EVERY} on CPU" in text
     )
     assert "--contrast CONTRAST" in text and "--teacher TEACHER" in text
+
+
+@pytest.mark.integration
+def test_fit_directions_smoke_end_to_end(tmp_path):
+    command = [
+        sys.executable,
+        ROOT / "scripts" / "fit_directions.py",
+        "--persona",
+        "sycophancy",
+        "--smoke",
+        "--out",
+        tmp_path,
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["items"] == 40 and 0 <= summary["best_layer"] < 30
+    assert 0.0 <= summary["best_layer_accuracy"] <= 1.0
+    assert (tmp_path / "layers.png").stat().st_size > 10_000
+    assert str(tmp_path / "directions.safetensors") in out.stdout
+    # A second run reuses the sampled responses.
+    again = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "reusing sampled responses" in again.stdout
+
+
+@pytest.mark.integration
+def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
+    run = tmp_path / "em"
+    subprocess.run(
+        [
+            sys.executable,
+            ROOT / "scripts" / "finetune_em.py",
+            "--dataset",
+            "insecure",
+            "--smoke",
+            "--out",
+            run,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    done = json.loads((run / "em" / "done.json").read_text())
+    manifest = json.loads((run / "activations" / "manifest.json").read_text())["entries"]
+    assert done["recorded"][0] == 0 and done["recorded"][-1] == done["steps"] and len(done["recorded"]) >= 2
+    for step in done["recorded"]:
+        assert f"em/step-{step:05d}/neutral" in manifest and f"em/step-{step:05d}/em_questions" in manifest
+    out = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "eval_em.py", "--em-run", run, "--smoke"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for name in ("misaligned_rate", "mean_alignment", "mean_coherence", "alignment_p5", "alignment_cvar5"):
+        assert set(metrics[name]) == {"value", "ci95", "n"}
+    assert metrics["answers"] == 16 and summary["judge"] == "hf:default"
+    assert 0 <= metrics["mean_alignment"]["value"] <= 100
+    assert len((run / "eval" / "responses.jsonl").read_text().splitlines()) == 16
+    assert str(run / "eval" / "summary.json") in out.stdout
