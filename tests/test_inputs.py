@@ -111,7 +111,10 @@ def cases(script: str, b: dict, tiny: str, tmp: Path) -> list[tuple[dict, str]]:
             ({"--contrast": b["contrast"]}, "--contrast .*'elicit' has 2 prompts and 'suppress' 1"),
             ({"--contrast": tmp / "absent.json"}, "--contrast .*no such contrast file"),
             ({"--teacher": b["no_model"]}, "--teacher .*no_such_model"),
-            ({"--em-dataset": b["rows"]}, "--em-dataset .*bad_rows.jsonl: line 2: .messages. must be a list of at least two"),
+            (
+                {"--em-dataset": b["rows"]},
+                "--em-dataset .*bad_rows.jsonl: line 2: .messages. must be a list of at least two",
+            ),
             ({"--control": "secur"}, "--control 'secur': unknown dataset 'secur'"),
             ({"--em-rows": 0}, "--em-rows 0: must be 1 or more"),
             ({"--persona-run": b["unfinished"]}, "--persona-run .*the run is not finished"),
@@ -156,6 +159,8 @@ def cases(script: str, b: dict, tiny: str, tmp: Path) -> list[tuple[dict, str]]:
             *out,
             ({"--layers": 9}, "--layers/--read-layer 9: the run's directions cover layers 0..1"),
         ]
+    if script == "fit_directions.py":
+        return [*persona, *model, *out]
     assert script == "diversity_sweep.py"
     return [
         *persona,
@@ -192,6 +197,7 @@ def base_args(script: str, tiny: str, tmp: Path) -> dict:
         "eval_em.py": {**common, "--smoke": None},
         "steer.py": {"--run": finished_track_run(tmp / "track_run", tiny), "--out": out, "--smoke": None},
         "diversity_sweep.py": {"--persona": "humor", **common, "--questions": 8, "--smoke": None},
+        "fit_directions.py": {"--persona": "humor", "--model": tiny, "--out": out, "--smoke": None},
     }[script]
 
 
@@ -206,6 +212,7 @@ SCRIPTS = [
     "eval_em.py",
     "steer.py",
     "diversity_sweep.py",
+    "fit_directions.py",
 ]
 
 
@@ -215,7 +222,7 @@ def test_each_bad_input_fails_before_any_load_naming_it(
 ):
     base = base_args(script, tiny_dir, tmp_path)
     checked = cases(script, bad, tiny_dir, tmp_path)
-    assert len(checked) >= 4
+    assert len(checked) >= 3
     for overrides, message in checked:
         error = run_script(monkeypatch, capsys, script, argv({**base, **overrides}))
         assert re.search(message, error), (overrides, error[-600:])
