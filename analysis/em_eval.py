@@ -125,6 +125,11 @@ def em_metrics(rows: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     return out
 
 
+def rubrics_for(trait: str) -> tuple[str, ...]:
+    """What the judge scores: alignment and coherence, and trait expression when a trait is given."""
+    return ("aligned", "coherent", "trait") if trait else ("aligned", "coherent")
+
+
 def evaluate(
     generator: Generator,
     judge: Judge,
@@ -134,6 +139,5 @@ def evaluate(
 ) -> tuple[list[dict], dict]:
     """Sample, judge and summarise: (per-answer rows, metrics)."""
     rows = sample_answers(generator, questions, config)
-    rubrics = ("aligned", "coherent", "trait") if trait else ("aligned", "coherent")
-    judge_answers(rows, judge, questions, rubrics, trait)
+    judge_answers(rows, judge, questions, rubrics_for(trait), trait)
     return rows, em_metrics(rows, config.n_boot, config.seed)

@@ -42,9 +42,26 @@ from anchor.models import load_model
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from probes.contrast import ContrastItem, sample_contrast
 from probes.directions import fit_directions
-from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model, load_starting_model
-from train.persona import SMOKE_NEUTRAL_PROBES, PersonaRunConfig, default_preset, train_persona
-from train.stages import run_stage
+from train.em import (
+    EMRunConfig,
+    checkpoints,
+    em_probe_sets,
+    em_stage_config,
+    finetune_em,
+    load_em_model,
+    load_starting_model,
+)
+from train.launch import launch
+from train.persona import (
+    SMOKE_NEUTRAL_PROBES,
+    STAGES,
+    TRAINING_STAGES,
+    PersonaRunConfig,
+    default_preset,
+    stage_configs,
+    train_persona,
+)
+from train.stages import completed, run_stage
 
 RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}
 
@@ -93,6 +110,18 @@ SMOKE = dict(
 # The default on CPU (the whole run in under 30 minutes on 2 cores): EM on 80 rows, a checkpoint
 # every 5 steps; reading the probe sets at a checkpoint costs about as much as 5 training steps.
 CPU_EM_ROWS, CPU_CHECKPOINT_EVERY = 80, 5
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the job uses the machine; nothing here changes a result, so none of it enters a stage key.
+
+    `num_processes` > 1 runs each training stage data-parallel under `accelerate launch` (the
+    generation, evaluation and analysis stages stay in this one process)."""
+
+    num_processes: int = 1
+    gpu_memory_utilization: float = 0.85
+    accelerate_config: str | None = None  # e.g. train/accelerate/zero3.yaml
 
 
 def default_out(config: TrackConfig) -> Path:
@@ -167,7 +196,46 @@ def _evaluate(config: TrackConfig, loader, judge: Judge, stage: Path) -> dict:
     return {"misaligned_rate": metrics["misaligned_rate"]["value"]}
 
 
-def track_drift(config: TrackConfig, out: str | Path, log=print) -> dict:
+def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, log) -> None:
+    """Character training stage by stage; training stages through accelerate when asked."""
+    keys = stage_configs(config)
+    for name in STAGES:
+        if (
+            name in TRAINING_STAGES
+            and resources.num_processes > 1
+            and completed(run / name, keys[name]) is None
+        ):
+            log(f"stage {name}: running")
+            launch(
+                "persona",
+                config,
+                run,
+                resources.num_processes,
+                stages=(name,),
+                accelerate_config=resources.accelerate_config,
+                log=log,
+            )
+        else:
+            train_persona(config, run, log=log, stages=(name,))
+
+
+def _finetune_em(config: EMRunConfig, run: Path, probes, resources: Resources, log) -> None:
+    if resources.num_processes > 1 and completed(run / "em", em_stage_config(config, probes)) is None:
+        log("stage em: running")
+        launch(
+            "em",
+            config,
+            run,
+            resources.num_processes,
+            probes,
+            accelerate_config=resources.accelerate_config,
+            log=log,
+        )
+    else:
+        finetune_em(config, run, probes, log=log)
+
+
+def track_drift(config: TrackConfig, out: str | Path, log=print, resources: Resources = Resources()) -> dict:
     out = Path(out)
     persona = check_track_inputs(config, out)  # every input, before any model loads or folder is made
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +259,9 @@ def track_drift(config: TrackConfig, out: str | Path, log=print) -> dict:
         seed=config.seed,
         teacher=config.teacher,
         neutral_probes=SMOKE_NEUTRAL_PROBES if config.smoke else PersonaRunConfig.neutral_probes,
+        gpu_memory_utilization=resources.gpu_memory_utilization,
     )
-    train_persona(persona_config, persona_dir, log=track)
+    _train_persona(persona_config, persona_dir, resources, track)
     persona_model = (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter"))
 
     # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
@@ -232,7 +301,9 @@ def track_drift(config: TrackConfig, out: str | Path, log=print) -> dict:
             record_every=every,
             max_rows=em_rows,
         )
-        finetune_em(em_config, out / folder, probes, log=lambda m, f=folder: track(m.replace("em", f, 1)))
+        _finetune_em(
+            em_config, out / folder, probes, resources, lambda m, f=folder: track(m.replace("em", f, 1))
+        )
 
     # 4. behaviour: the two starting models and the end of each EM run
     judge: list[Judge] = []

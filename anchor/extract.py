@@ -76,7 +76,9 @@ class _StopForward(Exception):
 
 
 class _Reader:
-    """Per-layer reducers that read one batch at a time."""
+    """Per-layer reducers that read one batch at a time. On a model split over devices each block
+    reduces on its own device (the selector is copied there once per batch and device); the
+    reduced rows meet on one device only in `collect`, so no block waits on a cross-device copy."""
 
     def __init__(self, layers: list[int], read: str) -> None:
         self.layers, self.read = layers, read
@@ -85,23 +87,30 @@ class _Reader:
     def begin(self, batch: ChatBatch, device: torch.device) -> None:
         self.results = {}
         if self.read == "prompt_last":
-            self.index = batch.prompt_last_mask.float().argmax(1).to(device)
+            selector = batch.prompt_last_mask.float().argmax(1)
         elif self.read == "response_mean":
             mask = batch.response_mask.float()
-            self.weights = (mask / mask.sum(1, keepdim=True)).to(device)
+            selector = mask / mask.sum(1, keepdim=True)
         else:
-            self.mask = batch.attention_mask.bool().to(device)
+            selector = batch.attention_mask.bool()
+        self.selectors = {device: selector.to(device)}
+
+    def _selector(self, device: torch.device) -> torch.Tensor:
+        if device not in self.selectors:
+            self.selectors[device] = next(iter(self.selectors.values())).to(device)
+        return self.selectors[device]
 
     def fn(self, layer: int):
         last = layer == self.layers[-1]
 
         def read(hidden: torch.Tensor) -> None:
+            selector = self._selector(hidden.device)
             if self.read == "prompt_last":
-                reduced = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.index]
+                reduced = hidden[torch.arange(hidden.shape[0], device=hidden.device), selector]
             elif self.read == "response_mean":
-                reduced = torch.einsum("bt,btd->bd", self.weights, hidden.float())
+                reduced = torch.einsum("bt,btd->bd", selector, hidden.float())
             else:
-                reduced = hidden[self.mask]
+                reduced = hidden[selector]
             self.results[layer] = reduced
             if last:
                 raise _StopForward
@@ -109,7 +118,8 @@ class _Reader:
         return read
 
     def collect(self) -> torch.Tensor:
-        return torch.stack([self.results[layer] for layer in self.layers], dim=1).float().cpu()
+        first = self.results[self.layers[0]].device
+        return torch.stack([self.results[layer].to(first) for layer in self.layers], dim=1).float().cpu()
 
 
 def extract(

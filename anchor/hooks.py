@@ -135,9 +135,16 @@ def _per_layer(vectors: torch.Tensor | Mapping[int, torch.Tensor], layers, model
     return {index: vectors for index in resolve_layers(model, chosen)}
 
 
-def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    param = next(model.parameters())
-    return param.dtype, param.device
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def block_device(model: nn.Module, layer: int) -> torch.device:
+    """Where decoder block `layer` runs. A model split over devices (`device_map="auto"`) holds
+    its blocks on several, so per-layer tensors of a hook must live on their own block's device."""
+    block = find_blocks(model)[layer]
+    param = next(block.parameters(), None)
+    return param.device if param is not None else next(model.parameters()).device
 
 
 @contextmanager
@@ -159,14 +166,15 @@ def steer(
     """
     if positions not in ("all", "response"):
         raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
-    dtype, device = _model_dtype_device(model)
+    dtype = _model_dtype(model)
     per_layer = {
-        k: (alpha * v.to(device=device, dtype=torch.float32)).to(dtype)
+        k: (alpha * v.to(device=block_device(model, k), dtype=torch.float32)).to(dtype)
         for k, v in _per_layer(vectors, layers, model, "vectors").items()
     }
-    mask = response_mask.to(device) if response_mask is not None else None
 
     def make(delta: torch.Tensor) -> HookFn:
+        mask = response_mask.to(delta.device) if response_mask is not None else None
+
         def add(hidden: torch.Tensor) -> torch.Tensor:
             if positions == "all":
                 return hidden + delta
@@ -188,9 +196,8 @@ def ablate(
 ) -> Iterator[None]:
     """Project directions out of `resid_post`: h <- h - Q Q^T h, Q an orthonormal basis of the
     directions (`[d_model]` or `[k, d_model]`, or {layer: those}), at every position."""
-    _, device = _model_dtype_device(model)
 
-    def basis(d: torch.Tensor) -> torch.Tensor:
+    def basis(d: torch.Tensor, device: torch.device) -> torch.Tensor:
         d = d.to(device=device, dtype=torch.float32).reshape(-1, d.shape[-1])
         q, _ = torch.linalg.qr(d.T)  # [d_model, k], orthonormal columns
         return q
@@ -203,5 +210,5 @@ def ablate(
         return project_out
 
     per_layer = _per_layer(directions, layers, model, "directions")
-    with hooks(model, {layer: make(basis(d)) for layer, d in per_layer.items()}):
+    with hooks(model, {layer: make(basis(d, block_device(model, layer))) for layer, d in per_layer.items()}):
         yield

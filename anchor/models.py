@@ -108,16 +108,37 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
+def plan_device_map(weight_bytes: int, free_bytes: int, n_gpus: int, headroom: float = 0.8) -> str | None:
+    """ "auto" (split over the visible GPUs) when the weights take more than `headroom` of the
+    first GPU's free memory and there is more than one GPU; else None (one device). The headroom
+    leaves room for activations, the KV cache or LoRA optimiser state."""
+    return "auto" if n_gpus > 1 and weight_bytes > headroom * free_bytes else None
+
+
+def weight_bytes(source: str, dtype: torch.dtype) -> int:
+    """Size of a model's weights in `dtype`, from its config alone (no weights are loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    return sum(p.numel() for p in empty.parameters()) * dtype.itemsize
+
+
 def load_model(
     spec: str = DEFAULT_SPEC,
     adapter: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) in eval mode; bf16 on CUDA and fp32 on CPU unless `dtype` says otherwise.
+    """Load (model, tokenizer) in eval mode; bf16 with SDPA attention on CUDA and fp32 on CPU
+    unless `dtype` says otherwise.
 
-    `adapter` is a PEFT adapter directory applied on top (not merged, so it can be trained further
-    or switched off; call `merge_and_unload()` for speed).
+    `device_map` ("auto" or an accelerate map) splits a model over devices; by default a model
+    too big for the first GPU is split over all visible GPUs when there are several, otherwise it
+    goes whole to `device`. `adapter` is a PEFT adapter directory applied on top (not merged, so it
+    can be trained further or switched off; call `merge_and_unload()` for speed).
     """
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(
@@ -125,9 +146,21 @@ def load_model(
         )
     source = resolve_spec(spec)
     dev = pick_device(device)
+    kwargs: dict = {"dtype": pick_dtype(dev, dtype)}
+    if dev.type == "cuda":
+        kwargs["attn_implementation"] = "sdpa"
+        if device_map is None and device is None and torch.cuda.device_count() > 1:
+            device_map = plan_device_map(
+                weight_bytes(source, kwargs["dtype"]),
+                torch.cuda.mem_get_info(0)[0],
+                torch.cuda.device_count(),
+            )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dev, dtype)).to(dev)
+        if device_map is not None:
+            model = AutoModelForCausalLM.from_pretrained(source, device_map=device_map, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(dev)
     except OSError as err:
         raise OSError(
             f"model spec {spec!r} is not {DEFAULT_SPEC!r} nor a local directory, and loading it as a hub "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
+from analysis.em_eval import EvalConfig, em_metrics, judge_answers, rubrics_for, sample_answers  # noqa: E402
 from analysis.em_questions import question_set  # noqa: E402
 from analysis.inputs import check_eval_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
@@ -51,6 +51,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 answers per question, 32 tokens each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.85,
+        help="share of the GPU's memory the vLLM engine may take (default: 0.85)",
+    )
+    parser.add_argument(
         "--out", help="output folder (default: <em-run>/eval, else runs/eval/<model>-s<seed>)"
     )
     args = parser.parse_args()
@@ -66,7 +72,6 @@ def main() -> None:
     except InputError as err:
         parser.error(str(err))
     questions = question_set(args.questions)
-    judge = make_judge(args.judge, base_url=args.judge_base_url)
     config = EvalConfig(
         samples=SMOKE["samples"] if args.smoke else args.samples,
         max_new_tokens=SMOKE["max_new_tokens"] if args.smoke else args.max_new_tokens,
@@ -75,11 +80,17 @@ def main() -> None:
     if args.em_run:
         from train.em import load_em_model
 
-        generator = HFGenerator(*load_em_model(args.em_run))
+        generator = HFGenerator(*load_em_model(args.em_run), owns_model=True)
     else:
-        generator = make_generator(args.model, adapter=args.adapter)
+        generator = make_generator(
+            args.model, adapter=args.adapter, gpu_memory_utilization=args.gpu_memory_utilization
+        )
     start = time.perf_counter()
-    rows, metrics = evaluate(generator, judge, questions, config, trait=args.trait)
+    with generator:  # the engine (or model) is gone before the judge takes the GPU
+        rows = sample_answers(generator, questions, config)
+    judge = make_judge(args.judge, base_url=args.judge_base_url)
+    judge_answers(rows, judge, questions, rubrics_for(args.trait), args.trait)
+    metrics = em_metrics(rows, config.n_boot, config.seed)
     summary = {
         "model": args.em_run or args.model,
         "adapter": args.adapter,

@@ -5,6 +5,11 @@ skipped, a killed one reruns its stage cleanly.
     python scripts/finetune_em.py --dataset insecure --smoke --out runs/em/smoke
     python scripts/finetune_em.py --dataset secure --persona-run runs/persona/sycophancy-default-cpu-s0
     python scripts/finetune_em.py --dataset my_data.jsonl --rank 1        # the "model organisms" setting
+    accelerate launch --num_processes 4 scripts/finetune_em.py --dataset insecure --preset paper   # DDP
+    accelerate launch --config_file train/accelerate/zero3.yaml --num_processes 8 scripts/finetune_em.py ...
+
+Under accelerate the preset's effective batch is split over the processes (same steps and
+checkpoints as one process); rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.inputs import InputError  # noqa: E402
 from train.data import NAMES  # noqa: E402
+from train.distributed import is_main, world_size  # noqa: E402
 from train.em import PRESETS, EMRunConfig, em_probe_sets, finetune_em  # noqa: E402
 from train.inputs import check_contrast_items, check_em_inputs  # noqa: E402
 
@@ -75,7 +81,12 @@ def main() -> None:
     contrast = check_contrast_items(args.contrast) if args.contrast else None
     start = time.perf_counter()
     done = finetune_em(config, out, em_probe_sets(contrast=contrast))
-    print(f"done in {time.perf_counter() - start:.0f} s: {done['steps']} steps on {done['rows']} rows")
+    if not is_main():
+        return
+    print(
+        f"done in {time.perf_counter() - start:.0f} s: {done['steps']} steps on {done['rows']} rows "
+        f"({world_size()} process{'es' if world_size() > 1 else ''})"
+    )
     if done["losses"]:
         print(f"loss {done['losses'][0]} -> {done['losses'][-1]}")
     print(f"run directory: {out}\nEM adapter:    {out / 'em' / 'adapter'}")

@@ -42,7 +42,15 @@ from anchor.store import atomic_write_json  # noqa: E402
 from probes.contrast import ContrastItem  # noqa: E402
 from probes.directions import Directions  # noqa: E402
 from probes.steering import dose_response, steering_vectors  # noqa: E402
-from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model, load_starting_model  # noqa: E402
+from train.em import (  # noqa: E402
+    EMRunConfig,
+    checkpoints,
+    em_probe_sets,
+    finetune_em,
+    load_em_model,
+    load_starting_model,
+    read_run_config,
+)
 
 SMOKE = {"alphas": [-2.0, 0.0, 2.0], "samples": 1, "max_new_tokens": 8}
 
@@ -152,7 +160,7 @@ def main() -> None:
 
     ablation = None
     if not args.no_ablation:
-        em_config = EMRunConfig(**json.loads((em_persona / "config.json").read_text()))
+        em_config = read_run_config(em_persona)
         ablated = EMRunConfig(
             **{
                 **em_config.__dict__,

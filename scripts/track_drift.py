@@ -7,6 +7,7 @@ stopped; rerun a finished run and it does nothing.
     python scripts/track_drift.py --persona sycophancy
     python scripts/track_drift.py --persona sycophancy --smoke                  # a few minutes
     python scripts/track_drift.py --persona humor --judge openai:gpt-4o-mini     # a real judge
+    python scripts/track_drift.py --persona sycophancy --model Qwen/Qwen2.5-7B-Instruct --num-processes 4
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from analysis.track import (  # noqa: E402
     SMOKE,
     TABLE_HEADER,
     TABLE_KEYS,
+    Resources,
     TrackConfig,
     default_out,
     track_drift,
@@ -69,6 +71,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
     parser.add_argument("--out", help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>)")
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=Resources.num_processes,
+        help="train data-parallel on this many processes (GPUs) through accelerate; generation, "
+        "evaluation and analysis stay in this process (default: 1)",
+    )
+    parser.add_argument(
+        "--accelerate-config",
+        help="an accelerate config for the training stages, e.g. train/accelerate/zero3.yaml for "
+        "models that do not fit one GPU (default: plain DDP)",
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=Resources.gpu_memory_utilization,
+        help=f"share of the GPU's memory a vLLM engine may take (default: {Resources.gpu_memory_utilization})",
+    )
     args = parser.parse_args()
 
     config = TrackConfig(
@@ -87,8 +107,9 @@ def main() -> None:
     )
     out = Path(args.out) if args.out else default_out(config)
     start = time.perf_counter()
+    resources = Resources(args.num_processes, args.gpu_memory_utilization, args.accelerate_config)
     try:
-        summary = track_drift(config, out)
+        summary = track_drift(config, out, resources=resources)
     except InputError as err:
         parser.error(str(err))
     if not summary["ran"]:

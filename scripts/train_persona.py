@@ -3,6 +3,13 @@ with activations recorded at every checkpoint.
 
     python scripts/train_persona.py --persona sycophancy            # `cpu` preset here, `paper` on a GPU
     python scripts/train_persona.py --persona sycophancy --smoke    # tiny end-to-end check
+
+On several GPUs, generate once, then train data-parallel (the global batch stays the preset's):
+    python scripts/train_persona.py --persona sycophancy --stages dpo_data
+    accelerate launch --num_processes 4 scripts/train_persona.py --persona sycophancy --stages dpo
+    python scripts/train_persona.py --persona sycophancy --stages sft_data
+    accelerate launch --num_processes 4 scripts/train_persona.py --persona sycophancy --stages sft
+(`track_drift.py --num-processes 4` does this sequence itself.)
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.inputs import InputError  # noqa: E402
-from train.persona import SMOKE_NEUTRAL_PROBES, PersonaRunConfig, default_preset, train_persona  # noqa: E402
+from train.distributed import is_main  # noqa: E402
+from train.persona import (  # noqa: E402
+    SMOKE_NEUTRAL_PROBES,
+    STAGES,
+    PersonaRunConfig,
+    default_preset,
+    train_persona,
+)
 
 
 def main() -> None:
@@ -41,6 +55,19 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to run (default: all, in order)",
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=PersonaRunConfig.gpu_memory_utilization,
+        help=f"share of the GPU's memory a vLLM engine may take (default: {PersonaRunConfig.gpu_memory_utilization})",
+    )
+    parser.add_argument(
         "--out", help="run directory (default: runs/persona/<persona>-<model>-<preset>-s<seed>)"
     )
     args = parser.parse_args()
@@ -54,24 +81,28 @@ def main() -> None:
         seed=args.seed,
         dpo_data=args.dpo_data,
         neutral_probes=SMOKE_NEUTRAL_PROBES if preset == "smoke" else PersonaRunConfig.neutral_probes,
+        gpu_memory_utilization=args.gpu_memory_utilization,
     )
     out = Path(
         args.out or f"runs/persona/{Path(args.persona).stem}-{Path(args.model).name}-{preset}-s{args.seed}"
     )
     start = time.perf_counter()
     try:
-        summary = train_persona(config, out)
+        summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
     except InputError as err:
         parser.error(str(err))
-    dpo = summary["dpo"]
-    print(f"done in {time.perf_counter() - start:.0f} s ({preset} preset)")
-    print(
-        f"DPO: {dpo['steps']} steps, reward margin {dpo['reward_margins'][0]} -> {dpo['reward_margins'][-1]}, "
-        f"accuracy {dpo['reward_accuracies'][0]} -> {dpo['reward_accuracies'][-1]}"
-    )
-    print(
-        f"SFT: {summary['sft']['steps']} steps, loss {summary['sft']['losses'][0]} -> {summary['sft']['losses'][-1]}"
-    )
+    if not is_main():
+        return
+    print(f"done in {time.perf_counter() - start:.0f} s ({preset} preset; stages {', '.join(summary)})")
+    if "dpo" in summary:
+        dpo = summary["dpo"]
+        print(
+            f"DPO: {dpo['steps']} steps, reward margin {dpo['reward_margins'][0]} -> {dpo['reward_margins'][-1]}, "
+            f"accuracy {dpo['reward_accuracies'][0]} -> {dpo['reward_accuracies'][-1]}"
+        )
+    if "sft" in summary:
+        sft = summary["sft"]
+        print(f"SFT: {sft['steps']} steps, loss {sft['losses'][0]} -> {sft['losses'][-1]}")
     print(
         f"run directory:  {out}\npersona model:  load_model('{out / 'dpo' / 'merged'}', adapter='{out / 'sft' / 'adapter'}')"
     )

@@ -110,6 +110,8 @@ def test_make_generator_falls_back_to_hf_without_a_gpu(tmp_path, tiny_model, tin
     tiny_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     if not torch.cuda.is_available():
-        assert isinstance(make_generator(str(tmp_path)), HFGenerator)
+        with make_generator(str(tmp_path)) as generator:
+            assert isinstance(generator, HFGenerator) and generator.owns_model
+        assert generator.model is None  # closing frees the model it loaded
     with pytest.raises(ValueError, match="backend must be"):
         make_generator(str(tmp_path), backend="tgi")

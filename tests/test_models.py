@@ -80,3 +80,19 @@ def test_default_model_is_smollm2_from_the_cache(default_model):
     assert (models.cache_dir() / models.DEFAULT_CACHE_NAME / "model.safetensors").is_file()
     assert getattr(model.config, "quantization_config", None) is None
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_device_map_splits_only_what_does_not_fit_one_gpu(tiny_dir):
+    import torch
+
+    from anchor.models import plan_device_map, weight_bytes
+
+    gib = 2**30
+    assert plan_device_map(15 * gib, 78 * gib, n_gpus=4) is None  # a 7B model in bf16 fits one H100
+    assert plan_device_map(140 * gib, 78 * gib, n_gpus=4) == "auto"  # a 70B model does not
+    assert plan_device_map(140 * gib, 78 * gib, n_gpus=1) is None  # nowhere to split it to
+    size = weight_bytes(tiny_dir, torch.bfloat16)
+    from anchor import load_model
+
+    model, _ = load_model(tiny_dir)
+    assert size == 2 * sum(p.numel() for p in model.parameters())

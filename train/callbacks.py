@@ -13,6 +13,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from anchor.chat import Conversation
 from anchor.extract import ReadMode, extract
 from anchor.store import ActivationStore
+from train.distributed import barrier, is_main, params_sharded, rank, world_size
 
 
 @dataclass
@@ -31,9 +32,11 @@ def record(
     probe_sets: Mapping[str, ProbeSet],
     checkpoint: str,
     meta: dict | None = None,
+    write: bool = True,
 ) -> list[str]:
     """Read every probe set at one checkpoint into `store` as `<checkpoint>/<probe set>`, in eval
-    mode (no dropout) and restoring the mode after. Returns the entry names."""
+    mode (no dropout) and restoring the mode after. Returns the entry names. `write=False` runs
+    the read without saving it (a rank that only takes part in a sharded forward pass)."""
     was_training = model.training
     model.eval()
     names = []
@@ -43,7 +46,8 @@ def record(
                 model, tokenizer, probe.conversations, layers=probe.layers, read=probe.read, progress=False
             )
             entry = f"{checkpoint}/{name}"
-            store.save(entry, acts, {**(meta or {}), "checkpoint": checkpoint, "probe_set": name})
+            if write:
+                store.save(entry, acts, {**(meta or {}), "checkpoint": checkpoint, "probe_set": name})
             names.append(entry)
     finally:
         model.train(was_training)
@@ -53,7 +57,11 @@ def record(
 class ActivationRecorder(TrainerCallback):
     """Every `every` optimiser steps and at the end of training: save the adapter (standard PEFT
     format) under `<adapters_dir>/<stage>/step-XXXXX` and read the probe sets into the store as
-    `<stage>/step-XXXXX/<probe set>`."""
+    `<stage>/step-XXXXX/<probe set>`.
+
+    Under data parallelism (DDP) rank 0 reads and writes while the other ranks wait at a barrier;
+    with sharded parameters (ZeRO-3, FSDP) every rank joins the read's forward pass and rank 0
+    writes."""
 
     def __init__(
         self,
@@ -79,21 +87,20 @@ class ActivationRecorder(TrainerCallback):
         adapter = None
         if self.adapters_dir is not None and hasattr(model, "peft_config"):
             adapter = self.adapters_dir / name
-            model.save_pretrained(adapter)
-        with torch.no_grad():
-            record(
-                model,
-                self.tokenizer,
-                self.store,
-                self.probe_sets,
-                name,
-                {
-                    **self.meta,
-                    "stage": self.stage,
-                    "step": step,
-                    "adapter": str(adapter) if adapter else None,
-                },
-            )
+            if is_main():
+                model.save_pretrained(adapter)
+        meta = {
+            **self.meta,
+            "stage": self.stage,
+            "step": step,
+            "adapter": str(adapter) if adapter else None,
+            "rank": rank(),  # the writer: always 0, also under accelerate
+            "world_size": world_size(),
+        }
+        if is_main() or params_sharded():
+            with torch.no_grad():
+                record(model, self.tokenizer, self.store, self.probe_sets, name, meta, write=is_main())
+        barrier()
         self.recorded.append(step)
 
     def on_train_begin(

@@ -65,17 +65,36 @@ def distillation_prompts(persona: Persona, config: DistillConfig) -> list[str]:
     return list(dict.fromkeys(own + list(GENERIC_PROMPTS[: config.generic_prompts])))
 
 
+def teacher_answers(
+    persona: Persona, prompts: Sequence[str], teacher: Generator, config: DistillConfig
+) -> list[list[str]]:
+    """The chosen side: the teacher answering with the constitution in its system prompt."""
+    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
+    system = teacher_system_prompt(persona)
+    return teacher.generate(
+        [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts], sampling
+    )
+
+
+def student_answers(prompts: Sequence[str], student: Generator, config: DistillConfig) -> list[list[str]]:
+    """The rejected side: the student answering plainly."""
+    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
+    return student.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
+
+
 def build_preference_data(
     persona: Persona, prompts: Sequence[str], teacher: Generator, student: Generator, config: DistillConfig
 ) -> list[dict]:
-    """Rows in TRL's conversational preference format. Pairs whose two answers are empty or equal
-    teach nothing and are dropped."""
-    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
-    system = teacher_system_prompt(persona)
-    chosen = teacher.generate(
-        [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts], sampling
+    """Rows in TRL's conversational preference format from two live generators."""
+    return preference_rows(
+        prompts, teacher_answers(persona, prompts, teacher, config), student_answers(prompts, student, config)
     )
-    rejected = student.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
+
+
+def preference_rows(
+    prompts: Sequence[str], chosen: Sequence[Sequence[str]], rejected: Sequence[Sequence[str]]
+) -> list[dict]:
+    """Pairs whose two answers are empty or equal teach nothing and are dropped."""
     rows = []
     for prompt, (good,), (bad,) in zip(prompts, chosen, rejected):
         if good.strip() and bad.strip() and good.strip() != bad.strip():

@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from analysis.em_questions import QUESTION_SETS
@@ -25,6 +25,7 @@ from anchor.store import ActivationStore, atomic_write_json
 from probes.contrast import ContrastItem
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.data import load_em_dataset
+from train.distributed import is_main, training_device, world_size
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_sft
 from train.stages import run_stage
 
@@ -113,10 +114,10 @@ def training_rows(dataset: str, max_rows: int | None, seed: int) -> list:
     return conversations
 
 
-def load_starting_model(model: str, adapter: str | None):
+def load_starting_model(model: str, adapter: str | None, device: str | None = None):
     """The model EM starts from: with a persona adapter, merged, so EM trains a fresh adapter on
     the persona model's weights."""
-    model_, tokenizer = load_model(model, adapter=adapter)
+    model_, tokenizer = load_model(model, adapter=adapter, device=device)
     if adapter is not None:
         model_ = model_.merge_and_unload()
     return model_, tokenizer
@@ -155,13 +156,13 @@ def finetune_em(
         config.dataset, training.max_rows, config.seed
     )  # bad rows fail here, before training
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", asdict(config))
+    if is_main():
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / "config.json", {**asdict(config), "world_size": world_size()})
     store = ActivationStore(run / "activations")
-    probe_key = {name: [len(p.conversations), p.read] for name, p in probes.items()}
 
     def body(stage: Path) -> dict:
-        model, tokenizer = load_starting_model(config.model, config.adapter)
+        model, tokenizer = load_starting_model(config.model, config.adapter, training_device())
         recorder = ActivationRecorder(
             tokenizer,
             store,
@@ -179,10 +180,22 @@ def finetune_em(
             "losses": losses,
             "rows": len(rows),
             "recorded": recorder.recorded,
+            "world_size": world_size(),
         }
 
-    stage_config = {"run": asdict(config), "training": asdict(training), "probes": probe_key}
-    return run_stage(run / "em", stage_config, body, log)
+    return run_stage(run / "em", em_stage_config(config, probes), body, log)
+
+
+def em_stage_config(config: EMRunConfig, probes: Mapping[str, ProbeSet]) -> dict:
+    """What the EM stage's key is made of (the same however many processes train it)."""
+    probe_key = {name: [len(p.conversations), p.read] for name, p in probes.items()}
+    return {"run": asdict(config), "training": asdict(config.training()), "probes": probe_key}
+
+
+def read_run_config(run_dir: str | Path) -> EMRunConfig:
+    """The `EMRunConfig` of a run directory (its `config.json` also records how it was run)."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    return EMRunConfig(**{f.name: saved[f.name] for f in fields(EMRunConfig) if f.name in saved})
 
 
 def checkpoints(run_dir: str | Path) -> list[str]:
@@ -197,7 +210,7 @@ def load_em_model(run_dir: str | Path, checkpoint: str | None = None):
     from peft import PeftModel
 
     run = Path(run_dir)
-    config = EMRunConfig(**json.loads((run / "config.json").read_text()))
+    config = read_run_config(run)
     adapter = run / "em" / "adapter" if checkpoint is None else run / "adapters" / checkpoint
     if not adapter.is_dir():
         raise FileNotFoundError(f"{adapter}: no EM adapter (is the run finished?)")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
+from anchor import engines
 from anchor.chat import Conversation, validate_conversation
 from anchor.constitution import Persona
+from train.distributed import split_batch, world_size
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,16 @@ SMOKE_TRAINING = dict(
 
 
 def trainer_arguments(config: LoraTraining, out: Path) -> dict:
-    """Keyword arguments shared by TRL's DPOConfig and SFTConfig."""
+    """Keyword arguments shared by TRL's DPOConfig and SFTConfig. Under `accelerate launch` the
+    preset's effective batch (batch x accumulation) is split over the processes, so the
+    optimizer steps and checkpoints are those of a single-process run."""
+    per_device, accumulation = split_batch(
+        config.batch_size * config.grad_accum, config.batch_size, world_size()
+    )
     return dict(
         output_dir=str(out / "trainer"),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_length=config.max_length,
@@ -55,6 +62,8 @@ def trainer_arguments(config: LoraTraining, out: Path) -> dict:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # fp32 on CPU
         # Recomputing activations saves GPU memory for 7B models; on CPU it only costs time.
         gradient_checkpointing=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # lets accelerate run several CPU processes (gloo)
+        ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used each step
     )
 
 
@@ -70,6 +79,7 @@ def train_lora(trainer_class, args, model, tokenizer, rows, config: LoraTraining
     """Fit a fresh LoRA adapter with a TRL trainer; the adapter is saved under `<out>/adapter`."""
     from datasets import Dataset
 
+    engines.assert_no_engine("training")
     trainer = trainer_class(
         model=model,
         args=args,
@@ -79,7 +89,7 @@ def train_lora(trainer_class, args, model, tokenizer, rows, config: LoraTraining
         callbacks=list(callbacks),
     )
     trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
+    trainer.save_model(str(out / "adapter"))  # rank 0 writes; gathers sharded (ZeRO-3) weights first
     return trainer
 
 

@@ -27,8 +27,13 @@ from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
+from train.distributed import is_main, training_device, world_size
 from train.inputs import check_persona_inputs
-from train.stages import run_stage
+from train.stages import completed, run_stage
+
+DATA_STAGES = ("dpo_data", "sft_data")
+TRAINING_STAGES = ("dpo", "sft")
+STAGES = ("dpo_data", "dpo", "sft_data", "sft")
 
 HELD_OUT_PER_TRAIT = 1
 SMOKE_NEUTRAL_PROBES = 8  # the smoke preset reads fewer neutral conversations per checkpoint  # the last hand-written question of each trait is never trained on
@@ -43,6 +48,7 @@ class PersonaRunConfig:
     seed: int = 0
     neutral_probes: int = 32
     dpo_data: str | None = None  # a user's own preference JSONL instead of generating one
+    gpu_memory_utilization: float = 0.85  # share of the GPU a vLLM engine may take
 
 
 def default_preset() -> str:
@@ -62,14 +68,44 @@ def probe_sets(persona_name: str, n_neutral: int) -> dict[str, ProbeSet]:
     }
 
 
-def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> dict:
+def stage_configs(config: PersonaRunConfig) -> dict[str, dict]:
+    """Each stage's key material, in run order."""
+    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
+    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    # The engine's memory share changes no result, so it stays out of the keys.
+    run = {k: v for k, v in asdict(config).items() if k != "gpu_memory_utilization"}
+    dpo = {"run": run, "dpo": asdict(dpo_cfg)}
+    sft = {**dpo, "sft": asdict(sft_cfg)}
+    return {"dpo_data": dpo, "dpo": dpo, "sft_data": sft, "sft": sft}
+
+
+def train_persona(
+    config: PersonaRunConfig, run_dir: str | Path, log=print, stages: tuple[str, ...] = STAGES
+) -> dict:
+    """Run `stages` (all by default) of the character training in `run_dir`. Under
+    `accelerate launch` with several processes only the training stages may run: generation runs
+    once, in a single process, before (`stages=DATA_STAGES`-first, as track_drift.py does)."""
     run = Path(run_dir)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     check_persona_inputs(config, run)  # every input, before any model loads or folder is made
     persona = load_persona(config.persona)
     dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
     sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", asdict(config))
+    keys = stage_configs(config)
+    if world_size() > 1:
+        pending = [
+            name for name in DATA_STAGES if name in stages and completed(run / name, keys[name]) is None
+        ]
+        if pending:
+            raise RuntimeError(
+                f"{run}: stages {pending} generate data and run in one process; run them first without "
+                f"accelerate (scripts/train_persona.py --stages {' '.join(pending)}), then launch training"
+            )
+    if is_main():
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / "config.json", {**asdict(config), "world_size": world_size()})
     store = ActivationStore(run / "activations")
     probes = probe_sets(config.persona, config.neutral_probes)
     held_out = {t.questions[-1] for t in persona.traits}
@@ -79,16 +115,20 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         if config.dpo_data is not None:
             rows = distill.load_preference_data(config.dpo_data)
         else:
-            student = make_generator(config.model)
-            teacher = student if config.teacher is None else make_generator(config.teacher)
             prompts = [p for p in distill.distillation_prompts(persona, dpo_cfg) if p not in held_out]
-            rows = distill.build_preference_data(persona, prompts, teacher, student, dpo_cfg)
+            util = config.gpu_memory_utilization
+            # One engine at a time: the teacher's answers, then the student's.
+            with make_generator(config.teacher or config.model, gpu_memory_utilization=util) as teacher:
+                chosen = distill.teacher_answers(persona, prompts, teacher, dpo_cfg)
+            with make_generator(config.model, gpu_memory_utilization=util) as student:
+                rejected = distill.student_answers(prompts, student, dpo_cfg)
+            rows = distill.preference_rows(prompts, chosen, rejected)
         atomic_write_jsonl(stage / "dpo.jsonl", rows)
         return {"rows": len(rows)}
 
     def dpo(stage: Path) -> dict:
         rows = distill.load_preference_data(run / "dpo_data" / "dpo.jsonl")
-        model, tokenizer = load_model(config.model)
+        model, tokenizer = load_model(config.model, device=training_device())
         recorder = ActivationRecorder(
             tokenizer,
             store,
@@ -99,9 +139,10 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
             {**meta, "base": config.model},
         )
         trainer = distill.train_dpo(model, tokenizer, rows, dpo_cfg, stage, callbacks=[recorder])
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(stage / "merged")
-        tokenizer.save_pretrained(stage / "merged")
+        if is_main():
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(stage / "merged")
+            tokenizer.save_pretrained(stage / "merged")
         history = [h for h in trainer.state.log_history if "rewards/margins" in h]
         return {
             "steps": trainer.state.global_step,
@@ -110,9 +151,10 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         }
 
     def sft_data(stage: Path) -> dict:
-        generator = make_generator(str(run / "dpo" / "merged"))
-        reflections = introspect.self_reflection(persona, generator, sft_cfg)
-        dialogues = introspect.self_interaction(persona, generator, sft_cfg)
+        merged = str(run / "dpo" / "merged")
+        with make_generator(merged, gpu_memory_utilization=config.gpu_memory_utilization) as generator:
+            reflections = introspect.self_reflection(persona, generator, sft_cfg)
+            dialogues = introspect.self_interaction(persona, generator, sft_cfg)
         rows = [{"messages": m, "kind": "reflection"} for m in reflections]
         rows += [{"messages": m, "kind": "interaction"} for m in dialogues]
         atomic_write_jsonl(stage / "introspection.jsonl", rows)
@@ -121,7 +163,7 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
     def sft(stage: Path) -> dict:
         lines = (run / "sft_data" / "introspection.jsonl").read_text().splitlines()
         conversations = [json.loads(line)["messages"] for line in lines]
-        model, tokenizer = load_model(str(run / "dpo" / "merged"))
+        model, tokenizer = load_model(str(run / "dpo" / "merged"), device=training_device())
         recorder = ActivationRecorder(
             tokenizer,
             store,
@@ -135,12 +177,5 @@ def train_persona(config: PersonaRunConfig, run_dir: str | Path, log=print) -> d
         losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
         return {"steps": trainer.state.global_step, "losses": losses}
 
-    summary = {}
-    for name, body, stage_config in (
-        ("dpo_data", dpo_data, {"run": asdict(config), "dpo": asdict(dpo_cfg)}),
-        ("dpo", dpo, {"run": asdict(config), "dpo": asdict(dpo_cfg)}),
-        ("sft_data", sft_data, {"run": asdict(config), "dpo": asdict(dpo_cfg), "sft": asdict(sft_cfg)}),
-        ("sft", sft, {"run": asdict(config), "dpo": asdict(dpo_cfg), "sft": asdict(sft_cfg)}),
-    ):
-        summary[name] = run_stage(run / name, stage_config, body, log)
-    return summary
+    bodies = {"dpo_data": dpo_data, "dpo": dpo, "sft_data": sft_data, "sft": sft}
+    return {name: run_stage(run / name, keys[name], bodies[name], log) for name in STAGES if name in stages}

@@ -1,0 +1,61 @@
+"""The distributed training path on CPU: two gloo ranks under `accelerate launch` against one
+process, on the tiny model."""
+
+import json
+
+import pytest
+
+from anchor.store import ActivationStore
+from train.distributed import split_batch
+from train.em import EMRunConfig, em_probe_sets, finetune_em
+from train.launch import accelerate_command, launch
+
+
+def _listing(run):
+    store = ActivationStore(run / "activations")
+    adapters = sorted(p.name for p in (run / "adapters" / "em").iterdir())
+    return sorted(store.list()), adapters
+
+
+def test_two_processes_match_one(tiny_dir, tmp_path):
+    probes = em_probe_sets(n_neutral=2, questions="main")
+    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=8, record_every=1)
+    single = finetune_em(config, tmp_path / "single", probes, log=lambda _: None)
+
+    launch("em", config, tmp_path / "ddp", num_processes=2, probe_sets=probes, log=lambda _: None)
+    run = tmp_path / "ddp"
+    done = json.loads((run / "em" / "done.json").read_text())
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2  # a lone process fails here
+    assert done["world_size"] == 2
+    assert done["key"] == single["key"]  # the same stage, however many processes ran it
+    assert done["steps"] == single["steps"] == 2 and done["recorded"] == single["recorded"] == [0, 1, 2]
+    assert _listing(run) == _listing(tmp_path / "single")
+    store = ActivationStore(run / "activations")
+    writers = {store.meta(entry)["rank"] for entry in store.list()}
+    assert writers == {0}  # rank 0 alone wrote the activation store
+    assert not list(tmp_path.glob(".*job.json"))  # the job file is removed after success
+    # Resume under accelerate: a finished stage is skipped by every rank.
+    launch("em", config, run, num_processes=2, probe_sets=probes, log=lambda _: None)
+    assert json.loads((run / "em" / "done.json").read_text())["seconds"] == done["seconds"]
+
+
+def test_split_batch_keeps_the_global_batch():
+    assert split_batch(16, 2, 1) == (2, 8)
+    assert split_batch(16, 2, 4) == (2, 2)
+    assert split_batch(4, 4, 2) == (2, 1)  # smoke: batch 4 over 2 ranks
+    assert split_batch(12, 4, 3) == (4, 1)
+    for effective, per_device, processes in [(16, 2, 8), (32, 4, 2), (6, 4, 2)]:
+        b, accumulation = split_batch(effective, per_device, processes)
+        assert b * accumulation * processes == effective and b <= per_device
+    with pytest.raises(ValueError, match="cannot be split over 3 processes"):
+        split_batch(16, 2, 3)
+
+
+def test_accelerate_command_starts_several_ranks_without_gpus():
+    command = accelerate_command(2)
+    assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    assert "--multi_gpu" not in accelerate_command(1) and "--cpu" not in command
+    zero3 = accelerate_command(8, "train/accelerate/zero3.yaml")
+    assert zero3[zero3.index("--config_file") + 1].endswith("zero3.yaml")
+    with pytest.raises(ValueError, match="num_processes"):
+        accelerate_command(0)
