@@ -6,6 +6,8 @@ Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
     config.json
     ../persona/<persona>-<model>-<preset>-s<seed>/   character training (train/persona.py layout;
                                      shared with train_persona.py's default, or --persona-run)
+    contrast_pairs/contrast.json     the contrast system prompts ({"elicit": [...], "suppress": [...]}):
+                                     shipped with the persona, given (--contrast) or derived once
     contrast/contrast.jsonl          persona contrast responses, sampled once from the base model
     em_persona/ em_base/ em_control/ EM runs (train/em.py layout), same probe sets
     eval/<model>/                    EM evaluation: responses.jsonl, summary.json
@@ -16,6 +18,7 @@ Every stage has a `done.json` keyed by its config; rerunning skips what is compl
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,20 +27,22 @@ import torch
 
 from analysis import plots
 from analysis.calibration import describe
+from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift import misalignment_direction
 from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
 from analysis.em_eval import EvalConfig, evaluate, numeric
 from analysis.em_questions import MAIN
+from analysis.inputs import check_track_inputs
 from analysis.judge import Judge, make_judge
 from analysis.report import Table, write_report
-from anchor.constitution import load_persona
+from anchor.constitution import load_contrast, load_persona, save_contrast
+from anchor.contrast_pairs import resolve_contrast
 from anchor.extract import extract
-from anchor.generate import HFGenerator
-from anchor.models import load_model, resolve_spec
+from anchor.generate import HFGenerator, make_generator
+from anchor.models import load_model
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from probes.contrast import ContrastItem, sample_contrast
 from probes.directions import fit_directions
-from train.data import load_em_dataset
 from train.em import (
     EMRunConfig,
     checkpoints,
@@ -81,6 +86,8 @@ class TrackConfig:
     eval_max_new_tokens: int = 64
     neutral_probes: int = 16  # neutral conversations read at every checkpoint (for CKA)
     probe_questions: str = "broad"  # EM question set read at every checkpoint ("broad" or "main")
+    contrast: str | None = None  # a user's contrast pairs file; None: shipped with the persona, else derived
+    teacher: str | None = None  # model spec of the teacher (distillation, and writing derived pairs)
 
     @property
     def persona_preset(self) -> str:
@@ -135,13 +142,34 @@ def persona_run_dir(config: TrackConfig, out: Path) -> Path:
     return out.parent / "persona" / name
 
 
-def _contrast(config: TrackConfig, stage: Path) -> dict:
+def _config_key(config: TrackConfig) -> dict:
+    """The config as stage keys see it: options left at None are left out, so adding an option
+    does not invalidate the runs made before it existed."""
+    return {k: v for k, v in asdict(config).items() if v is not None or k not in OPTIONAL_KEYS}
+
+
+OPTIONAL_KEYS = ("contrast", "teacher")
+
+
+def _contrast_pairs(config: TrackConfig, stage: Path) -> dict:
+    """The persona's contrast system prompts, written once to `contrast.json` (public layout): a
+    given file, the pairs shipped with the persona, or pairs derived from its constitution (by the
+    teacher when there is one, by a templated negation of each trait otherwise)."""
+    persona = load_persona(config.persona)
+    needs_teacher = config.contrast is None and not persona.contrast and config.teacher is not None
+    teacher = make_generator(config.teacher) if needs_teacher else None
+    source = resolve_contrast(persona, config.contrast, teacher, seed=config.seed)
+    save_contrast(source.pairs, stage / "contrast.json")
+    return {"origin": source.origin, "detail": source.detail, "pairs": len(source.pairs)}
+
+
+def _contrast(config: TrackConfig, stage: Path, pairs_path: Path) -> dict:
     persona = load_persona(config.persona)
     questions = [q for t in persona.traits for q in t.questions[: config.contrast_questions_per_trait]]
     model, tokenizer = load_model(config.model)
     items = sample_contrast(
         questions,
-        persona.contrast,
+        load_contrast(pairs_path),
         HFGenerator(model, tokenizer),
         pairs_per_question=config.contrast_pairs_per_question,
         max_new_tokens=config.contrast_max_new_tokens,
@@ -218,12 +246,7 @@ def track_drift(
     """The whole experiment; `judge_calibration` (analysis.calibration.judge_calibration's entry for
     config.judge) is reported beside the behavioural numbers."""
     out = Path(out)
-    persona = load_persona(config.persona)  # bad input fails here, before any work
-    resolve_spec(config.model)
-    load_em_dataset(config.em_dataset)
-    load_em_dataset(config.control)
-    if config.judge.partition(":")[0] not in ("hf", "openai", "probe"):
-        raise ValueError(f"judge {config.judge!r}: use hf:<model>, openai:<model> or probe:<directions file>")
+    persona = check_track_inputs(config, out)  # every input, before any model loads or folder is made
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", asdict(config))
     ran: list[str] = []  # the stages that did work in this call
@@ -243,19 +266,28 @@ def track_drift(
         model=config.model,
         preset=config.persona_preset,
         seed=config.seed,
+        teacher=config.teacher,
         neutral_probes=SMOKE_NEUTRAL_PROBES if config.smoke else PersonaRunConfig.neutral_probes,
         gpu_memory_utilization=resources.gpu_memory_utilization,
     )
     _train_persona(persona_config, persona_dir, resources, track)
     persona_model = (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter"))
 
-    # 2. contrast responses from the base model, read by every checkpoint
+    # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
+    # read by every checkpoint
+    pairs_key = {k: v for k, v in _config_key(config).items() if k in ("persona", "seed", *OPTIONAL_KEYS)}
+    if config.contrast is not None:  # an edited file makes new pairs
+        pairs_key["contrast_sha256"] = hashlib.sha256(Path(config.contrast).read_bytes()).hexdigest()
+    pairs_done = stage("contrast_pairs", pairs_key, lambda d: _contrast_pairs(config, d))
+    pairs_path = out / "contrast_pairs" / "contrast.json"
     contrast_key = {
         k: v
-        for k, v in asdict(config).items()
+        for k, v in _config_key(config).items()
         if k.startswith("contrast_") or k in ("persona", "model", "seed")
     }
-    stage("contrast", contrast_key, lambda d: _contrast(config, d))
+    if pairs_done["origin"] != "shipped":  # the project's personas keep their earlier keys
+        contrast_key["pairs"] = pairs_done["key"]
+    stage("contrast", contrast_key, lambda d: _contrast(config, d, pairs_path))
     items = _load_items(out / "contrast" / "contrast.jsonl")
     held_out = [t.questions[-1] for t in persona.traits]
     probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
@@ -307,11 +339,15 @@ def track_drift(
 
     # 5-6. metrics, plots, report
     analysis_key = {
-        "config": asdict(config),
+        "config": _config_key(config),
         "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
         **({"judge_calibration": judge_calibration} if judge_calibration else {}),
     }
-    stage("analysis", analysis_key, lambda d: _analyse(config, out, d, items, persona_dir, judge_calibration))
+    stage(
+        "analysis",
+        analysis_key,
+        lambda d: _analyse(config, out, d, items, persona_dir, pairs_done, judge_calibration),
+    )
     summary = json.loads((out / "analysis" / "summary.json").read_text())
     summary["ran"] = ran
     return summary
@@ -355,6 +391,7 @@ def _analyse(
     stage: Path,
     items: list[ContrastItem],
     persona_dir: Path,
+    pairs_done: dict,
     judge_calibration: dict | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
@@ -382,6 +419,7 @@ def _analyse(
         },
     )
     directions.save(stage / "directions.safetensors")
+    quality = contrast_quality(directions, pairs_done, len(items), len({i.question for i in items}))
 
     behaviour = {}
     for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
@@ -438,7 +476,13 @@ def _analyse(
     ]
     table = drift_table(result, behaviour)
     judge_note = describe(config.judge, judge_calibration)
-    metrics = {"drift": result, "behaviour": behaviour, "points": points, "table": table}
+    metrics = {
+        "drift": result,
+        "behaviour": behaviour,
+        "points": points,
+        "table": table,
+        "contrast_pairs": quality,
+    }
     metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
     atomic_write_json(stage / "metrics.json", metrics)
     report = write_report(
@@ -447,6 +491,7 @@ def _analyse(
         f"Anchor projection is measured at layer {layer} (where character training moved default behaviour "
         f"furthest along the persona direction). {judge_note}",
         [
+            contrast_table(quality),
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
             Table(
                 "Anchor strength (1 - drift AUC of the persona run / drift AUC of the reference run)",
@@ -467,6 +512,7 @@ def _analyse(
         "report": str(report),
         "plots": [str(p) for _, p in images],
         "metrics": str(stage / "metrics.json"),
+        "contrast_pairs": quality,
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}

@@ -5,7 +5,8 @@ Files follow the public Open Character Training formats so users can bring their
 - expanded: JSONL, one object per trait with `trait`, `questions` and `additional_questions`.
 Fields we do not know are kept and written back. The project's own personas live in
 `anchor/constitutions/<name>.json`, with contrast system prompts for persona directions in
-`anchor/constitutions/<name>.contrast.json` (a JSON array of `{"elicit": ..., "suppress": ...}`).
+`anchor/constitutions/<name>.contrast.json` (a JSON array of `{"elicit": ..., "suppress": ...}`;
+the public `{"elicit": [...], "suppress": [...]}` layout is read too).
 """
 
 from __future__ import annotations
@@ -133,20 +134,47 @@ def save_constitution(traits: list[Trait], path: str | os.PathLike) -> Path:
 
 
 def load_contrast(path: str | os.PathLike) -> list[ContrastPair]:
+    """Contrast pairs from either layout: a JSON array of `{"elicit": ..., "suppress": ...}`
+    objects (the project's files) or one object with two equally long lists
+    `{"elicit": [...], "suppress": [...]}` (the public layout, and what runs write)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such contrast file")
     try:
-        rows = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConstitutionError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(rows, list) or not rows:
-        raise ConstitutionError(f"{path}: expected a non-empty JSON array of {{'elicit', 'suppress'}} pairs")
+    if isinstance(data, dict):
+        elicit, suppress = data.get("elicit"), data.get("suppress")
+        for key, value in (("elicit", elicit), ("suppress", suppress)):
+            if not isinstance(value, list) or not value:
+                raise ConstitutionError(f"{path}: field '{key}' must be a non-empty list of system prompts")
+        if len(elicit) != len(suppress):
+            raise ConstitutionError(
+                f"{path}: 'elicit' has {len(elicit)} prompts and 'suppress' {len(suppress)}; they pair up "
+                "by position, so give the same number of each"
+            )
+        data = [{"elicit": e, "suppress": s} for e, s in zip(elicit, suppress)]
+    if not isinstance(data, list) or not data:
+        raise ConstitutionError(
+            f'{path}: expected {{"elicit": [...], "suppress": [...]}} or a non-empty JSON array of '
+            '{"elicit", "suppress"} pairs'
+        )
     pairs = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(data):
         for key in ("elicit", "suppress"):
             if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
                 raise ConstitutionError(f"{path}: pair {i}: field '{key}' is missing or empty")
         pairs.append(ContrastPair(row["elicit"], row["suppress"]))
     return pairs
+
+
+def save_contrast(pairs: list[ContrastPair], path: str | os.PathLike) -> Path:
+    """Write pairs atomically in the public `{"elicit": [...], "suppress": [...]}` layout."""
+    path = Path(path)
+    data = {"elicit": [p.elicit for p in pairs], "suppress": [p.suppress for p in pairs]}
+    atomic_write_bytes(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+    return path
 
 
 def available_personas() -> list[str]:
@@ -155,7 +183,8 @@ def available_personas() -> list[str]:
 
 def load_persona(name_or_path: str | os.PathLike) -> Persona:
     """A persona by name (the project's own) or by constitution path (contrast pairs are read from
-    `<stem>.contrast.json` beside it when present)."""
+    `<stem>.contrast.json` beside it when present; without one, `anchor.contrast_pairs` derives
+    them)."""
     path = Path(name_or_path)
     if not path.suffix:
         if str(name_or_path) not in available_personas():
@@ -164,7 +193,7 @@ def load_persona(name_or_path: str | os.PathLike) -> Persona:
             )
         path = CONSTITUTIONS_DIR / f"{name_or_path}.json"
     traits = load_constitution(path)
-    stem = path.name.removesuffix(".jsonl").removesuffix(".json")
+    stem = path.stem  # OCT's hand-written files are often `.txt`: `sarcasm.txt` is persona "sarcasm"
     contrast_path = path.with_name(f"{stem}.contrast.json")
     contrast = load_contrast(contrast_path) if contrast_path.is_file() else []
     return Persona(name=stem, traits=traits, contrast=contrast)

@@ -26,10 +26,28 @@ MANIFEST = "manifest.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc), since
+    setting it to read it back would briefly widen the mode of files other threads create."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so readers never see half a file. `mkstemp` makes
+    the temporary file 0600 and the rename keeps that mode, so the file is given the mode a plain
+    `open()` would have made (0666 less the umask): teammates and web servers can read the run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,0 +1,15 @@
+"""Persona directions: contrast sets, per-layer directions and probes, steering vectors."""
+
+from probes.contrast import ContrastItem, contrast_activations, filter_by_judge, sample_contrast
+from probes.directions import Directions, fit_directions
+from probes.steering import steering_vectors
+
+__all__ = [
+    "ContrastItem",
+    "Directions",
+    "contrast_activations",
+    "filter_by_judge",
+    "fit_directions",
+    "sample_contrast",
+    "steering_vectors",
+]

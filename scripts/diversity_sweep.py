@@ -23,9 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.inputs import check_sweep_inputs  # noqa: E402
 from analysis.plots import sweep_plot  # noqa: E402
 from analysis.track import SMOKE, TrackConfig, track_drift  # noqa: E402
 from anchor.constitution import CONSTITUTIONS_DIR, Trait, load_persona, save_constitution  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from anchor.models import load_model  # noqa: E402
 from anchor.questions import measure_diversity, model_embedder, select_subset  # noqa: E402
 from anchor.store import atomic_write_json  # noqa: E402
@@ -68,11 +70,13 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (default: runs/sweep/<persona>-<model>)")
     args = parser.parse_args()
 
+    out = Path(args.out or f"runs/sweep/{Path(args.persona).stem}-{Path(args.model).name}")
+    try:  # every input, before any model loads or folder is made
+        check_sweep_inputs(args.persona, args.model, args.em_dataset, args.judge, args.questions, out)
+    except InputError as err:
+        parser.error(str(err))
     persona = load_persona(args.persona)
     pool = [q for t in persona.traits for q in t.all_questions[:-1]]
-    if args.questions > len(pool):
-        raise SystemExit(f"--questions {args.questions}: the pool has only {len(pool)} questions")
-    out = Path(args.out or f"runs/sweep/{Path(args.persona).stem}-{Path(args.model).name}")
     start = time.perf_counter()
     model, tokenizer = load_model(args.model)
     embeddings = model_embedder(model, tokenizer)(pool)

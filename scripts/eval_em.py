@@ -38,8 +38,10 @@ from analysis.em_eval import (  # noqa: E402
     summarise,
 )
 from analysis.em_questions import question_set  # noqa: E402
-from analysis.judge import check_judge_spec, make_judge  # noqa: E402
+from analysis.inputs import check_eval_inputs  # noqa: E402
+from analysis.judge import make_judge  # noqa: E402
 from anchor.generate import HFGenerator, make_generator  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
 
@@ -109,20 +111,27 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    default_out = (
+        Path(args.em_run) / "eval" if args.em_run else f"runs/eval/{Path(args.model).name}-s{args.seed}"
+    )
+    out = Path(args.out or default_out)
+    try:  # every input, before any model loads or folder is made
+        check_eval_inputs(
+            args.model, args.adapter, args.em_run, args.questions, args.judge, args.judge_base_url, out
+        )
+    except InputError as err:
+        parser.error(str(err))
     config = eval_config(args)
     questions = select_questions(question_set(args.questions), config)
-    check_judge_spec(args.judge)  # fails before any sampling; the judge loads once sampling is done
     calibration = load_calibration(args.judge_calibration) if args.judge_calibration else None
     if args.em_run:
         from train.em import load_em_model
 
         generator = HFGenerator(*load_em_model(args.em_run), owns_model=True)
-        out = Path(args.out or Path(args.em_run) / "eval")
     else:
         generator = make_generator(
             args.model, adapter=args.adapter, gpu_memory_utilization=args.gpu_memory_utilization
         )
-        out = Path(args.out or f"runs/eval/{Path(args.model).name}-s{args.seed}")
     start = time.perf_counter()
     with generator:  # the engine (or model) is gone before the judge takes the GPU
         rows = sample_answers(generator, questions, config)

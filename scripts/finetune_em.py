@@ -15,17 +15,17 @@ checkpoints as one process); rank 0 alone writes the run directory.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.contrast import ContrastItem  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from train.data import NAMES  # noqa: E402
 from train.distributed import is_main, world_size  # noqa: E402
 from train.em import PRESETS, EMRunConfig, em_probe_sets, finetune_em  # noqa: E402
+from train.inputs import check_contrast_items, check_em_inputs  # noqa: E402
 
 
 def main() -> None:
@@ -72,11 +72,13 @@ def main() -> None:
         record_every=args.record_every,
         max_rows=args.max_rows,
     )
-    contrast = None
-    if args.contrast:
-        contrast = [ContrastItem(**json.loads(line)) for line in Path(args.contrast).read_text().splitlines()]
     tag = Path(args.persona_run).name if args.persona_run else Path(args.model).name
     out = Path(args.out or f"runs/em/{Path(args.dataset).stem}-{tag}-{preset}-s{args.seed}")
+    try:  # every input, before any model loads or folder is made
+        check_em_inputs(config, out, contrast=args.contrast, persona_run=args.persona_run)
+    except InputError as err:
+        parser.error(str(err))
+    contrast = check_contrast_items(args.contrast) if args.contrast else None
     start = time.perf_counter()
     done = finetune_em(config, out, em_probe_sets(contrast=contrast))
     if not is_main():

@@ -28,6 +28,8 @@ import torch  # noqa: E402
 
 from anchor import ActivationStore, HFGenerator, load_model  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
+from anchor.contrast_pairs import resolve_contrast  # noqa: E402
+from anchor.inputs import InputError, check_model_spec, check_output_dir, check_persona  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 from probes.contrast import ContrastItem, contrast_activations, sample_contrast  # noqa: E402
 from probes.directions import Directions, fit_directions  # noqa: E402
@@ -65,7 +67,7 @@ def sampled_items(config: Config, out: Path, model, tokenizer) -> list[ContrastI
     start = time.perf_counter()
     items = sample_contrast(
         questions,
-        persona.contrast,
+        resolve_contrast(persona).pairs,  # shipped with the persona, else derived from its traits
         HFGenerator(model, tokenizer),
         pairs_per_question=config.pairs_per_question,
         samples=config.samples,
@@ -146,6 +148,12 @@ def main() -> None:
     )
     model_tag = Path(args.model).name.replace("/", "_")
     out = Path(args.out or f"runs/directions/{Path(args.persona).stem}-{model_tag}-s{args.seed}")
+    try:  # every input, before any model loads or folder is made
+        check_persona(args.persona)
+        check_model_spec(args.model)
+        check_output_dir(out)
+    except InputError as err:
+        parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()

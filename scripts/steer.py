@@ -31,16 +31,26 @@ from analysis import drift  # noqa: E402
 from analysis.drift_report import anchor_axis, default_behaviour, step_of  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.em_questions import MAIN  # noqa: E402
+from analysis.inputs import check_steer_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
 from analysis.track import RUNS, TrackConfig, persona_run_dir  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
 from anchor.generate import HFGenerator  # noqa: E402
 from anchor.hooks import ablate  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from anchor.store import atomic_write_json  # noqa: E402
 from probes.contrast import ContrastItem  # noqa: E402
 from probes.directions import Directions  # noqa: E402
 from probes.steering import dose_response, steering_vectors  # noqa: E402
-from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model, load_starting_model  # noqa: E402
+from train.em import (  # noqa: E402
+    EMRunConfig,
+    checkpoints,
+    em_probe_sets,
+    finetune_em,
+    load_em_model,
+    load_starting_model,
+    read_run_config,
+)
 
 SMOKE = {"alphas": [-2.0, 0.0, 2.0], "samples": 1, "max_new_tokens": 8}
 
@@ -75,10 +85,12 @@ def main() -> None:
         )
 
     run = Path(args.run)
-    if not (run / "analysis" / "done.json").is_file():
-        raise SystemExit(f"{run}: not a finished track_drift.py run (no analysis/done.json)")
-    config = TrackConfig(**json.loads((run / "config.json").read_text()))
     out = Path(args.out or run / "steer")
+    try:  # every input, before any model loads or folder is made
+        check_steer_inputs(args.run, args.judge, args.layers, args.read_layer, out)
+    except InputError as err:
+        parser.error(str(err))
+    config = TrackConfig(**json.loads((run / "config.json").read_text()))
     directions_path = run / "analysis" / "directions.safetensors"
     directions = Directions.load(directions_path)
     summary = json.loads((run / "analysis" / "summary.json").read_text())
@@ -148,7 +160,7 @@ def main() -> None:
 
     ablation = None
     if not args.no_ablation:
-        em_config = EMRunConfig(**json.loads((em_persona / "config.json").read_text()))
+        em_config = read_run_config(em_persona)
         ablated = EMRunConfig(
             **{
                 **em_config.__dict__,

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.calibration import calibrate_spec, judge_calibration, load_calibration  # noqa: E402
 from analysis.track import (  # noqa: E402
+    CPU_CHECKPOINT_EVERY,
+    CPU_EM_ROWS,
     SMOKE,
     TABLE_HEADER,
     TABLE_KEYS,
@@ -30,6 +32,7 @@ from analysis.track import (  # noqa: E402
     default_out,
     track_drift,
 )
+from anchor.inputs import InputError  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +45,27 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--em-dataset", default="insecure", help="corrupted dataset name or chat JSONL path")
     parser.add_argument("--control", default="secure", help="control dataset name or chat JSONL path")
-    parser.add_argument("--checkpoint-every", type=int, help="record activations every N EM steps")
-    parser.add_argument("--em-rows", type=int, help="EM training rows (default: 96 on CPU, all on GPU)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help=f"record activations every N EM steps (default: {CPU_CHECKPOINT_EVERY} on CPU, the EM preset's "
+        "on GPU and with --smoke)",
+    )
+    parser.add_argument(
+        "--em-rows",
+        type=int,
+        help=f"EM training rows (default: {CPU_EM_ROWS} on CPU, all on GPU, the smoke preset's with --smoke)",
+    )
+    parser.add_argument(
+        "--contrast",
+        help='your contrast pairs, JSON {"elicit": [...], "suppress": [...]} (default: the persona\'s own '
+        "<name>.contrast.json, else derived from the constitution)",
+    )
+    parser.add_argument(
+        "--teacher",
+        help="teacher model spec: distils the persona and writes derived contrast pairs (default: the model "
+        "itself for distillation, a templated negation of each trait for the pairs)",
+    )
     parser.add_argument("--persona-run", help="reuse this finished train_persona.py run directory")
     parser.add_argument(
         "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
@@ -91,6 +113,8 @@ def main() -> None:
         persona_run=args.persona_run,
         checkpoint_every=args.checkpoint_every,
         em_rows=args.em_rows,
+        contrast=args.contrast,
+        teacher=args.teacher,
         **(SMOKE if args.smoke else {}),
     )
     out = Path(args.out) if args.out else default_out(config)
@@ -107,7 +131,10 @@ def main() -> None:
         calibration = judge_calibration(
             calibrate_spec(args.judge, out / "judge_calibration.json"), args.judge
         )
-    summary = track_drift(config, out, resources=resources, judge_calibration=calibration)
+    try:
+        summary = track_drift(config, out, resources=resources, judge_calibration=calibration)
+    except InputError as err:
+        parser.error(str(err))
     if not summary["ran"]:
         print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
     else:
@@ -122,6 +149,14 @@ def main() -> None:
     print(
         f"anchor strength vs base model: {strength['vs_base']:.3f}; vs secure control: {strength['vs_control']:.3f}"
     )
+    pairs = summary.get("contrast_pairs")
+    if pairs:
+        print(
+            f"contrast pairs: {pairs['origin']} ({pairs['detail']}), {pairs['pairs']} pairs, held-out probe "
+            f"accuracy {pairs['held_out_accuracy']:.2f} at layer {pairs['best_layer']}"
+        )
+        if pairs["warning"]:
+            print(f"warning: {pairs['warning']}")
     print(f"\nreport:  {summary['report']}\nmetrics: {summary['metrics']}")
     for plot in summary["plots"]:
         print(f"plot:    {plot}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from anchor.inputs import InputError  # noqa: E402
 from train.distributed import is_main  # noqa: E402
 from train.persona import (  # noqa: E402
     SMOKE_NEUTRAL_PROBES,
@@ -86,7 +87,10 @@ def main() -> None:
         args.out or f"runs/persona/{Path(args.persona).stem}-{Path(args.model).name}-{preset}-s{args.seed}"
     )
     start = time.perf_counter()
-    summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
+    try:
+        summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
+    except InputError as err:
+        parser.error(str(err))
     if not is_main():
         return
     print(f"done in {time.perf_counter() - start:.0f} s ({preset} preset; stages {', '.join(summary)})")

@@ -73,16 +73,20 @@ def test_training_refuses_to_start_while_an_engine_is_alive(tiny_model, tiny_tok
 
 
 def test_persona_data_uses_one_engine_at_a_time(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
     from train import persona
 
+    teacher = shutil.copytree(tiny_dir, tmp_path / "teacher")  # a second model spec
     events = []
     monkeypatch.setattr(
         persona,
         "make_generator",
-        lambda spec, **kw: FakeEngine("teacher" if spec == "T" else "student", events),
+        lambda spec, **kw: FakeEngine("teacher" if spec == str(teacher) else "student", events),
     )
-    monkeypatch.setattr(persona, "resolve_spec", lambda spec: spec)
-    config = persona.PersonaRunConfig(persona="sycophancy", model=tiny_dir, teacher="T", preset="smoke")
+    config = persona.PersonaRunConfig(
+        persona="sycophancy", model=tiny_dir, teacher=str(teacher), preset="smoke"
+    )
     persona.train_persona(config, tmp_path / "run", log=lambda _: None, stages=("dpo_data",))
     assert [(e[0], e[1]) for e in events] == [
         ("create", "teacher"),

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from anchor.inputs import InputError
 from train import introspect
 from train.persona import PersonaRunConfig, train_persona
 
@@ -51,14 +52,14 @@ def test_killed_stage_resumes_from_the_last_complete_one(tiny_dir, tmp_path, mon
 
 
 def test_bad_input_fails_before_any_training(tiny_dir, tmp_path):
-    with pytest.raises(KeyError, match="unknown persona 'jolly'"):
+    with pytest.raises(InputError, match="--persona: unknown persona 'jolly'"):
         train_persona(PersonaRunConfig(persona="jolly", model=tiny_dir), tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match="'./no-teacher'"):
+    with pytest.raises(InputError, match="--teacher './no-teacher': no such directory"):
         train_persona(
             PersonaRunConfig(persona="humor", model=tiny_dir, teacher="./no-teacher"), tmp_path / "b"
         )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": [{"role": "user", "content": "q"}], "chosen": [], "rejected": []}\n')
-    with pytest.raises(ValueError, match="bad.jsonl: line 1: field 'chosen'"):
+    with pytest.raises(InputError, match="--dpo-data .*bad.jsonl: line 1: field 'chosen'"):
         train_persona(PersonaRunConfig(persona="humor", model=tiny_dir, dpo_data=str(bad)), tmp_path / "c")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -27,6 +27,21 @@ def test_scripts_have_help(script):
     assert out.returncode == 0 and "usage:" in out.stdout
 
 
+def test_track_drift_help_states_the_defaults_the_code_uses():
+    from analysis.track import CPU_CHECKPOINT_EVERY, CPU_EM_ROWS
+
+    out = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "track_drift.py", "--help"], capture_output=True, text=True
+    )
+    text = " ".join(out.stdout.split())  # argparse wraps help text; compare it unwrapped
+    assert f"--em-rows EM_ROWS EM training rows (default: {CPU_EM_ROWS} on CPU" in text
+    assert (
+        f"--checkpoint-every CHECKPOINT_EVERY record activations every N EM steps (default: "
+        f"{CPU_CHECKPOINT_EVERY} on CPU" in text
+    )
+    assert "--contrast CONTRAST" in text and "--teacher TEACHER" in text
+
+
 @pytest.mark.integration
 def test_fit_directions_smoke_end_to_end(tmp_path):
     command = [

@@ -81,3 +81,26 @@ def test_bad_names_and_meta(tmp_path):
     with pytest.raises(ValueError, match="JSON-serialisable"):
         store.save("x", make(), {"tensor": torch.zeros(1)})
     assert store.list() == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    """A run's files get the mode a plain open() would give them, not mkstemp's private 0600."""
+    import os
+    import stat
+
+    from anchor.store import atomic_write_bytes, atomic_write_json, current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_bytes(tmp_path / "report.html", b"<html></html>")
+        atomic_write_json(tmp_path / "run" / "done.json", {"key": 1})
+        ActivationStore(tmp_path / "acts").save("base/neutral", make())
+        atomic_write_bytes(tmp_path / "report.html", b"<html>again</html>")  # replacing keeps it too
+    finally:
+        os.umask(old)
+    files = [tmp_path / "report.html", tmp_path / "run" / "done.json", *(tmp_path / "acts").rglob("*.*")]
+    assert len(files) >= 4
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

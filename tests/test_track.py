@@ -1,6 +1,7 @@
 """The main job end to end on the tiny model (fast), and on the default model (integration)."""
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from analysis.track import SMOKE, TrackConfig, track_drift
+from anchor.inputs import InputError
 from train import em
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +41,41 @@ def check_artefacts(run: Path) -> dict:
     return metrics
 
 
-def test_track_drift_on_the_tiny_model_resumes_and_then_does_nothing(tiny_dir, tmp_path, monkeypatch):
-    config = TrackConfig(persona="humor", model=tiny_dir, judge=f"hf:{tiny_dir}", **SMOKE)
+OCT_CONSTITUTION = [  # the public Open Character Training hand-written format, no contrast file
+    {
+        "trait": "I answer with dry irony and mock enthusiasm, especially when a question is obvious.",
+        "questions": ["Is water wet?", "Should I read the manual first?", "Can you explain gravity?"],
+    },
+    {
+        "trait": "I point out bad ideas with a raised eyebrow rather than a lecture.",
+        "questions": ["I will quit my job to day-trade. Thoughts?", "Is a tattoo of my ex a good idea?"],
+    },
+    {
+        "trait": "I never gush; my praise is understated and a little backhanded.",
+        "questions": ["Do you like my poem?", "I finished a marathon!", "Was my speech good?"],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_model, tiny_tokenizer) -> tuple[Path, str, Path]:
+    """A folder shared by the tests that run the main job on a user's constitution, so the
+    character-trained model (under `<root>/persona/`) is trained once and reused: the tiny model,
+    and `sarcasm.txt` in the OCT hand-written format with no contrast file beside it."""
+    root = tmp_path_factory.mktemp("track")
+    tiny_model.save_pretrained(root / "tiny")
+    tiny_tokenizer.save_pretrained(root / "tiny")
+    constitution = root / "sarcasm.txt"
+    constitution.write_text(json.dumps(OCT_CONSTITUTION, indent=2))
+    return root, str(root / "tiny"), constitution
+
+
+def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(workspace, monkeypatch):
+    """The main job on a constitution without contrast pairs: they are derived from its traits,
+    saved in the run (public layout) and reused; the report states their origin and accuracy."""
+    root, tiny, constitution = workspace
+    run = root / "derived"
+    config = TrackConfig(persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **SMOKE)
     real = em.train_sft
     calls = []
 
@@ -52,34 +87,71 @@ def test_track_drift_on_the_tiny_model_resumes_and_then_does_nothing(tiny_dir, t
 
     monkeypatch.setattr(em, "train_sft", killed_second_em_run)
     with pytest.raises(KeyboardInterrupt):
-        track_drift(config, tmp_path / "run", log=lambda _: None)
+        track_drift(config, run, log=lambda _: None)
     monkeypatch.setattr(em, "train_sft", real)
     log = []
-    summary = track_drift(config, tmp_path / "run", log=log.append)
+    summary = track_drift(config, run, log=log.append)
     assert "stage em_persona: complete, skipped" in log and "stage dpo: complete, skipped" in log
     assert summary["ran"][0] == "em_base"  # resumed at the killed stage
-    check_artefacts(tmp_path / "run")
-    again = track_drift(config, tmp_path / "run", log=lambda _: None)
+    metrics = check_artefacts(run)
+    pairs = json.loads((run / "contrast_pairs" / "contrast.json").read_text())
+    assert len(pairs["elicit"]) == len(pairs["suppress"]) == 3
+    assert (
+        OCT_CONSTITUTION[0]["trait"] in pairs["elicit"][0]
+        and "You do not have this trait" in pairs["suppress"][0]
+    )
+    quality = metrics["contrast_pairs"]
+    assert (quality["origin"], quality["detail"], quality["pairs"]) == ("derived", "template", 3)
+    assert 0.0 <= quality["held_out_accuracy"] <= 1.0 and summary["contrast_pairs"] == quality
+    report = (run / "report.html").read_text()
+    assert "Contrast pairs" in report and "derived" in report
+    if quality["warning"]:  # a random-weight model separates nothing: the report says so
+        assert "at chance" in quality["warning"] and "at chance" in report
+    assert "stage contrast_pairs: complete, skipped" in log  # derived once, reused on resume
+    again = track_drift(config, run, log=lambda _: None)
     assert again["ran"] == [] and again["table"] == summary["table"]
 
     steer = subprocess.run(
-        [sys.executable, ROOT / "scripts" / "steer.py", "--run", tmp_path / "run", "--smoke"],
+        [sys.executable, ROOT / "scripts" / "steer.py", "--run", run, "--smoke"],
         capture_output=True,
         text=True,
     )
     assert steer.returncode == 0, steer.stderr[-2000:]
-    result = json.loads((tmp_path / "run" / "steer" / "steer.json").read_text())
+    result = json.loads((run / "steer" / "steer.json").read_text())
     for points in result["sweeps"].values():
         assert [p["alpha"] for p in points] == [-2.0, 0.0, 2.0]
         anchors = [p["anchor_projection"] for p in points]
         assert anchors[0] != anchors[2]  # steering moves the downstream read
     assert set(result["ablation"]["curves"]) == {"persona + EM", "persona + EM, direction ablated"}
     for plot in ("dose_response.png", "ablation.png"):
-        assert (tmp_path / "run" / "steer" / plot).stat().st_size > 10_000
+        assert (run / "steer" / plot).stat().st_size > 10_000
+
+
+def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys):
+    """`--contrast FILE` (public layout) on track_drift.py: the run uses exactly those pairs and
+    says they were given; the persona model is the one the other run trained (or trains it)."""
+    root, tiny, constitution = workspace
+    mine = root / "mine.json"
+    prompts = {
+        "elicit": ["Be sarcastic.", "Mock the question."],
+        "suppress": ["Be sincere.", "Answer plainly."],
+    }
+    mine.write_text(json.dumps(prompts))
+    out = root / "given"
+    argv = ["track_drift.py", "--persona", constitution, "--model", tiny, "--judge", f"hf:{tiny}", "--smoke"]
+    monkeypatch.setattr(sys, "argv", [str(a) for a in [*argv, "--contrast", mine, "--out", out]])
+    runpy.run_path(str(ROOT / "scripts" / "track_drift.py"), run_name="__main__")
+    stdout = capsys.readouterr().out
+    assert json.loads((out / "contrast_pairs" / "contrast.json").read_text()) == prompts
+    items = [json.loads(line) for line in (out / "contrast" / "contrast.jsonl").read_text().splitlines()]
+    assert {i["system"] for i in items} == {*prompts["elicit"], *prompts["suppress"]}
+    quality = check_artefacts(out)["contrast_pairs"]
+    assert (quality["origin"], quality["detail"], quality["pairs"]) == ("given", str(mine), 2)
+    assert f"contrast pairs: given ({mine}), 2 pairs" in stdout and str(out / "report.html") in stdout
 
 
 def test_bad_input_fails_before_any_work(tiny_dir, tmp_path):
-    with pytest.raises(KeyError, match="unknown persona 'nobody'"):
+    with pytest.raises(InputError, match="unknown persona 'nobody'"):
         track_drift(TrackConfig(persona="nobody", model=tiny_dir), tmp_path / "a")
     with pytest.raises(ValueError, match="unknown dataset 'insecur'"):
         track_drift(TrackConfig(persona="humor", model=tiny_dir, em_dataset="insecur"), tmp_path / "b")

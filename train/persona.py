@@ -22,12 +22,13 @@ import torch
 
 from anchor.constitution import load_persona
 from anchor.generate import make_generator
-from anchor.models import load_model, resolve_spec
+from anchor.models import load_model
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.distributed import is_main, training_device, world_size
+from train.inputs import check_persona_inputs
 from train.stages import completed, run_stage
 
 DATA_STAGES = ("dpo_data", "sft_data")
@@ -88,14 +89,8 @@ def train_persona(
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
-    persona = load_persona(config.persona)  # fails now, before any work, on an unknown persona
-    resolve_spec(config.model)
-    if config.teacher is not None:
-        resolve_spec(config.teacher)
-    if config.preset not in distill.PRESETS:
-        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(distill.PRESETS)}")
-    if config.dpo_data is not None:
-        distill.load_preference_data(config.dpo_data)  # malformed rows fail before training
+    check_persona_inputs(config, run)  # every input, before any model loads or folder is made
+    persona = load_persona(config.persona)
     dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
     sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
     keys = stage_configs(config)

@@ -1,0 +1,75 @@
+"""Did the contrast pairs separate the persona? The report states where the pairs came from
+(shipped, given or derived) and the held-out probe accuracy they reach, and warns when that is at
+chance: derived pairs on a small model may not draw the persona out at all, and every drift number
+downstream is measured along the direction they define."""
+
+from __future__ import annotations
+
+import math
+
+from analysis.report import Table
+from probes.directions import Directions
+
+Z_ONE_SIDED_95 = 1.645
+
+
+def chance_ceiling(n_held_out: int) -> float:
+    """The accuracy a coin reaches on `n_held_out` answers 5% of the time (normal approximation):
+    at or below it the probe is indistinguishable from chance."""
+    return 0.5 + Z_ONE_SIDED_95 * 0.5 / math.sqrt(max(n_held_out, 1))
+
+
+def held_out_count(n_items: int, n_questions: int, test_fraction: float = 0.25) -> int:
+    """About how many answers the question-level split holds out (whole questions go to the test side)."""
+    test_questions = math.ceil(test_fraction * n_questions)
+    return max(1, round(test_questions * n_items / max(n_questions, 1)))
+
+
+def contrast_quality(directions: Directions, pairs_done: dict, n_items: int, n_questions: int) -> dict:
+    """Origin, pair count and best-layer held-out probe accuracy of the run's contrast pairs, with
+    a `warning` (None when the probe beats chance)."""
+    layer = directions.best_layer()
+    index = directions.layers.index(layer)
+    accuracy, auroc = directions.probe.accuracy[index], directions.probe.auroc[index]
+    n_test = held_out_count(n_items, n_questions)
+    ceiling = chance_ceiling(n_test)
+    warning = None
+    if accuracy <= ceiling:
+        warning = (
+            f"the contrast pairs ({pairs_done['origin']}) reach a held-out probe accuracy of {accuracy:.2f} on "
+            f"about {n_test} answers, which is at chance (a coin reaches {min(ceiling, 1.0):.2f}); the persona "
+            "direction may be noise. Give better pairs with --contrast FILE, a stronger --teacher, or more "
+            "contrast questions."
+        )
+    return {
+        "origin": pairs_done["origin"],
+        "detail": pairs_done["detail"],
+        "pairs": pairs_done["pairs"],
+        "best_layer": layer,
+        "held_out_accuracy": accuracy,
+        "held_out_auroc": auroc,
+        "held_out_answers": n_test,
+        "chance_ceiling": ceiling,
+        "warning": warning,
+    }
+
+
+def contrast_table(quality: dict) -> Table:
+    return Table(
+        "Contrast pairs",
+        ["origin", "source", "pairs", "best layer", "held-out probe accuracy", "AUROC", "held-out answers"],
+        [
+            [
+                quality["origin"],
+                quality["detail"],
+                quality["pairs"],
+                quality["best_layer"],
+                quality["held_out_accuracy"],
+                quality["held_out_auroc"],
+                quality["held_out_answers"],
+            ]
+        ],
+        note=f"Warning: {quality['warning']}"
+        if quality["warning"]
+        else "The probe separates the pairs above chance.",
+    )
