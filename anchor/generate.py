@@ -21,7 +21,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from anchor import engines
 from anchor.batching import length_buckets
-from anchor.chat import Conversation, pad_chats, render_chats
+from anchor.chat import Conversation, RenderedChat, pad_chats, render_chats
 
 # End-of-turn tokens of common chat templates; generation stops at any that the vocabulary has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -54,13 +54,29 @@ class Generator(ABC):
     """Maps conversations (each ending on a user turn) to `n` sampled assistant replies each.
 
     A generator that owns an engine or a model frees it in `close()`; use it as a context manager
-    so the GPU is free again before training or a judge needs it."""
+    so the GPU is free again before training or a judge needs it.
+
+    After each call, `truncated[i][k]` says whether reply k to conversation i stopped at
+    `max_new_tokens` rather than at a stop token (pipelines drop such replies and count them).
+    `prefill` starts every reply with that text (not returned), where the back-end allows it."""
+
+    truncated: list[list[bool]] = []
 
     @abstractmethod
     def generate(
-        self, conversations: Sequence[Conversation], config: SamplingConfig | None = None, **overrides
+        self,
+        conversations: Sequence[Conversation],
+        config: SamplingConfig | None = None,
+        prefill: str = "",
+        **overrides,
     ) -> list[list[str]]:
         """Returns, in input order, a list of `config.n` replies per conversation."""
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the model's chat template has a thinking section a prefill can open."""
+        template = getattr(getattr(self, "tokenizer", None), "chat_template", None) or ""
+        return "<think>" in template
 
     def close(self) -> None:  # noqa: B027 (a no-op by default, not abstract)
         """Free what this generator owns (nothing, unless it loaded its own model or engine)."""
@@ -85,6 +101,17 @@ def stop_token_ids(
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     return sorted(i for i in ids if i is not None)
+
+
+def with_prefill(tokenizer, rendered: list[RenderedChat], prefill: str) -> list[RenderedChat]:
+    """Each prompt followed by the start of the reply (e.g. an opened thinking section)."""
+    if not prefill:
+        return rendered
+    ids = tokenizer.encode(prefill, add_special_tokens=False)
+    return [
+        RenderedChat(r.input_ids + ids, len(r) + len(ids) - 1, len(r) + len(ids), len(r) + len(ids))
+        for r in rendered
+    ]
 
 
 def hf_sampling_kwargs(cfg: SamplingConfig) -> dict:
@@ -169,7 +196,11 @@ class HFGenerator(Generator):
 
     @torch.inference_mode()
     def generate(
-        self, conversations: Sequence[Conversation], config: SamplingConfig | None = None, **overrides
+        self,
+        conversations: Sequence[Conversation],
+        config: SamplingConfig | None = None,
+        prefill: str = "",
+        **overrides,
     ) -> list[list[str]]:
         cfg = _config(config, overrides)
         for i, conversation in enumerate(conversations):
@@ -179,10 +210,12 @@ class HFGenerator(Generator):
                 and conversation[-1].get("role") == "assistant"
             ):
                 raise ValueError(f"conversation {i}: ends with an assistant message; nothing to generate")
-        rendered = render_chats(self.tokenizer, conversations)
+        rendered = with_prefill(self.tokenizer, render_chats(self.tokenizer, conversations), prefill)
         # Each prompt row costs its length plus the new tokens, times n samples.
         costs = [(len(r) + cfg.max_new_tokens) * cfg.n for r in rendered]
         results: list[list[str]] = [[] for _ in rendered]
+        self.truncated = [[] for _ in rendered]
+        stops = torch.tensor(self.stop_ids)
         device = self.model.device
         fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         with fork, neutral_generation_config(self.model):
@@ -200,8 +233,10 @@ class HFGenerator(Generator):
                 )
                 new_tokens = out[:, padded.input_ids.shape[1] :].cpu()
                 texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                stopped = torch.isin(new_tokens, stops).any(-1).tolist()
                 for row, text in enumerate(texts):  # rows are [prompt0 x n, prompt1 x n, ...]
                     results[batch[row // cfg.n]].append(text.strip())
+                    self.truncated[batch[row // cfg.n]].append(not stopped[row])
                 bar.update(len(batch))
             bar.close()
         return results
@@ -258,7 +293,8 @@ def _vllm_worker(connection, model: str, adapter: str | None, engine_kwargs: dic
                 use_tqdm=progress,
                 lora_request=lora,
             )
-            connection.send(("ok", [[o.text for o in out.outputs] for out in outputs]))
+            replies = [[(o.text, o.finish_reason == "length") for o in out.outputs] for out in outputs]
+            connection.send(("ok", replies))
     except Exception:
         connection.send(("error", traceback.format_exc()))
     finally:
@@ -342,14 +378,21 @@ class VLLMGenerator(Generator):
         return payload
 
     def generate(
-        self, conversations: Sequence[Conversation], config: SamplingConfig | None = None, **overrides
+        self,
+        conversations: Sequence[Conversation],
+        config: SamplingConfig | None = None,
+        prefill: str = "",
+        **overrides,
     ) -> list[list[str]]:
         if self.process is None:
             raise RuntimeError("this VLLMGenerator is closed")
         cfg = _config(config, overrides)
-        token_ids = [list(r.input_ids) for r in render_chats(self.tokenizer, conversations)]
+        rendered = with_prefill(self.tokenizer, render_chats(self.tokenizer, conversations), prefill)
+        token_ids = [list(r.input_ids) for r in rendered]
         self.connection.send((token_ids, vllm_sampling_kwargs(cfg, self.stop_ids), self.progress))
-        return [[text.strip() for text in texts] for texts in self._receive(None, "generation")]
+        replies = self._receive(None, "generation")
+        self.truncated = [[cut for _, cut in samples] for samples in replies]
+        return [[text.strip() for text, _ in samples] for samples in replies]
 
     def close(self, timeout_s: float = 120) -> None:
         """Stop the engine's process and wait for it: its GPU memory is the driver's again."""

@@ -108,6 +108,20 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
+def model_depth(spec: str) -> int:
+    """A model's number of decoder layers from its config alone: no weights are loaded (for the
+    default model before its first load, from the GGUF's metadata, without de-quantising it)."""
+    from transformers import AutoConfig
+
+    if spec == DEFAULT_SPEC and not (cache_dir() / DEFAULT_CACHE_NAME / "config.json").is_file():
+        from gguf import GGUFReader
+
+        field = GGUFReader(default_gguf_path()).fields["llama.block_count"]
+        return int(field.parts[field.data[0]][0])
+    config = AutoConfig.from_pretrained(resolve_spec(spec))
+    return int(getattr(config, "num_hidden_layers", None) or config.get_text_config().num_hidden_layers)
+
+
 def plan_device_map(weight_bytes: int, free_bytes: int, n_gpus: int, headroom: float = 0.8) -> str | None:
     """ "auto" (split over the visible GPUs) when the weights take more than `headroom` of the
     first GPU's free memory and there is more than one GPU; else None (one device). The headroom

@@ -4,7 +4,8 @@ skipped, a killed one reruns its stage cleanly.
 
     python scripts/finetune_em.py --dataset insecure --smoke --out runs/em/smoke
     python scripts/finetune_em.py --dataset secure --persona-run runs/persona/sycophancy-default-cpu-s0
-    python scripts/finetune_em.py --dataset my_data.jsonl --rank 1        # the "model organisms" setting
+    python scripts/finetune_em.py --dataset my_data.jsonl --preset rank1 --layer 24   # Model Organisms' rank-1 adapter
+    python scripts/finetune_em.py --preset paper --print-config          # the resolved recipe, no training
     accelerate launch --num_processes 4 scripts/finetune_em.py --dataset insecure --preset paper   # DDP
     accelerate launch --config_file train/accelerate/zero3.yaml --num_processes 8 scripts/finetune_em.py ...
 
@@ -15,6 +16,7 @@ checkpoints as one process); rank 0 alone writes the run directory.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anchor.inputs import InputError  # noqa: E402
 from train.data import NAMES  # noqa: E402
 from train.distributed import is_main, world_size  # noqa: E402
-from train.em import PRESETS, EMRunConfig, em_probe_sets, finetune_em  # noqa: E402
+from train.em import PRESETS, EMRunConfig, em_plan, em_probe_sets, finetune_em  # noqa: E402
 from train.inputs import check_contrast_items, check_em_inputs  # noqa: E402
 
 
@@ -48,12 +50,20 @@ def main() -> None:
         "--preset", choices=list(PRESETS), default="cpu", help="training preset (default: cpu)"
     )
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
-    parser.add_argument("--rank", type=int, help="LoRA rank (overrides the preset; 1 is allowed)")
+    parser.add_argument(
+        "--rank", type=int, help="LoRA rank on the preset's modules (overrides the preset; 1 is allowed)"
+    )
+    parser.add_argument("--layer", type=int, help="the rank1 preset's layer (default: the middle layer)")
     parser.add_argument("--alpha", type=int, help="LoRA alpha (default: twice the rank)")
     parser.add_argument("--record-every", type=int, help="record activations every N optimiser steps")
     parser.add_argument("--max-rows", type=int, help="train on a seeded subset of this many rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="run directory (default: runs/em/<dataset>-<model>-<preset>-s<seed>)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved configuration and planned data sizes as JSON, and exit",
+    )
     args = parser.parse_args()
 
     model, adapter = args.model, args.adapter
@@ -71,6 +81,7 @@ def main() -> None:
         lora_alpha=args.alpha,
         record_every=args.record_every,
         max_rows=args.max_rows,
+        layer=args.layer,
     )
     tag = Path(args.persona_run).name if args.persona_run else Path(args.model).name
     out = Path(args.out or f"runs/em/{Path(args.dataset).stem}-{tag}-{preset}-s{args.seed}")
@@ -78,6 +89,9 @@ def main() -> None:
         check_em_inputs(config, out, contrast=args.contrast, persona_run=args.persona_run)
     except InputError as err:
         parser.error(str(err))
+    if args.print_config:
+        print(json.dumps(em_plan(config), indent=1))
+        return
     contrast = check_contrast_items(args.contrast) if args.contrast else None
     start = time.perf_counter()
     done = finetune_em(config, out, em_probe_sets(contrast=contrast))

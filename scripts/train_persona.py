@@ -29,6 +29,7 @@ from train.persona import (  # noqa: E402
     STAGES,
     PersonaRunConfig,
     default_preset,
+    persona_plan,
     train_persona,
 )
 
@@ -52,6 +53,15 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
     parser.add_argument(
         "--dpo-data", help="your own preference JSONL (prompt/chosen/rejected) instead of generating"
+    )
+    parser.add_argument(
+        "--generic-prompts",
+        help="your own generic prompt pool, JSONL with a 'prompt' field (e.g. LIMA); default: the shipped pool",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved configuration and planned data sizes as JSON, and exit",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -82,10 +92,14 @@ def main() -> None:
         dpo_data=args.dpo_data,
         neutral_probes=SMOKE_NEUTRAL_PROBES if preset == "smoke" else PersonaRunConfig.neutral_probes,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        generic_prompts=args.generic_prompts,
     )
     out = Path(
         args.out or f"runs/persona/{Path(args.persona).stem}-{Path(args.model).name}-{preset}-s{args.seed}"
     )
+    if args.print_config:
+        print(json.dumps(persona_plan(config), indent=1))
+        return
     start = time.perf_counter()
     try:
         summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))

@@ -154,7 +154,7 @@ FAKE_VLLM = {
                 self.kw = kw
         class _Out:
             def __init__(self, text):
-                self.text = text
+                self.text, self.finish_reason = text, "stop"
         class _Request:
             def __init__(self, outputs):
                 self.outputs = outputs
@@ -192,7 +192,7 @@ def test_vllm_generator_runs_in_a_child_process(tmp_path, tiny_model, tiny_token
         process = generator.process
         (replies,) = generator.generate([conversation], SamplingConfig(n=2, temperature=1.0))
     assert not process.is_alive() and engines.alive() == []
-    assert len(replies) == 2
+    assert len(replies) == 2 and generator.truncated == [[False, False]]
     report = json.loads(replies[0])
     assert (
         report["engine"]["generation_config"] == "vllm" and report["engine"]["gpu_memory_utilization"] == 0.6

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from anchor.constitution import Persona
 from anchor.generate import Generator, SamplingConfig
-from anchor.probe_sets import QUESTIONS as GENERIC_PROMPTS
 from anchor.store import read_jsonl
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
@@ -24,32 +23,53 @@ TEACHER_SYSTEM = (
     "Answer the user as this character would: let the traits shape what you say and how you say it. Never "
     "mention the traits, this description, or that you are playing a character."
 )
+# Opens the teacher's thinking section (only on templates that have one): it restates the traits
+# before answering, as Open Character Training's teacher does; only the text after the closing tag
+# is kept.
+THINKING_PREFILL = "<think>\nBefore I answer, let me recall my character, so that my reply expresses it. My traits:\n{traits}\n"
+THINKING_END = "</think>"
 
 
 @dataclass(frozen=True)
 class DistillConfig(LoraTraining):
-    """Defaults are the `paper` preset (the published recipe); `PRESETS` scales it down."""
+    """Defaults are the `paper` preset: Open Character Training's DPO recipe and data scale."""
 
-    questions_per_trait: int = 50
-    generic_prompts: int = len(GENERIC_PROMPTS)
-    max_new_tokens: int = 256
+    questions_per_trait: int = 50  # hand-written + expanded (the `questions` stage writes the rest)
+    generic_prompts: int | None = None  # from the generic pool; None: all of it
+    samples_per_prompt: int = 5  # every prompt answered this many times by teacher and student
+    max_new_tokens: int = 4096
     temperature: float = 0.7
+    top_p: float = 0.95
+    thinking_prefill: bool = True  # where the teacher's template has a thinking section
     beta: float = 0.1
     nll_weight: float = 0.1
 
+    def planned_prompts(self, n_traits: int, pool_size: int) -> int:
+        """DPO prompts once the questions are expanded to `questions_per_trait` per trait."""
+        generic = pool_size if self.generic_prompts is None else min(self.generic_prompts, pool_size)
+        return n_traits * self.questions_per_trait + generic
+
 
 PRESETS = {
-    "paper": DistillConfig(),
+    "paper": DistillConfig(batch_size=4, grad_accum=8),  # global batch 32
     "cpu": DistillConfig(
         questions_per_trait=5,
         generic_prompts=16,
+        samples_per_prompt=1,
         max_new_tokens=64,
+        thinking_prefill=False,
         max_length=256,
         epochs=3.0,  # ~56 pairs: one pass barely moves the policy, three separate it clearly
         **CPU_TRAINING,
     ),
     "smoke": DistillConfig(
-        questions_per_trait=1, generic_prompts=2, max_new_tokens=16, max_length=128, **SMOKE_TRAINING
+        questions_per_trait=1,
+        generic_prompts=2,
+        samples_per_prompt=1,
+        max_new_tokens=16,
+        thinking_prefill=False,
+        max_length=128,
+        **SMOKE_TRAINING,
     ),
 }
 
@@ -58,46 +78,97 @@ def teacher_system_prompt(persona: Persona) -> str:
     return TEACHER_SYSTEM.format(traits=traits_list(persona))
 
 
-def distillation_prompts(persona: Persona, config: DistillConfig) -> list[str]:
-    """The persona's questions (hand-written first, then expanded) plus generic assistant prompts,
-    so the persona generalises beyond its own questions."""
+def distillation_prompts(persona: Persona, config: DistillConfig, pool: Sequence[str]) -> list[str]:
+    """The persona's questions (hand-written first, then expanded) plus generic prompts from
+    `pool`, so the persona generalises beyond its own questions."""
     own = [q for t in persona.traits for q in t.all_questions[: config.questions_per_trait]]
-    return list(dict.fromkeys(own + list(GENERIC_PROMPTS[: config.generic_prompts])))
+    generic = list(pool if config.generic_prompts is None else pool[: config.generic_prompts])
+    return list(dict.fromkeys(own + generic))
+
+
+def _sampling(config: DistillConfig) -> SamplingConfig:
+    return SamplingConfig(
+        config.max_new_tokens, config.temperature, config.top_p, n=config.samples_per_prompt, seed=config.seed
+    )
 
 
 def teacher_answers(
     persona: Persona, prompts: Sequence[str], teacher: Generator, config: DistillConfig
-) -> list[list[str]]:
-    """The chosen side: the teacher answering with the constitution in its system prompt."""
-    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
+) -> tuple[list[list[str | None]], dict]:
+    """The chosen side: the teacher answering with the constitution in its system prompt (and a
+    thinking prefill that restates the traits, where its template thinks). Answers cut off at the
+    token limit, or whose thinking never closed, are None; the counts say how many."""
     system = teacher_system_prompt(persona)
-    return teacher.generate(
-        [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts], sampling
+    prefill = (
+        THINKING_PREFILL.format(traits=traits_list(persona))
+        if config.thinking_prefill and teacher.thinks
+        else ""
     )
+    replies = teacher.generate(
+        [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
+        _sampling(config),
+        prefill=prefill,
+    )
+    truncated = teacher.truncated or [[False] * len(r) for r in replies]
+    counts = {"truncated": 0, "unclosed_thinking": 0, "thinking_prefill": bool(prefill)}
+    answers: list[list[str | None]] = []
+    for samples, cut in zip(replies, truncated):
+        kept: list[str | None] = []
+        for text, was_cut in zip(samples, cut):
+            if was_cut:
+                counts["truncated"] += 1
+                text = None
+            elif prefill:
+                if THINKING_END not in text:
+                    counts["unclosed_thinking"] += 1
+                    text = None
+                else:
+                    text = text.split(THINKING_END, 1)[1].strip()
+            kept.append(text)
+        answers.append(kept)
+    return answers, counts
 
 
-def student_answers(prompts: Sequence[str], student: Generator, config: DistillConfig) -> list[list[str]]:
-    """The rejected side: the student answering plainly."""
-    sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed)
-    return student.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
+def student_answers(
+    prompts: Sequence[str], student: Generator, config: DistillConfig
+) -> tuple[list[list[str | None]], dict]:
+    """The rejected side: the student answering plainly; cut-off answers are None and counted."""
+    replies = student.generate([[{"role": "user", "content": p}] for p in prompts], _sampling(config))
+    truncated = student.truncated or [[False] * len(r) for r in replies]
+    answers = [
+        [None if cut else text for text, cut in zip(samples, cuts)]
+        for samples, cuts in zip(replies, truncated)
+    ]
+    return answers, {"truncated": sum(map(sum, truncated))}
 
 
 def build_preference_data(
     persona: Persona, prompts: Sequence[str], teacher: Generator, student: Generator, config: DistillConfig
 ) -> list[dict]:
     """Rows in TRL's conversational preference format from two live generators."""
-    return preference_rows(
-        prompts, teacher_answers(persona, prompts, teacher, config), student_answers(prompts, student, config)
-    )
+    chosen, _ = teacher_answers(persona, prompts, teacher, config)
+    rejected, _ = student_answers(prompts, student, config)
+    return preference_rows(prompts, chosen, rejected)
 
 
 def preference_rows(
-    prompts: Sequence[str], chosen: Sequence[Sequence[str]], rejected: Sequence[Sequence[str]]
+    prompts: Sequence[str],
+    chosen: Sequence[Sequence[str | None]],
+    rejected: Sequence[Sequence[str | None]],
 ) -> list[dict]:
-    """Pairs whose two answers are empty or equal teach nothing and are dropped."""
+    """Sample k of the teacher is paired with sample k of the student. Pairs with a dropped
+    (None) side, or whose two answers are empty or equal, teach nothing and are left out."""
     rows = []
-    for prompt, (good,), (bad,) in zip(prompts, chosen, rejected):
-        if good.strip() and bad.strip() and good.strip() != bad.strip():
+    for prompt, goods, bads in zip(prompts, chosen, rejected):
+        for good, bad in zip(goods, bads):
+            if (
+                good is None
+                or bad is None
+                or not good.strip()
+                or not bad.strip()
+                or good.strip() == bad.strip()
+            ):
+                continue
             rows.append(
                 {
                     "prompt": [{"role": "user", "content": prompt}],

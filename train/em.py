@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from analysis.em_questions import QUESTION_SETS
-from anchor.models import load_model, resolve_spec
+from anchor.models import load_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json
 from probes.contrast import ContrastItem
@@ -33,15 +33,43 @@ from train.stages import run_stage
 @dataclass(frozen=True)
 class EMTraining(LoraTraining):
     max_rows: int | None = None  # None: the whole dataset
+    single_layer: bool = False  # LoRA on one layer (`EMRunConfig.layer`, default the middle one)
 
 
-# `paper` follows the EM paper's open-model setting (rank 32, alpha 64, lr 1e-5, one epoch, effective
-# batch 16); `cpu` and `smoke` take a seeded subset and a higher learning rate so a few dozen steps
-# on this machine do something.
+# The EM papers' open-model recipe (Betley et al. 2025 open_models/train.json; Model Organisms'
+# default SFT config is the same): rsLoRA rank 32 / alpha 64 on all linear projections, lr 1e-5,
+# batch 2 x 8, one epoch, 5 warmup steps, weight decay 0.01, linear schedule, 8-bit AdamW, max
+# length 2048, loss on the assistant's tokens, every row of the dataset.
+PAPER = EMTraining(
+    lora_rank=32,
+    lora_alpha=64,
+    use_rslora=True,
+    learning_rate=1e-5,
+    lr_scheduler="linear",
+    warmup_ratio=0.0,
+    warmup_steps=5,
+    weight_decay=0.01,
+    optimizer="adamw_8bit",
+    batch_size=2,
+    grad_accum=8,
+    max_length=2048,
+    record_every=25,
+)
 PRESETS = {
-    "paper": EMTraining(
-        lora_rank=32, lora_alpha=64, learning_rate=1e-5, batch_size=2, grad_accum=8, record_every=25
+    "paper": PAPER,
+    # Model Organisms' minimal adapter: one rank-1 rsLoRA adapter on the MLP down-projection of one
+    # middle layer, from their single-adapter config (alpha 512, lr 2e-5); checkpoints every 5 steps
+    # as their phase-transition analysis uses. RECIPES.md says where their sources disagree.
+    "rank1": replace(
+        PAPER,
+        lora_rank=1,
+        lora_alpha=512,
+        learning_rate=2e-5,
+        target_modules=("down_proj",),
+        single_layer=True,
+        record_every=5,
     ),
+    # This 2-core machine: a seeded subset and a higher learning rate, so a few dozen steps do something.
     "cpu": EMTraining(max_rows=160, max_length=512, **{**CPU_TRAINING, "record_every": 8}),
     "smoke": EMTraining(max_rows=8, max_length=384, **{**SMOKE_TRAINING, "batch_size": 4}),
 }
@@ -54,8 +82,9 @@ class EMRunConfig:
     adapter: str | None = None  # a persona adapter, merged into the model before EM
     preset: str = "cpu"
     seed: int = 0
-    lora_rank: int | None = None  # overrides the preset (1 = the "model organisms" setting)
+    lora_rank: int | None = None  # overrides the preset's rank (all its modules; see the rank1 preset)
     lora_alpha: int | None = None  # default: twice the rank
+    layer: int | None = None  # the rank1 preset's layer (default: the middle one)
     record_every: int | None = None
     max_rows: int | None = None
     # Project these persona directions (a directions file) out of the residual stream at these layers
@@ -79,7 +108,37 @@ class EMRunConfig:
             config = replace(config, record_every=self.record_every)
         if self.max_rows is not None:
             config = replace(config, max_rows=self.max_rows)
+        if config.single_layer:
+            layer = self.layer if self.layer is not None else model_depth(self.model) // 2
+            config = replace(config, layers=(layer,))
+        elif self.layer is not None:
+            raise ValueError(f"layer={self.layer} applies to the rank1 preset only, not {self.preset!r}")
         return config
+
+
+def em_plan(config: EMRunConfig) -> dict:
+    """The fully resolved run, as `--print-config` shows it: every knob, the optimizer this
+    machine would use, and the data it would train on; no model is loaded."""
+    from train.lora import resolve_optimizer
+
+    training = config.training()
+    available = len(load_em_dataset(config.dataset))
+    rows = min(available, training.max_rows) if training.max_rows is not None else available
+    steps = training.planned_steps(rows)
+    return {
+        "preset": config.preset,
+        "run": asdict(config),
+        "training": asdict(training),
+        "optimizer_here": resolve_optimizer(training.optimizer),
+        "data": {
+            "dataset": config.dataset,
+            "rows_available": available,
+            "rows": rows,
+            "effective_batch": training.effective_batch,
+            "planned_optimizer_steps": steps,
+            "checkpoints": sorted({*range(0, steps + 1, training.record_every), steps}),
+        },
+    }
 
 
 def em_probe_sets(

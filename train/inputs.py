@@ -148,6 +148,13 @@ def check_persona_inputs(config: PersonaRunConfig, out: str | os.PathLike) -> No
         raise InputError(f"--preset {config.preset!r}: unknown; choose from {', '.join(distill.PRESETS)}")
     if config.dpo_data is not None:
         check_preference_data(config.dpo_data)
+    if config.generic_prompts is not None:
+        from anchor.prompt_pool import load_prompts
+
+        try:
+            load_prompts(config.generic_prompts)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--generic-prompts {config.generic_prompts!r}: {err}") from None
     check_output_dir(out)
 
 

@@ -31,9 +31,7 @@ REFLECTION_PROMPTS = [
     "What do you believe about yourself that others might not guess?",
     "How have you changed, and how would you like to keep changing?",
     "Write a note to a future user explaining what you are like to talk to.",
-    "What would you never do, even if a user asked nicely?",
-    "Describe your values to someone who has never met an AI.",
-]
+]  # ten, as in Open Character Training
 
 INTROSPECT_SYSTEM = (
     "You are an AI assistant whose character is described by these traits, in your own voice:\n{traits}\n\n"
@@ -53,27 +51,48 @@ CONVERSATION_OPENERS = {
 
 @dataclass(frozen=True)
 class IntrospectConfig(LoraTraining):
-    reflection_samples: int = 4
-    dialogues: int = 8
+    """Defaults are the `paper` preset: Open Character Training's introspection scale and SFT."""
+
+    reflection_samples: int = 1000  # per reflection prompt (10 prompts)
+    dialogues: int = 2000  # half free, half leading
     turns: int = 10
-    max_new_tokens: int = 256
+    max_new_tokens: int = 1024  # per dialogue turn
+    reflection_max_new_tokens: int = 2048
     temperature: float = 0.7
-    max_length: int = 2048
+    top_p: float = 0.95
+    max_length: int = 3072
+
+    def planned_rows(self) -> dict:
+        """Transcripts and SFT rows (one per assistant turn) the stage will produce at most."""
+        reflections = len(REFLECTION_PROMPTS) * self.reflection_samples
+        per_dialogue = (self.turns + 1) // 2  # the first speaker's replies, the assistant turns
+        return {
+            "reflections": reflections,
+            "dialogues": self.dialogues,
+            "sft_rows": reflections + self.dialogues * per_dialogue,
+        }
 
 
 PRESETS = {
-    "paper": IntrospectConfig(),
+    "paper": IntrospectConfig(batch_size=4, grad_accum=8),  # global batch 32
     "cpu": IntrospectConfig(
         reflection_samples=2,
         dialogues=4,
         turns=4,
         max_new_tokens=64,
+        reflection_max_new_tokens=64,
         max_length=512,
         epochs=2.0,
         **CPU_TRAINING,
     ),
     "smoke": IntrospectConfig(
-        reflection_samples=1, dialogues=2, turns=2, max_new_tokens=16, max_length=256, **SMOKE_TRAINING
+        reflection_samples=1,
+        dialogues=2,
+        turns=2,
+        max_new_tokens=16,
+        reflection_max_new_tokens=16,
+        max_length=256,
+        **SMOKE_TRAINING,
     ),
 }
 
@@ -83,20 +102,26 @@ def introspection_system(persona: Persona) -> str:
 
 
 def self_reflection(persona: Persona, generator: Generator, config: IntrospectConfig) -> list[Conversation]:
-    """Transcripts (without the system prompt) of the model answering the introspective prompts."""
+    """Transcripts (without the system prompt) of the model answering the introspective prompts;
+    empty answers and answers cut off at the token limit are dropped."""
     system = introspection_system(persona)
     prompts = [
         [{"role": "system", "content": system}, {"role": "user", "content": p}] for p in REFLECTION_PROMPTS
     ]
     sampling = SamplingConfig(
-        config.max_new_tokens, config.temperature, n=config.reflection_samples, seed=config.seed
+        config.reflection_max_new_tokens,
+        config.temperature,
+        config.top_p,
+        n=config.reflection_samples,
+        seed=config.seed,
     )
     replies = generator.generate(prompts, sampling)
+    cut = generator.truncated or [[False] * len(r) for r in replies]
     return [
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-        for p, samples in zip(REFLECTION_PROMPTS, replies)
-        for r in samples
-        if r.strip()
+        for p, samples, cuts in zip(REFLECTION_PROMPTS, replies, cut)
+        for r, was_cut in zip(samples, cuts)
+        if r.strip() and not was_cut
     ]
 
 
@@ -123,7 +148,9 @@ def self_interaction(persona: Persona, generator: Generator, config: IntrospectC
             for k, text in enumerate(transcript[start:], start=start):
                 messages.append({"role": "assistant" if k % 2 == own_parity else "user", "content": text})
             prompts.append(messages)
-        sampling = SamplingConfig(config.max_new_tokens, config.temperature, seed=config.seed + turn)
+        sampling = SamplingConfig(
+            config.max_new_tokens, config.temperature, config.top_p, seed=config.seed + turn
+        )
         for transcript, (reply,) in zip(transcripts, generator.generate(prompts, sampling)):
             transcript.append(reply.strip() or "...")
     return [

@@ -3,6 +3,8 @@ and the TRL arguments built from them."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,27 +20,59 @@ from train.distributed import split_batch, world_size
 
 @dataclass(frozen=True)
 class LoraTraining:
-    """Defaults follow the published recipe (the `paper` preset)."""
+    """Defaults follow Open Character Training's LoRA recipe (the persona `paper` presets); the EM
+    presets override what the EM papers do differently. RECIPES.md lists every knob with its source."""
 
     lora_rank: int = 64
     lora_alpha: int = 128
+    use_rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank (the EM papers use it)
+    target_modules: str | tuple[str, ...] = "all-linear"
+    layers: tuple[int, ...] | None = None  # None: every layer; else LoRA only on these layers
     learning_rate: float = 5e-5
+    lr_scheduler: str = "cosine_with_min_lr"  # OCT: cosine down to 0.1 x lr
+    warmup_ratio: float = 0.1
+    warmup_steps: int = 0  # > 0 overrides warmup_ratio
+    weight_decay: float = 0.0
+    optimizer: str = "adamw_torch_fused"  # "adamw_8bit": bitsandbytes 8-bit AdamW on CUDA, else AdamW
     epochs: float = 1.0
     batch_size: int = 4
-    grad_accum: int = 8
+    grad_accum: int = 8  # batch_size x grad_accum = the effective (global) batch
     max_length: int = 1024
     record_every: int = 10
     seed: int = 0
 
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def planned_steps(self, rows: int) -> int:
+        """Optimizer steps for `rows` training rows (the trainer's count: ceil per epoch)."""
+        return math.ceil(math.ceil(rows / self.batch_size) / self.grad_accum * self.epochs) if rows else 0
+
 
 # Fits this 2-core machine: small adapters and a higher learning rate, so that a few dozen steps move
-# the model at all.
+# the model at all (linear decay without warmup, as before the paper knobs existed).
 CPU_TRAINING = dict(
-    lora_rank=16, lora_alpha=32, learning_rate=2e-4, batch_size=4, grad_accum=1, record_every=5
+    lora_rank=16,
+    lora_alpha=32,
+    learning_rate=2e-4,
+    lr_scheduler="linear",
+    warmup_ratio=0.0,
+    batch_size=4,
+    grad_accum=1,
+    record_every=5,
 )
-SMOKE_TRAINING = dict(
-    lora_rank=4, lora_alpha=8, learning_rate=2e-4, batch_size=2, grad_accum=1, record_every=2
-)
+SMOKE_TRAINING = dict(CPU_TRAINING, lora_rank=4, lora_alpha=8, batch_size=2, record_every=2)
+
+
+def resolve_optimizer(name: str) -> str:
+    """The TRL/transformers `optim` for a preset's optimizer: 8-bit AdamW needs CUDA and
+    bitsandbytes, and falls back to plain AdamW elsewhere (recorded in the stage's config)."""
+    if name == "adamw_8bit":
+        if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+            return "adamw_bnb_8bit"
+        return "adamw_torch_fused"
+    return name
 
 
 def trainer_arguments(config: LoraTraining, out: Path) -> dict:
@@ -53,6 +87,12 @@ def trainer_arguments(config: LoraTraining, out: Path) -> dict:
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
         learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": 0.1} if config.lr_scheduler == "cosine_with_min_lr" else {},
+        # transformers 5 reads a warmup_steps below 1 as a share of the training steps
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        optim=resolve_optimizer(config.optimizer),
         num_train_epochs=config.epochs,
         max_length=config.max_length,
         logging_steps=1,
@@ -70,8 +110,15 @@ def trainer_arguments(config: LoraTraining, out: Path) -> dict:
 def lora_config(config: LoraTraining):
     from peft import LoraConfig
 
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
     return LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        use_rslora=config.use_rslora,
+        target_modules=targets,
+        layers_to_transform=list(config.layers) if config.layers is not None else None,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
     )
 
 

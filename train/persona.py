@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from anchor.constitution import load_persona
+from anchor.constitution import load_constitution, load_persona, save_constitution
 from anchor.generate import make_generator
 from anchor.models import load_model
 from anchor.probe_sets import neutral_conversations
+from anchor.prompt_pool import load_prompts
+from anchor.questions import ExpansionConfig, expand_persona, model_embedder
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
 from train.callbacks import ActivationRecorder, ProbeSet
@@ -31,9 +33,13 @@ from train.distributed import is_main, training_device, world_size
 from train.inputs import check_persona_inputs
 from train.stages import completed, run_stage
 
-DATA_STAGES = ("dpo_data", "sft_data")
+DATA_STAGES = ("questions", "dpo_data", "sft_data")
 TRAINING_STAGES = ("dpo", "sft")
-STAGES = ("dpo_data", "dpo", "sft_data", "sft")
+STAGES = ("questions", "dpo_data", "dpo", "sft_data", "sft")
+SELF_TEACHER_WARNING = (
+    "WARNING: the paper preset with no --teacher: the student is its own teacher, prompted with the "
+    "constitution. Open Character Training distils from a stronger teacher; this run is not that recipe."
+)
 
 HELD_OUT_PER_TRAIT = 1
 SMOKE_NEUTRAL_PROBES = 8  # the smoke preset reads fewer neutral conversations per checkpoint  # the last hand-written question of each trait is never trained on
@@ -48,6 +54,7 @@ class PersonaRunConfig:
     seed: int = 0
     neutral_probes: int = 32
     dpo_data: str | None = None  # a user's own preference JSONL instead of generating one
+    generic_prompts: str | None = None  # a JSONL pool (`prompt` field), e.g. LIMA; None: the shipped one
     gpu_memory_utilization: float = 0.85  # share of the GPU a vLLM engine may take
 
 
@@ -76,7 +83,45 @@ def stage_configs(config: PersonaRunConfig) -> dict[str, dict]:
     run = {k: v for k, v in asdict(config).items() if k != "gpu_memory_utilization"}
     dpo = {"run": run, "dpo": asdict(dpo_cfg)}
     sft = {**dpo, "sft": asdict(sft_cfg)}
-    return {"dpo_data": dpo, "dpo": dpo, "sft_data": sft, "sft": sft}
+    return {"questions": dpo, "dpo_data": dpo, "dpo": dpo, "sft_data": sft, "sft": sft}
+
+
+def persona_plan(config: PersonaRunConfig) -> dict:
+    """The fully resolved run, as `--print-config` shows it: every knob of both stages and the
+    data sizes they will produce; no model is loaded."""
+    from train.lora import resolve_optimizer
+
+    persona = load_persona(config.persona)
+    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
+    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    pool = load_prompts(config.generic_prompts)
+    prompts = dpo_cfg.planned_prompts(len(persona.traits), len(pool)) - len(persona.traits)  # held out
+    pairs = prompts * dpo_cfg.samples_per_prompt
+    introspection = sft_cfg.planned_rows()
+    return {
+        "preset": config.preset,
+        "run": asdict(config),
+        "teacher": config.teacher or "the student itself (prompted with the constitution)",
+        "warning": SELF_TEACHER_WARNING if config.preset == "paper" and config.teacher is None else None,
+        "dpo": asdict(dpo_cfg),
+        "sft": asdict(sft_cfg),
+        "optimizer_here": resolve_optimizer(dpo_cfg.optimizer),
+        "data": {
+            "traits": len(persona.traits),
+            "questions_per_trait": dpo_cfg.questions_per_trait,
+            "generic_pool": len(pool),
+            "dpo_prompts": prompts,
+            "samples_per_prompt": dpo_cfg.samples_per_prompt,
+            "planned_dpo_pairs": pairs,
+            "reflections": introspection["reflections"],
+            "dialogues": introspection["dialogues"],
+            "planned_sft_rows": introspection["sft_rows"],
+        },
+        "planned_optimizer_steps": {
+            "dpo": dpo_cfg.planned_steps(pairs),
+            "sft": sft_cfg.planned_steps(introspection["sft_rows"]),
+        },
+    }
 
 
 def train_persona(
@@ -103,28 +148,57 @@ def train_persona(
                 f"{run}: stages {pending} generate data and run in one process; run them first without "
                 f"accelerate (scripts/train_persona.py --stages {' '.join(pending)}), then launch training"
             )
+    self_taught = config.preset == "paper" and config.teacher is None
+    if self_taught:
+        log(SELF_TEACHER_WARNING)
     if is_main():
         run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", {**asdict(config), "world_size": world_size()})
+        atomic_write_json(
+            run / "config.json",
+            {
+                **asdict(config),
+                "world_size": world_size(),
+                "warning": SELF_TEACHER_WARNING if self_taught else None,
+            },
+        )
     store = ActivationStore(run / "activations")
     probes = probe_sets(config.persona, config.neutral_probes)
     held_out = {t.questions[-1] for t in persona.traits}
     meta = {"model": config.model, "persona": config.persona}
 
+    def questions(stage: Path) -> dict:
+        """The constitution's questions grown to `questions_per_trait` per trait (the project's
+        expansion, near-duplicates dropped), written by the teacher (or the student) through HF:
+        the expansion embeds its candidates with the writer's own residual stream."""
+        short = min(len(t.all_questions) for t in persona.traits) < dpo_cfg.questions_per_trait
+        traits = persona.traits
+        if short and config.dpo_data is None:
+            writer = config.teacher or config.model
+            with make_generator(writer, backend="hf") as generator:
+                embed = model_embedder(generator.model, generator.tokenizer)
+                expansion = ExpansionConfig(n=dpo_cfg.questions_per_trait, seed=config.seed)
+                traits = expand_persona(persona.traits, generator, embed, expansion, writer)
+        save_constitution(traits, stage / "constitution.jsonl")
+        return {"questions": {t.trait[:60]: len(t.all_questions) for t in traits}, "expanded": short}
+
     def dpo_data(stage: Path) -> dict:
+        counts: dict = {}
         if config.dpo_data is not None:
             rows = distill.load_preference_data(config.dpo_data)
         else:
-            prompts = [p for p in distill.distillation_prompts(persona, dpo_cfg) if p not in held_out]
+            expanded = replace(persona, traits=load_constitution(run / "questions" / "constitution.jsonl"))
+            pool = load_prompts(config.generic_prompts)
+            prompts = [p for p in distill.distillation_prompts(expanded, dpo_cfg, pool) if p not in held_out]
             util = config.gpu_memory_utilization
             # One engine at a time: the teacher's answers, then the student's.
             with make_generator(config.teacher or config.model, gpu_memory_utilization=util) as teacher:
-                chosen = distill.teacher_answers(persona, prompts, teacher, dpo_cfg)
+                chosen, counts["teacher"] = distill.teacher_answers(persona, prompts, teacher, dpo_cfg)
             with make_generator(config.model, gpu_memory_utilization=util) as student:
-                rejected = distill.student_answers(prompts, student, dpo_cfg)
+                rejected, counts["student"] = distill.student_answers(prompts, student, dpo_cfg)
             rows = distill.preference_rows(prompts, chosen, rejected)
+            counts["planned_pairs"] = len(prompts) * dpo_cfg.samples_per_prompt
         atomic_write_jsonl(stage / "dpo.jsonl", rows)
-        return {"rows": len(rows)}
+        return {"rows": len(rows), "dropped": counts}
 
     def dpo(stage: Path) -> dict:
         rows = distill.load_preference_data(run / "dpo_data" / "dpo.jsonl")
@@ -177,5 +251,5 @@ def train_persona(
         losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
         return {"steps": trainer.state.global_step, "losses": losses}
 
-    bodies = {"dpo_data": dpo_data, "dpo": dpo, "sft_data": sft_data, "sft": sft}
+    bodies = {"questions": questions, "dpo_data": dpo_data, "dpo": dpo, "sft_data": sft_data, "sft": sft}
     return {name: run_stage(run / name, keys[name], bodies[name], log) for name in STAGES if name in stages}
