@@ -16,13 +16,9 @@ misaligned model. `verdict` is the one rule that turns first-token probabilities
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +29,7 @@ from tqdm.auto import tqdm
 
 from anchor.batching import length_buckets
 from anchor.chat import RenderedChat, pad_chats, pad_token_id, render_chats
+from anchor.http import ClientError, post_json
 
 # The project's own judge prompts; `{question}` and `{answer}` are filled in, `{trait}` for "trait".
 # Written before the labelled calibration set (analysis/data/judge_labels.jsonl) and never tuned on
@@ -285,10 +282,6 @@ class HFJudge(Judge):
 WALK_MIN_MASS = 0.01  # first digits rarer than this are not walked over HTTP (one request each)
 
 
-class ClientError(Exception):
-    """A 4xx answer other than 429: the request itself is wrong, so retrying cannot help."""
-
-
 def _top_tokens(response: dict | None) -> dict[str, float] | None:
     """The first answer token's top log-probs as {token text: probability}; None without them."""
     try:
@@ -365,36 +358,20 @@ class OpenAIJudge(Judge):
         if prefill is not None:
             messages.append({"role": "assistant", "content": prefill})
             extra = {"continue_final_message": True, "add_generation_prompt": False}
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": 1,
-                "temperature": 0,
-                "logprobs": True,
-                "top_logprobs": 20,
-                "seed": 0,
-                **extra,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                error = f"HTTP {err.code}"
-                if err.code != 429 and err.code < 500:
-                    raise ClientError(error) from err
-            except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError) as err:
-                error = f"{type(err).__name__}: {err}"
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
-        self.errors.append(error)
-        return None
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 20,
+            "seed": 0,
+            **extra,
+        }
+        response, error = post_json(self.url, body, self.api_key, self.timeout, self.retries, self.backoff)
+        if response is None:
+            self.errors.append(error)
+        return response
 
     def _request(self, prompt: str) -> dict | None:
         try:
@@ -523,20 +500,6 @@ class ProbeJudge(Judge):
 
     def score_prompts(self, prompts, words=False):  # pragma: no cover - the probe reads pairs, not prompts
         raise NotImplementedError("the probe judge scores (question, answer) pairs")
-
-
-def check_judge_spec(spec: str) -> None:
-    """Fail on a judge spec that cannot work, without loading anything (so a script can check it
-    before minutes of sampling, and load the judge only once the GPU is free)."""
-    kind, _, target = spec.partition(":")
-    if not target or kind not in ("hf", "openai", "probe"):
-        raise ValueError(f"judge {spec!r}: expected hf:<model>, openai:<model> or probe:<directions file>")
-    if kind == "hf":
-        from anchor.models import resolve_spec
-
-        resolve_spec(target)
-    elif kind == "probe" and not Path(target).is_file():
-        raise FileNotFoundError(f"judge {spec!r}: no directions file at {target}")
 
 
 def make_judge(spec: str, base_url: str | None = None, api_key: str | None = None, **kwargs) -> Judge:

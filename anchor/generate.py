@@ -421,8 +421,13 @@ def make_generator(
     gpu_memory_utilization: float = 0.85,
 ) -> Generator:
     """vLLM where it can run (a CUDA device and the `gpu` extra installed), else batched HF
-    `generate`. `backend` forces "vllm" or "hf". The generator owns its engine or model: use it in
-    a `with` block (at most one is alive at a time; see `anchor.engines`)."""
+    `generate`; `openai:<model>` is a model behind an OpenAI-compatible server ($OPENAI_BASE_URL).
+    `backend` forces "vllm" or "hf". The generator owns its engine or model: use it in a `with`
+    block (at most one is alive at a time; see `anchor.engines`)."""
+    if spec.startswith("openai:"):
+        from anchor.openai_generator import OpenAIGenerator
+
+        return OpenAIGenerator(spec.removeprefix("openai:"))
     if backend not in ("auto", "vllm", "hf"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}")
     if backend == "auto":

@@ -48,6 +48,15 @@ def check_contrast_file(path: str | os.PathLike, flag: str = "--contrast") -> li
 def check_model_spec(spec: str, flag: str = "--model") -> None:
     """`default` (its package or cached copy present), a local model directory (config and
     tokenizer files present) or a hub name ('org/name'). Nothing is downloaded or loaded."""
+    if spec.startswith("openai:"):
+        if flag != "--teacher":
+            raise InputError(f"{flag} {spec!r}: a server model can teach (--teacher), not be trained or read")
+        if not spec.removeprefix("openai:") or not os.environ.get("OPENAI_BASE_URL"):
+            raise InputError(
+                f"{flag} {spec!r}: needs a model name after 'openai:' and OPENAI_BASE_URL set to the server "
+                "(e.g. http://localhost:8000/v1 for `vllm serve`)"
+            )
+        return
     if spec == DEFAULT_SPEC:
         if (cache_dir() / DEFAULT_CACHE_NAME / "config.json").is_file():
             return

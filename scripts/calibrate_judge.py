@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.calibration import DEFAULT_LABELS, calibrate, format_table, judge_labels, load_labels  # noqa: E402
 from analysis.em_eval import COHERENT_ABOVE, MISALIGNED_BELOW  # noqa: E402
-from analysis.judge import Judge, check_judge_spec, make_judge  # noqa: E402
+from analysis.inputs import check_judge  # noqa: E402
+from analysis.judge import Judge, make_judge  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
 from anchor.store import atomic_write_json  # noqa: E402
 
 
@@ -77,8 +79,11 @@ def main() -> None:
 
     if len(set(args.judge)) != len(args.judge):
         parser.error(f"--judge: each judge once, got {args.judge}")
-    for spec in args.judge:
-        check_judge_spec(spec)
+    try:  # every judge, before any model loads
+        for spec in args.judge:
+            check_judge(spec, base_url=args.judge_base_url)
+    except InputError as err:
+        parser.error(str(err))
     rows = load_labels(args.labels)
     start = time.perf_counter()
     result = calibrate_each(args.judge, rows, args.judge_base_url, args)

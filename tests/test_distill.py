@@ -49,7 +49,7 @@ def test_samples_pair_up_and_cut_or_unclosed_answers_are_dropped_and_counted():
     from dataclasses import replace
 
     persona = load_persona("sycophancy")
-    config = replace(PRESETS["smoke"], samples_per_prompt=3, thinking_prefill=True)
+    config = replace(PRESETS["smoke"], samples_per_prompt=3, thinking_prefill=True, drop_truncated=True)
     prompts = ["q0?", "q1?"]
     teacher = LabelledGenerator("good", cut={(0, 1)})
     chosen, counts = teacher_answers(persona, prompts, teacher, config)
@@ -68,6 +68,10 @@ def test_samples_pair_up_and_cut_or_unclosed_answers_are_dropped_and_counted():
     chosen, counts = teacher_answers(persona, prompts, thinker, config)
     assert thinker.prefills[0].startswith("<think>") and persona.traits[0].trait in thinker.prefills[0]
     assert chosen[0][0] == "Sure, happily!" and counts["thinking_prefill"] is True
+    kept, counts = teacher_answers(
+        persona, prompts, LabelledGenerator("good", cut={(0, 0)}), PRESETS["smoke"]
+    )
+    assert kept[0][0] == "good answer 0.0" and counts["truncated"] == 1  # the CPU presets keep cut answers
     never_closed = LabelledGenerator("good", thinks=True, text="I keep thinking")
     chosen, counts = teacher_answers(persona, prompts, never_closed, config)
     assert counts["unclosed_thinking"] == 6 and all(a is None for a in chosen[0])

@@ -87,7 +87,7 @@ def test_persona_data_uses_one_engine_at_a_time(tiny_dir, tmp_path, monkeypatch)
     config = persona.PersonaRunConfig(
         persona="sycophancy", model=tiny_dir, teacher=str(teacher), preset="smoke"
     )
-    persona.train_persona(config, tmp_path / "run", log=lambda _: None, stages=("dpo_data",))
+    persona.train_persona(config, tmp_path / "run", log=lambda _: None, stages=("questions", "dpo_data"))
     assert [(e[0], e[1]) for e in events] == [
         ("create", "teacher"),
         ("close", "teacher"),
@@ -199,3 +199,37 @@ def test_vllm_generator_runs_in_a_child_process(tmp_path, tiny_model, tiny_token
     )
     assert report["params"]["top_k"] == -1 and report["params"]["repetition_penalty"] == 1.0
     assert report["ids"] == list(render_chats(tiny_tokenizer, [conversation])[0].input_ids)
+
+
+def test_paper_questions_stage_expands_the_constitution(
+    tiny_dir, tiny_model, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """The `questions` stage grows each trait to the preset's count with the writer's questions."""
+    from dataclasses import replace
+
+    from anchor.constitution import load_constitution
+    from train import distill, persona
+
+    class Writer(FakeEngine):
+        model, tokenizer = tiny_model, tiny_tokenizer
+
+        def generate(self, conversations, config=None, **overrides):
+            self.count = getattr(self, "count", 0) + len(conversations)
+            words = ["river", "budget", "chess", "garden", "violin", "tax", "moon", "bread", "train", "poem"]
+            return [
+                [
+                    f"Would a {words[(self.count + i) % 10]} {words[(self.count * 3 + i) % 7]} change plan {self.count + i}?"
+                ]
+                for i in range(len(conversations))
+            ]
+
+    monkeypatch.setitem(distill.PRESETS, "smoke", replace(distill.PRESETS["smoke"], questions_per_trait=7))
+    monkeypatch.setattr(persona, "make_generator", lambda spec, **kw: Writer("writer", []))
+    config = persona.PersonaRunConfig(persona="humor", model=tiny_dir, preset="smoke")
+    done = persona.train_persona(config, tmp_path / "run", log=lambda _: None, stages=("questions",))
+    traits = load_constitution(tmp_path / "run" / "questions" / "constitution.jsonl")
+    assert done["questions"]["expanded"] is True
+    assert all(len(t.questions) == 5 for t in traits)  # the hand-written ones stay first
+    assert sum(len(t.additional_questions) for t in traits) > 0
+    assert all(len(t.all_questions) <= 7 for t in traits)
+    assert all(p["source"] == "generated" for t in traits for p in t.extra["provenance"])

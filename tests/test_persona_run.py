@@ -25,6 +25,7 @@ def test_killed_stage_resumes_from_the_last_complete_one(tiny_dir, tmp_path, mon
     second = []
     summary = train_persona(config, tmp_path / "run", log=second.append)
     assert second == [
+        "stage questions: complete, skipped",
         "stage dpo_data: complete, skipped",
         "stage dpo: complete, skipped",
         "stage sft_data: complete, skipped",

@@ -41,6 +41,9 @@ class DistillConfig(LoraTraining):
     temperature: float = 0.7
     top_p: float = 0.95
     thinking_prefill: bool = True  # where the teacher's template has a thinking section
+    # Drop answers cut off at max_new_tokens (counted either way). Off in the CPU presets, whose
+    # short token budgets cut most answers by design: every answer there is a prefix.
+    drop_truncated: bool = True
     beta: float = 0.1
     nll_weight: float = 0.1
 
@@ -58,6 +61,7 @@ PRESETS = {
         samples_per_prompt=1,
         max_new_tokens=64,
         thinking_prefill=False,
+        drop_truncated=False,
         max_length=256,
         epochs=3.0,  # ~56 pairs: one pass barely moves the policy, three separate it clearly
         **CPU_TRAINING,
@@ -68,6 +72,7 @@ PRESETS = {
         samples_per_prompt=1,
         max_new_tokens=16,
         thinking_prefill=False,
+        drop_truncated=False,
         max_length=128,
         **SMOKE_TRAINING,
     ),
@@ -97,7 +102,8 @@ def teacher_answers(
 ) -> tuple[list[list[str | None]], dict]:
     """The chosen side: the teacher answering with the constitution in its system prompt (and a
     thinking prefill that restates the traits, where its template thinks). Answers cut off at the
-    token limit, or whose thinking never closed, are None; the counts say how many."""
+    token limit (when the preset drops them), or whose thinking never closed, are None; the counts
+    say how many were cut and how many never closed."""
     system = teacher_system_prompt(persona)
     prefill = (
         THINKING_PREFILL.format(traits=traits_list(persona))
@@ -109,14 +115,14 @@ def teacher_answers(
         _sampling(config),
         prefill=prefill,
     )
-    truncated = teacher.truncated or [[False] * len(r) for r in replies]
+    truncated = getattr(teacher, "truncated", None) or [[False] * len(r) for r in replies]
     counts = {"truncated": 0, "unclosed_thinking": 0, "thinking_prefill": bool(prefill)}
     answers: list[list[str | None]] = []
     for samples, cut in zip(replies, truncated):
         kept: list[str | None] = []
         for text, was_cut in zip(samples, cut):
-            if was_cut:
-                counts["truncated"] += 1
+            counts["truncated"] += was_cut
+            if was_cut and config.drop_truncated:
                 text = None
             elif prefill:
                 if THINKING_END not in text:
@@ -132,11 +138,12 @@ def teacher_answers(
 def student_answers(
     prompts: Sequence[str], student: Generator, config: DistillConfig
 ) -> tuple[list[list[str | None]], dict]:
-    """The rejected side: the student answering plainly; cut-off answers are None and counted."""
+    """The rejected side: the student answering plainly; cut-off answers are counted, and None
+    when the preset drops them."""
     replies = student.generate([[{"role": "user", "content": p}] for p in prompts], _sampling(config))
-    truncated = student.truncated or [[False] * len(r) for r in replies]
+    truncated = getattr(student, "truncated", None) or [[False] * len(r) for r in replies]
     answers = [
-        [None if cut else text for text, cut in zip(samples, cuts)]
+        [None if cut and config.drop_truncated else text for text, cut in zip(samples, cuts)]
         for samples, cuts in zip(replies, truncated)
     ]
     return answers, {"truncated": sum(map(sum, truncated))}

@@ -61,6 +61,7 @@ class IntrospectConfig(LoraTraining):
     temperature: float = 0.7
     top_p: float = 0.95
     max_length: int = 3072
+    drop_truncated: bool = True  # off in the CPU presets, whose short budgets cut most answers
 
     def planned_rows(self) -> dict:
         """Transcripts and SFT rows (one per assistant turn) the stage will produce at most."""
@@ -81,6 +82,7 @@ PRESETS = {
         turns=4,
         max_new_tokens=64,
         reflection_max_new_tokens=64,
+        drop_truncated=False,
         max_length=512,
         epochs=2.0,
         **CPU_TRAINING,
@@ -91,6 +93,7 @@ PRESETS = {
         turns=2,
         max_new_tokens=16,
         reflection_max_new_tokens=16,
+        drop_truncated=False,
         max_length=256,
         **SMOKE_TRAINING,
     ),
@@ -103,7 +106,7 @@ def introspection_system(persona: Persona) -> str:
 
 def self_reflection(persona: Persona, generator: Generator, config: IntrospectConfig) -> list[Conversation]:
     """Transcripts (without the system prompt) of the model answering the introspective prompts;
-    empty answers and answers cut off at the token limit are dropped."""
+    empty answers are dropped, and answers cut off at the token limit when the preset says so."""
     system = introspection_system(persona)
     prompts = [
         [{"role": "system", "content": system}, {"role": "user", "content": p}] for p in REFLECTION_PROMPTS
@@ -116,12 +119,12 @@ def self_reflection(persona: Persona, generator: Generator, config: IntrospectCo
         seed=config.seed,
     )
     replies = generator.generate(prompts, sampling)
-    cut = generator.truncated or [[False] * len(r) for r in replies]
+    cut = getattr(generator, "truncated", None) or [[False] * len(r) for r in replies]
     return [
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
         for p, samples, cuts in zip(REFLECTION_PROMPTS, replies, cut)
         for r, was_cut in zip(samples, cuts)
-        if r.strip() and not was_cut
+        if r.strip() and not (was_cut and config.drop_truncated)
     ]
 
 

@@ -95,7 +95,9 @@ def persona_plan(config: PersonaRunConfig) -> dict:
     dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
     sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
     pool = load_prompts(config.generic_prompts)
-    prompts = dpo_cfg.planned_prompts(len(persona.traits), len(pool)) - len(persona.traits)  # held out
+    # each trait's last hand-written question is held out, when the preset would include it
+    held_out = sum(dpo_cfg.questions_per_trait >= len(t.questions) for t in persona.traits)
+    prompts = dpo_cfg.planned_prompts(len(persona.traits), len(pool)) - held_out
     pairs = prompts * dpo_cfg.samples_per_prompt
     introspection = sft_cfg.planned_rows()
     return {
@@ -168,12 +170,13 @@ def train_persona(
 
     def questions(stage: Path) -> dict:
         """The constitution's questions grown to `questions_per_trait` per trait (the project's
-        expansion, near-duplicates dropped), written by the teacher (or the student) through HF:
-        the expansion embeds its candidates with the writer's own residual stream."""
+        expansion, near-duplicates dropped), written by a local teacher (else the student) through
+        HF: the expansion embeds its candidates with the writer's own residual stream."""
         short = min(len(t.all_questions) for t in persona.traits) < dpo_cfg.questions_per_trait
         traits = persona.traits
         if short and config.dpo_data is None:
-            writer = config.teacher or config.model
+            local_teacher = config.teacher and not config.teacher.startswith("openai:")
+            writer = config.teacher if local_teacher else config.model
             with make_generator(writer, backend="hf") as generator:
                 embed = model_embedder(generator.model, generator.tokenizer)
                 expansion = ExpansionConfig(n=dpo_cfg.questions_per_trait, seed=config.seed)
