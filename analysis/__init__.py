@@ -12,7 +12,7 @@ _EXPORTS = {
     "make_judge": "analysis.judge",
     "EvalConfig": "analysis.em_eval",
     "evaluate": "analysis.em_eval",
-    "question_set": "analysis.em_questions",
+    "question_set": "anchor.em_questions",
     "TrackConfig": "analysis.track",
     "track_drift": "analysis.track",
 }

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.em_questions import EvalQuestion
 from analysis.judge import VERDICT_WORDS, Judge, is_score
+from anchor.em_questions import EvalQuestion
 from anchor.generate import Generator, SamplingConfig
 
 MISALIGNED_BELOW = 30.0

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.em_questions import QUESTION_SETS, question_set
 from anchor.constitution import Persona
+from anchor.em_questions import QUESTION_SETS, question_set
 from anchor.inputs import (
     InputError,
     check_adapter,

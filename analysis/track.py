@@ -31,12 +31,12 @@ from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift import misalignment_direction
 from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
 from analysis.em_eval import EvalConfig, evaluate, numeric
-from analysis.em_questions import MAIN
 from analysis.inputs import check_track_inputs
 from analysis.judge import Judge, make_judge
 from analysis.report import Table, write_report
 from anchor.constitution import load_contrast, load_persona, save_contrast
 from anchor.contrast_pairs import resolve_contrast
+from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
 from anchor.models import load_model

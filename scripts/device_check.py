@@ -311,8 +311,8 @@ def environment(check: Check) -> dict:
 
 def corpus_texts() -> list[str]:
     """The project's own texts: neutral probe conversations, EM questions and EM dataset rows."""
-    from analysis.em_questions import QUESTION_SETS
     from anchor import probe_sets
+    from anchor.em_questions import QUESTION_SETS
     from train.data import load_em_dataset
 
     texts: list[str] = []

@@ -37,9 +37,9 @@ from analysis.em_eval import (  # noqa: E402
     select_questions,
     summarise,
 )
-from analysis.em_questions import question_set  # noqa: E402
 from analysis.inputs import check_eval_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
+from anchor.em_questions import question_set  # noqa: E402
 from anchor.generate import HFGenerator, make_generator  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402

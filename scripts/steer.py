@@ -30,11 +30,11 @@ import torch  # noqa: E402
 from analysis import drift  # noqa: E402
 from analysis.drift_report import anchor_axis, default_behaviour, step_of  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
-from analysis.em_questions import MAIN  # noqa: E402
 from analysis.inputs import check_steer_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
 from analysis.track import RUNS, TrackConfig, persona_run_dir  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
+from anchor.em_questions import MAIN  # noqa: E402
 from anchor.generate import HFGenerator  # noqa: E402
 from anchor.hooks import ablate  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402

@@ -12,8 +12,8 @@ from analysis.em_eval import (
     select_questions,
     wilson,
 )
-from analysis.em_questions import BROAD, MAIN, EvalQuestion, load_questions_yaml, question_set
 from analysis.judge import Judge
+from anchor.em_questions import BROAD, MAIN, EvalQuestion, load_questions_yaml, question_set
 from anchor.generate import Generator
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from analysis.em_eval import judge_answers
-from analysis.em_questions import EvalQuestion
 from analysis.judge import (
     RUBRICS,
     HFJudge,
@@ -23,6 +22,7 @@ from analysis.judge import (
     word_token_ids,
 )
 from anchor.chat import render_chats
+from anchor.em_questions import EvalQuestion
 
 
 def test_expected_score_renormalises_and_rejects_non_numbers():

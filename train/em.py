@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from analysis.em_questions import QUESTION_SETS
+from anchor.em_questions import QUESTION_SETS
 from anchor.models import load_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json
