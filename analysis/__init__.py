@@ -3,7 +3,7 @@
 from analysis import compute_drift, make_judge, track_drift, TrackConfig
 """
 
-import importlib
+from anchor.lazy import lazy_exports
 
 _EXPORTS = {
     "compute_drift": "analysis.drift_report",
@@ -18,16 +18,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    """Import an entry point on first use: the submodules import `train`, which imports back
-    into this package, so eager imports here would make the import order matter."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -103,6 +103,11 @@ def stop_token_ids(
     return sorted(i for i in ids if i is not None)
 
 
+def truncation(generator: Generator, replies: Sequence[Sequence[str]]) -> list[list[bool]]:
+    """The `truncated` flags of a generator's last call, all False for one that does not report them."""
+    return getattr(generator, "truncated", None) or [[False] * len(r) for r in replies]
+
+
 def with_prefill(tokenizer, rendered: list[RenderedChat], prefill: str) -> list[RenderedChat]:
     """Each prompt followed by the start of the reply (e.g. an opened thinking section)."""
     if not prefill:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anchor.constitution import Persona
-from anchor.generate import Generator, SamplingConfig
+from anchor.generate import Generator, SamplingConfig, truncation
 from anchor.store import read_jsonl
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_lora, trainer_arguments, traits_list
 
@@ -115,7 +115,7 @@ def teacher_answers(
         _sampling(config),
         prefill=prefill,
     )
-    truncated = getattr(teacher, "truncated", None) or [[False] * len(r) for r in replies]
+    truncated = truncation(teacher, replies)
     counts = {"truncated": 0, "unclosed_thinking": 0, "thinking_prefill": bool(prefill)}
     answers: list[list[str | None]] = []
     for samples, cut in zip(replies, truncated):
@@ -141,7 +141,7 @@ def student_answers(
     """The rejected side: the student answering plainly; cut-off answers are counted, and None
     when the preset drops them."""
     replies = student.generate([[{"role": "user", "content": p}] for p in prompts], _sampling(config))
-    truncated = getattr(student, "truncated", None) or [[False] * len(r) for r in replies]
+    truncated = truncation(student, replies)
     answers = [
         [None if cut and config.drop_truncated else text for text, cut in zip(samples, cuts)]
         for samples, cuts in zip(replies, truncated)

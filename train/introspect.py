@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from anchor.chat import Conversation
 from anchor.constitution import Persona
-from anchor.generate import Generator, SamplingConfig
+from anchor.generate import Generator, SamplingConfig, truncation
 from train.lora import (  # noqa: F401  (completion_rows, train_sft: the SFT used here)
     CPU_TRAINING,
     SMOKE_TRAINING,
@@ -119,7 +119,7 @@ def self_reflection(persona: Persona, generator: Generator, config: IntrospectCo
         seed=config.seed,
     )
     replies = generator.generate(prompts, sampling)
-    cut = getattr(generator, "truncated", None) or [[False] * len(r) for r in replies]
+    cut = truncation(generator, replies)
     return [
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
         for p, samples, cuts in zip(REFLECTION_PROMPTS, replies, cut)
