@@ -75,10 +75,17 @@ def probe_sets(persona_name: str, n_neutral: int) -> dict[str, ProbeSet]:
     }
 
 
+def stage_presets(config: PersonaRunConfig) -> tuple[distill.DistillConfig, introspect.IntrospectConfig]:
+    """The DPO and introspection settings of the run's preset, with its seed."""
+    return (
+        replace(distill.PRESETS[config.preset], seed=config.seed),
+        replace(introspect.PRESETS[config.preset], seed=config.seed),
+    )
+
+
 def stage_configs(config: PersonaRunConfig) -> dict[str, dict]:
     """Each stage's key material, in run order."""
-    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
-    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    dpo_cfg, sft_cfg = stage_presets(config)
     # The engine's memory share changes no result, so it stays out of the keys.
     run = {k: v for k, v in asdict(config).items() if k != "gpu_memory_utilization"}
     dpo = {"run": run, "dpo": asdict(dpo_cfg)}
@@ -92,8 +99,7 @@ def persona_plan(config: PersonaRunConfig) -> dict:
     from train.lora import resolve_optimizer
 
     persona = load_persona(config.persona)
-    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
-    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    dpo_cfg, sft_cfg = stage_presets(config)
     pool = load_prompts(config.generic_prompts)
     # each trait's last hand-written question is held out, when the preset would include it
     held_out = sum(dpo_cfg.questions_per_trait >= len(t.questions) for t in persona.traits)
@@ -138,8 +144,7 @@ def train_persona(
         raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     check_persona_inputs(config, run)  # every input, before any model loads or folder is made
     persona = load_persona(config.persona)
-    dpo_cfg = replace(distill.PRESETS[config.preset], seed=config.seed)
-    sft_cfg = replace(introspect.PRESETS[config.preset], seed=config.seed)
+    dpo_cfg, sft_cfg = stage_presets(config)
     keys = stage_configs(config)
     if world_size() > 1:
         pending = [
