@@ -1,11 +1,12 @@
 """Persona directions: contrast sets, per-layer directions and probes, steering vectors."""
 
 from probes.contrast import ContrastItem, contrast_activations, filter_by_judge, sample_contrast
-from probes.directions import Directions, fit_directions
+from probes.directions import DirectionStack, Directions, fit_directions
 from probes.steering import steering_vectors
 
 __all__ = [
     "ContrastItem",
+    "DirectionStack",
     "Directions",
     "contrast_activations",
     "filter_by_judge",

@@ -181,3 +181,45 @@ def fit_directions(
         probe=fit_probes(acts, labels, groups, test_fraction, seed),
         meta=dict(meta or {}),
     )
+
+
+@dataclass
+class DirectionStack:
+    """One direction per layer (`vectors[i]` is at `layers[i]`), e.g. the misalignment direction.
+
+    Saved as safetensors (`direction`, `[L, d]`, with `layers` and `meta` in the header); a Persona
+    Vectors-style `.pt` tensor `[layers, d_model]` loads too, row i being layer i."""
+
+    layers: list[int]
+    vectors: torch.Tensor  # [L, d], unnormalised
+    meta: dict = field(default_factory=dict)
+
+    def at(self, layer: int) -> torch.Tensor:
+        if layer not in self.layers:
+            raise ValueError(f"no direction at layer {layer} (have {self.layers})")
+        return self.vectors[self.layers.index(layer)]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        header = {"layers": json.dumps(self.layers), "meta": json.dumps(self.meta)}
+        atomic_write_bytes(
+            path, safetensors_bytes({"direction": self.vectors.contiguous().float()}, metadata=header)
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DirectionStack:
+        path = Path(path)
+        try:
+            if path.suffix == ".pt":
+                tensor = torch.load(path, map_location="cpu", weights_only=True)
+                if tensor.ndim != 2:
+                    raise ValueError(f"expected a [layers, d_model] tensor, got shape {list(tensor.shape)}")
+                return cls(list(range(tensor.shape[0])), tensor.float(), {"source": str(path)})
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                return cls(
+                    json.loads(header["layers"]), f.get_tensor("direction"), json.loads(header.get("meta", "{}"))
+                )
+        except Exception as err:
+            raise ValueError(f"{path}: not a direction stack ({err})") from err
