@@ -1,7 +1,7 @@
 """Persona directions: contrast sets, per-layer directions and probes, steering vectors."""
 
 from probes.contrast import ContrastItem, contrast_activations, filter_by_judge, sample_contrast
-from probes.directions import DirectionStack, Directions, fit_directions
+from probes.directions import Directions, DirectionStack, fit_directions
 from probes.steering import steering_vectors
 
 __all__ = [

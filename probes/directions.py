@@ -219,7 +219,9 @@ class DirectionStack:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 return cls(
-                    json.loads(header["layers"]), f.get_tensor("direction"), json.loads(header.get("meta", "{}"))
+                    json.loads(header["layers"]),
+                    f.get_tensor("direction"),
+                    json.loads(header.get("meta", "{}")),
                 )
         except Exception as err:
             raise ValueError(f"{path}: not a direction stack ({err})") from err
