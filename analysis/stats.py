@@ -1,0 +1,96 @@
+"""Intervals and nulls for every headline number: a bootstrap that respects clustering by question,
+intervals across seeds, and a figure's percentile in its null distribution.
+
+Answers to one question are not independent (they share the question), so resampling answers
+treats n answers to 8 questions as n independent draws and gives intervals that are too narrow.
+The clustered bootstrap resamples questions, then answers within each drawn question.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+from scipy import stats as scipy_stats
+
+
+def cluster_indices(clusters: Sequence[Hashable], n_boot: int, seed: int) -> list[torch.Tensor]:
+    """`n_boot` two-stage resamples of row indices: clusters with replacement, then the rows of
+    each drawn cluster with replacement (so a resample's length varies with the clusters drawn)."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, c in enumerate(clusters):
+        groups.setdefault(c, []).append(i)
+    members = [torch.tensor(rows) for rows in groups.values()]
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(members), (n_boot, len(members)), generator=g)
+    out = []
+    for draw in draws.tolist():
+        parts = [members[k][torch.randint(len(members[k]), (len(members[k]),), generator=g)] for k in draw]
+        out.append(torch.cat(parts))
+    return out
+
+
+def cluster_bootstrap(
+    statistic: Callable[..., float],
+    *columns: torch.Tensor,
+    clusters: Sequence[Hashable],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(value, low, high): `statistic` of the columns (rows indexed jointly, along dim 0) and the
+    2.5th/97.5th percentiles of its clustered-bootstrap distribution; NaNs with no rows."""
+    if len(clusters) == 0:
+        return math.nan, math.nan, math.nan
+    value = float(statistic(*columns))
+    boots = torch.tensor(
+        [float(statistic(*(c[index] for c in columns))) for index in cluster_indices(clusters, n_boot, seed)],
+        dtype=torch.double,
+    )
+    boots = boots[~boots.isnan()]
+    if len(boots) == 0:
+        return value, math.nan, math.nan
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+    return value, lo, hi
+
+
+def headline(value: float, ci95: Sequence[float], n: int, **extra) -> dict:
+    """The one shape every headline number has: `{"value", "ci95", "n"}` (n: seeds, or the rows a
+    single-seed interval was drawn from, as `extra` says)."""
+    return {"value": _num(value), "ci95": [_num(ci95[0]), _num(ci95[1])], "n": n, **extra}
+
+
+def across_seeds(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean over seeds with a Student-t interval (n - 1 degrees of freedom): with 2 seeds it is
+    wide, as it should be; never the [min, max] of the seeds."""
+    x = torch.tensor([v for v in values if v == v], dtype=torch.double)
+    n = len(x)
+    if n == 0:
+        return headline(math.nan, [math.nan, math.nan], 0, interval="t across seeds")
+    mean = float(x.mean())
+    if n == 1:
+        return headline(mean, [math.nan, math.nan], 1, interval="t across seeds")
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1) * x.std(unbiased=True) / math.sqrt(n))
+    return headline(mean, [mean - half, mean + half], n, interval="t across seeds")
+
+
+def null_percentile(real: float, null: Sequence[float] | torch.Tensor, side: str = "greater") -> dict:
+    """Where the real figure falls in its null: the percentage of null draws below it (ties count
+    half). `side` says which tail is the effect: "greater" (the effect makes the figure larger),
+    "less" (smaller) or "two-sided" (the figure's magnitude, compared with |null|)."""
+    null = torch.as_tensor(null, dtype=torch.double)
+    null = null[~null.isnan()]
+    if len(null) == 0 or real != real:
+        return {"percentile": math.nan, "n_null": len(null), "side": side, "exceeds_95": False}
+    x = float(real)
+    if side == "two-sided":
+        x, null = abs(x), null.abs()
+    below = float((null < x).sum() + 0.5 * (null == x).sum())
+    percentile = 100.0 * below / len(null)
+    effect = percentile if side != "less" else 100.0 - percentile
+    return {"percentile": percentile, "n_null": len(null), "side": side, "exceeds_95": effect > 95.0}
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
