@@ -113,29 +113,121 @@ def near_duplicates(embeddings: torch.Tensor, threshold: float, reference: int =
     return dropped
 
 
-def select_subset(embeddings: torch.Tensor, k: int, level: str, seed: int = 0) -> list[int]:
-    """k indices at a diversity level: "low" = one tight cluster (a random anchor and its nearest
-    neighbours), "mid" = a uniform random sample, "high" = farthest-point sampling. Distances are
-    the same cosine distances `measure_diversity` averages, so the levels order by that measure."""
+LEVELS = ("low", "mid", "high")
+
+
+def held_out_questions(traits: Sequence[Trait]) -> list[str]:
+    """Each trait's held-out question: its last hand-written one (`Trait.questions[-1]`, not the
+    last of `all_questions`, which after expansion is a generated question). Evaluation probes read
+    these, so no training set may contain them."""
+    return [t.questions[-1] for t in traits]
+
+
+def _text_key(question: str) -> str:
+    return " ".join(question.split()).casefold()
+
+
+def training_pool(traits: Sequence[Trait]) -> tuple[list[str], list[int]]:
+    """The questions that may be trained on and, for each, the index of its trait: every question
+    of every trait (hand-written and additional) except the held-out ones, compared by text
+    (whitespace and case aside), so a held-out question repeated in another trait's list, or among
+    the generated ones, stays out too. A question listed twice is kept once, under its first trait."""
+    seen = {_text_key(q) for q in held_out_questions(traits)}
+    questions, groups = [], []
+    for index, trait in enumerate(traits):
+        for question in trait.all_questions:
+            if _text_key(question) not in seen:
+                seen.add(_text_key(question))
+                questions.append(question)
+                groups.append(index)
+    return questions, groups
+
+
+def stratum_sizes(group_sizes: Sequence[int], k: int) -> list[int]:
+    """How many of k questions each group (trait) contributes: k // n each, the remainder one
+    apiece to the first groups in order, so the split is the same at every diversity level and
+    seed. Raises ValueError when k cannot give every group one, or a group has too few."""
+    n = len(group_sizes)
+    if n == 0 or k < n:
+        raise ValueError(f"cannot cover {n} traits with {k} questions: every trait needs at least one")
+    base, extra = divmod(k, n)
+    sizes = [base + (i < extra) for i in range(n)]
+    short = [
+        f"trait {i} has {have}, needs {need}"
+        for i, (need, have) in enumerate(zip(sizes, group_sizes))
+        if have < need
+    ]
+    if short:
+        raise ValueError(
+            f"cannot take {k} questions evenly from {n} traits ({'; '.join(short)}); ask for fewer, or "
+            "expand the constitution with expand_questions.py"
+        )
+    return sizes
+
+
+def _select(unit: torch.Tensor, k: int, level: str, rng: random.Random) -> list[int]:
+    """k rows of unit vectors at a diversity level (see `select_subset`)."""
+    n = len(unit)
+    if level == "mid":
+        return sorted(rng.sample(range(n), k))
+    if level == "low":
+        centre = rng.randrange(n)
+        return sorted((unit @ unit[centre]).argsort(descending=True, stable=True)[:k].tolist())
+    # high: farthest-point sampling from a seeded start
+    chosen = [rng.randrange(n)]
+    distance = 1 - unit @ unit[chosen[0]]
+    for _ in range(k - 1):
+        distance[chosen] = -math.inf
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, 1 - unit @ unit[chosen[-1]])
+    return sorted(chosen)
+
+
+def select_subset(
+    embeddings: torch.Tensor,
+    k: int,
+    level: str,
+    seed: int = 0,
+    groups: Sequence[int] | None = None,
+) -> list[int]:
+    """k indices at a diversity level: "low" = a tight cluster (a seeded centre and its nearest
+    neighbours), "mid" = a uniform random sample, "high" = farthest-point sampling from a seeded
+    start. Distances are the cosine distances `measure_diversity` averages, so the levels order by
+    that measure.
+
+    With `groups` (one label per row, e.g. `training_pool`'s trait indices) the selection is
+    stratified: every group contributes the same number of rows (`stratum_sizes`), each chosen
+    within its group at the level. Coverage of the groups is then the same at every level and only
+    the diversity within each group changes; without it, "low" may be a single trait's cluster."""
+    if level not in LEVELS:
+        raise ValueError(f"diversity level must be 'low', 'mid' or 'high', got {level!r}")
     n = len(embeddings)
     if not 0 < k <= n:
         raise ValueError(f"cannot select {k} of {n} questions")
     rng = random.Random(seed)
     unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    if level == "mid":
-        return sorted(rng.sample(range(n), k))
-    if level == "low":
-        anchor = rng.randrange(n)
-        return sorted((unit @ unit[anchor]).argsort(descending=True)[:k].tolist())
-    if level == "high":
-        chosen = [rng.randrange(n)]
-        distance = 1 - unit @ unit[chosen[0]]
-        for _ in range(k - 1):
-            distance[chosen] = -math.inf
-            chosen.append(int(distance.argmax()))
-            distance = torch.minimum(distance, 1 - unit @ unit[chosen[-1]])
-        return sorted(chosen)
-    raise ValueError(f"diversity level must be 'low', 'mid' or 'high', got {level!r}")
+    if groups is None:
+        return _select(unit, k, level, rng)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} embeddings")
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    sizes = stratum_sizes([len(m) for m in members.values()], k)
+    chosen = []
+    for rows, size in zip(members.values(), sizes):
+        chosen += [rows[j] for j in _select(unit[rows], size, level, rng)]
+    return sorted(chosen)
+
+
+def within_group_distance(embeddings: torch.Tensor, groups: Sequence[int]) -> float:
+    """The mean over groups (of two or more rows) of each group's mean pairwise cosine distance:
+    the diversity a stratified subset varies, with the spread between groups left out."""
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    values = [mean_pairwise_cosine_distance(embeddings[rows]) for rows in members.values() if len(rows) > 1]
+    return sum(values) / len(values) if values else 0.0
 
 
 EXPAND_PROMPT = (

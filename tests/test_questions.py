@@ -12,6 +12,9 @@ from anchor.questions import (
     model_embedder,
     near_duplicates,
     select_subset,
+    stratum_sizes,
+    training_pool,
+    within_group_distance,
 )
 
 
@@ -39,6 +42,78 @@ def test_high_diversity_subset_measures_above_low():
     assert len(set(select_subset(embeddings, 10, "high"))) == 10
     with pytest.raises(ValueError, match="'wide'"):
         select_subset(embeddings, 10, "wide")
+
+
+def traits_of_subclusters(n_traits=4, per_trait=12, sub=3, d=32, spread=0.02, seed=0):
+    """Each trait: `sub` tight sub-clusters of its own; trait 0's are far tighter than the rest, so
+    a pooled "low" subset would sit inside trait 0."""
+    g = torch.Generator().manual_seed(seed)
+    rows, groups = [], []
+    for t in range(n_traits):
+        centres = torch.randn(sub, d, generator=g)
+        scale = spread / 20 if t == 0 else spread
+        for i in range(per_trait):
+            rows.append(centres[i % sub] + scale * torch.randn(d, generator=g))
+            groups.append(t)
+    return torch.stack(rows), groups
+
+
+def test_stratum_sizes_split_evenly_and_refuse_what_cannot_cover():
+    assert stratum_sizes([5, 5, 5], 10) == [4, 3, 3]
+    assert stratum_sizes([2, 9], 4) == [2, 2]
+    with pytest.raises(ValueError, match="every trait needs at least one"):
+        stratum_sizes([5, 5, 5], 2)
+    with pytest.raises(ValueError, match="trait 0 has 2, needs 3"):
+        stratum_sizes([2, 9], 6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [8, 10, 12])
+def test_stratified_subsets_cover_every_trait_equally_at_every_level(k, seed):
+    embeddings, groups = traits_of_subclusters()
+    counts = {}
+    for level in ("low", "mid", "high"):
+        chosen = select_subset(embeddings, k, level, seed=seed, groups=groups)
+        assert len(set(chosen)) == k
+        counts[level] = [sum(groups[i] == t for i in chosen) for t in range(4)]
+    assert counts["low"] == counts["mid"] == counts["high"] == stratum_sizes([12] * 4, k)
+    assert max(counts["low"]) - min(counts["low"]) <= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_stratified_high_is_more_diverse_within_trait_than_low(seed):
+    embeddings, groups = traits_of_subclusters(seed=seed)
+    within = {}
+    for level in ("low", "mid", "high"):
+        chosen = select_subset(embeddings, 12, level, seed=seed, groups=groups)
+        within[level] = within_group_distance(embeddings[chosen], [groups[i] for i in chosen])
+    # low: one sub-cluster per trait (3 of its 4 members); high: all three sub-clusters
+    assert within["low"] < 0.05 < within["high"]
+    assert within["high"] >= within["mid"] - 1e-6
+    # unstratified, "low" falls inside trait 0's tight cluster and leaves the other traits out
+    pooled = select_subset(embeddings, 12, "low", seed=seed)
+    assert len({groups[i] for i in pooled}) < 4
+
+
+def test_stratified_selection_checks_its_labels():
+    embeddings, groups = traits_of_subclusters()
+    with pytest.raises(ValueError, match="group labels"):
+        select_subset(embeddings, 8, "low", groups=groups[:-1])
+    with pytest.raises(ValueError, match="'wide'"):
+        select_subset(embeddings, 8, "wide", groups=groups)
+
+
+def test_training_pool_leaves_out_every_held_out_question_by_text():
+    traits = [
+        # expanded: all_questions[-1] is a generated one; the held-out one is questions[-1]
+        Trait("A", ["a1?", "a2?", "held A?"], ["a3?", "a4?"]),
+        # repeats trait A's held-out question (spacing and case aside), and a1 (kept once)
+        Trait("B", ["b1?", "  Held   a? ", "a1?", "held B?"], ["held B?"]),
+    ]
+    pool, groups = training_pool(traits)
+    assert pool == ["a1?", "a2?", "a3?", "a4?", "b1?"]
+    assert groups == [0, 0, 0, 0, 1]
+    assert not {"held A?", "held B?"} & set(pool)
 
 
 def test_near_duplicates_keep_references_and_first_copies():
