@@ -1,24 +1,47 @@
 """The rival hypothesis, tested: is the protection in the *diversity of situations* the character
 training saw rather than in the traits? Keep the persona's traits fixed; build training question
-sets of the same size at several measured diversity levels (tight cluster, random, farthest-point);
-character-train one model per level and seed, apply the same EM, and plot anchor strength and
-misaligned rate against measured diversity, one line per seed.
+sets of the same size at several measured diversity levels; character-train one model per level and
+seed, apply the same EM, and plot anchor strength and misaligned rate against measured diversity,
+one line per seed.
 
     python scripts/diversity_sweep.py --persona sycophancy --seeds 0 1
     python scripts/diversity_sweep.py --persona sycophancy --smoke
 
-Each level is a full track_drift.py run under <out>/<level>-s<seed>/ (resumable, like that script).
-The pool is every question of the persona except each trait's held-out last one; use
-expand_questions.py first for a larger pool.
+What is held fixed across levels, so that only the diversity varies:
+  * the held-out questions: each trait's held-out question (its last hand-written one,
+    `Trait.questions[-1]`) is kept out of every training pool by text, and every level's
+    constitution keeps it as that trait's last question, so every level is evaluated on it;
+  * trait coverage: selection is stratified by trait, every trait giving the same number of
+    questions (--questions // traits, the remainder one apiece to the first traits), chosen within
+    the trait at the level (low: a tight cluster around a seeded centre; mid: random; high:
+    farthest-point), so "low" is never one trait's cluster;
+  * the persona axis: one contrast set is sampled once from the base model (the persona's contrast
+    pairs over its training questions, never the held-out ones) into <out>/contrast.jsonl, and every
+    level and seed reads it (TrackConfig.contrast_set) with the persona direction taken from the base
+    model's reads (TrackConfig.axis="base"), identical across levels.
+Diversity is measured as the mean pairwise cosine distance of the chosen questions' embeddings
+(the base model's middle layer), overall and within trait (the mean over traits); the plots use the
+within-trait number, the one the levels vary.
+
+Output (<out>, default runs/sweep/<persona>-<model>):
+    contrast.jsonl, contrast.key.json   the shared contrast set and the settings it was sampled with
+                                        (reused when they match)
+    <level>-s<seed>/persona.json        the level's constitution (chosen questions + held-out)
+    <level>-s<seed>/run/                a full track_drift.py run (resumable, like that script)
+    sweep.json, *_vs_diversity.png
+
+Character training may still grow or cut each level's questions to its preset's
+questions_per_trait (train/persona.py's `questions` stage); the script warns when it will.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,20 +50,104 @@ from analysis.inputs import check_sweep_inputs  # noqa: E402
 from analysis.plots import sweep_plot  # noqa: E402
 from analysis.track import SMOKE, TrackConfig, track_drift  # noqa: E402
 from anchor.constitution import CONSTITUTIONS_DIR, Trait, load_persona, save_constitution  # noqa: E402
+from anchor.contrast_pairs import resolve_contrast  # noqa: E402
+from anchor.generate import HFGenerator  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
 from anchor.models import load_model  # noqa: E402
-from anchor.questions import measure_diversity, model_embedder, select_subset  # noqa: E402
-from anchor.store import atomic_write_json  # noqa: E402
+from anchor.questions import (  # noqa: E402
+    LEVELS,
+    held_out_questions,
+    measure_diversity,
+    model_embedder,
+    select_subset,
+    stratum_sizes,
+    training_pool,
+    within_group_distance,
+)
+from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
+from probes.contrast import sample_contrast  # noqa: E402
+from train.distill import PRESETS as DPO_PRESETS  # noqa: E402
+
+CONTRAST_TEMPERATURE = 0.7  # as track_drift's own contrast stage
+SHARED_FIELDS = ("contrast_set", "axis")  # the TrackConfig fields every level needs
 
 
-def level_constitution(persona_name: str, chosen: set[str], path: Path) -> Path:
-    """The persona with only the chosen training questions, each trait keeping its held-out last
-    question (so every level is evaluated on the same held-out set)."""
+def check_track_fields() -> None:
+    """The sweep measures every level on one axis through TrackConfig.contrast_set and .axis; a
+    TrackConfig without them would let each level sample its own, so fail before any work."""
+    missing = [f for f in SHARED_FIELDS if f not in {f.name for f in fields(TrackConfig)}]
+    if missing:
+        raise RuntimeError(
+            f"analysis.track.TrackConfig has no {', '.join(missing)} field(s): this sweep needs them to "
+            "give every level the same contrast set and persona axis; update analysis/track.py"
+        )
+
+
+def contrast_settings(smoke: bool) -> dict:
+    """The contrast settings a track_drift run would use (its defaults, or SMOKE's)."""
+    defaults = TrackConfig(persona="-", **(SMOKE if smoke else {}))
+    return {
+        "questions_per_trait": defaults.contrast_questions_per_trait,
+        "pairs_per_question": defaults.contrast_pairs_per_question,
+        "max_new_tokens": defaults.contrast_max_new_tokens,
+        "temperature": CONTRAST_TEMPERATURE,
+    }
+
+
+def contrast_questions(persona_name: str, per_trait: int) -> list[str]:
+    """The first `per_trait` training-pool questions of each trait: never a held-out question."""
+    pool, groups = training_pool(load_persona(persona_name).traits)
+    by_trait: dict[int, list[str]] = {}
+    for question, g in zip(pool, groups):
+        by_trait.setdefault(g, []).append(question)
+    return [q for questions in by_trait.values() for q in questions[:per_trait]]
+
+
+def shared_contrast(
+    persona_name: str, model_spec: str, settings: dict, seed: int, out: Path, loaded=None
+) -> Path:
+    """The contrast set every level reads, sampled once from the base model into
+    `<out>/contrast.jsonl` (rows of ContrastItem.to_json()), its key in `contrast.key.json` beside
+    it; reused when the key matches. `loaded`: the base (model, tokenizer) if already in memory."""
     persona = load_persona(persona_name)
-    traits = [
-        Trait(t.trait, [q for q in t.all_questions[:-1] if q in chosen] + [t.questions[-1]])
-        for t in persona.traits
-    ]
+    pairs = resolve_contrast(persona, seed=seed).pairs
+    questions = contrast_questions(persona_name, settings["questions_per_trait"])
+    key = {
+        "persona": persona_name,
+        "model": model_spec,
+        "seed": seed,
+        **settings,
+        "questions": questions,
+        "pairs": [asdict(p) for p in pairs],
+    }
+    path, key_path = out / "contrast.jsonl", out / "contrast.key.json"
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        print(f"contrast set: reusing {path}")
+        return path
+    model, tokenizer = loaded or load_model(model_spec)
+    items = sample_contrast(
+        questions,
+        pairs,
+        HFGenerator(model, tokenizer),
+        pairs_per_question=settings["pairs_per_question"],
+        max_new_tokens=settings["max_new_tokens"],
+        temperature=settings["temperature"],
+        seed=seed,
+    )
+    key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
+    atomic_write_jsonl(path, (i.to_json() for i in items))
+    atomic_write_json(key_path, key)
+    print(f"contrast set: {len(items)} answers to {len(questions)} questions -> {path}")
+    return path
+
+
+def level_constitution(persona_name: str, chosen: list[list[str]], path: Path) -> Path:
+    """The persona with only the chosen training questions (`chosen[i]` for trait i), each trait
+    keeping its held-out question last (so every level is evaluated on the same held-out set)."""
+    persona = load_persona(persona_name)
+    held_out = held_out_questions(persona.traits)
+    assert not set(held_out) & {q for c in chosen for q in c}, "a held-out question was chosen for training"
+    traits = [Trait(t.trait, [*c, h]) for t, c, h in zip(persona.traits, chosen, held_out, strict=True)]
     save_constitution(traits, path)
     source = Path(persona_name)
     contrast = (
@@ -53,67 +160,155 @@ def level_constitution(persona_name: str, chosen: set[str], path: Path) -> Path:
     return path
 
 
-def main() -> None:
+def level_kwargs(args: argparse.Namespace, constitution: Path, seed: int, contrast_set: Path) -> dict:
+    """One level's TrackConfig fields: the same contrast set and the base model's axis for all."""
+    return {
+        "persona": str(constitution),
+        "model": args.model,
+        "em_dataset": args.em_dataset,
+        "seed": seed,
+        "judge": args.judge,
+        "contrast_set": str(contrast_set),
+        "axis": "base",
+        **(SMOKE if args.smoke else {}),
+    }
+
+
+def level_config(kwargs: dict) -> TrackConfig:
+    check_track_fields()
+    return TrackConfig(**kwargs)
+
+
+def training_size_warning(per_trait: list[int], smoke: bool) -> str | None:
+    """Character training (train/persona.py) takes the first `questions_per_trait` questions of
+    each trait, its held-out one dropped, and first grows every trait that has fewer with generated
+    questions: unless each trait gives that many less one (or exactly that many), the levels would
+    not train on exactly the chosen sets. A warning saying so, else None."""
+    preset = "smoke" if smoke else TrackConfig(persona="-").persona_preset
+    taken = DPO_PRESETS[preset].questions_per_trait
+    if all(taken - 1 <= n <= taken for n in per_trait):
+        return None
+    how = (
+        "grown with generated questions"
+        if min(per_trait) < taken - 1
+        else f"cut to its first {taken} per trait"
+    )
+    return (
+        f"character training (preset {preset!r}) takes the first {taken} questions of each trait (held-out "
+        f"one dropped); the levels give {min(per_trait)}..{max(per_trait)} per trait, so each level's set is "
+        f"{how} before training"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--persona", required=True, help="persona name or constitution path")
     parser.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--levels", nargs="+", default=["low", "mid", "high"], choices=["low", "mid", "high"])
+    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument(
-        "--questions", type=int, default=20, help="training questions per level (same for all)"
+        "--questions",
+        type=int,
+        default=20,
+        help="training questions per level (same for all), split evenly over the traits; at least two per trait",
+    )
+    parser.add_argument(
+        "--contrast-seed",
+        type=int,
+        default=0,
+        help="seed of the one shared contrast set (all levels and seeds)",
     )
     parser.add_argument("--em-dataset", default="insecure")
     parser.add_argument("--judge", default="hf:default")
     parser.add_argument("--smoke", action="store_true", help="smoke settings for every run")
     parser.add_argument("--out", help="output folder (default: runs/sweep/<persona>-<model>)")
-    args = parser.parse_args()
-
-    out = Path(args.out or f"runs/sweep/{Path(args.persona).stem}-{Path(args.model).name}")
+    args = parser.parse_args(argv)
+    args.out = Path(args.out or f"runs/sweep/{Path(args.persona).stem}-{Path(args.model).name}")
     try:  # every input, before any model loads or folder is made
-        check_sweep_inputs(args.persona, args.model, args.em_dataset, args.judge, args.questions, out)
-    except InputError as err:
+        check_sweep_inputs(args.persona, args.model, args.em_dataset, args.judge, args.questions, args.out)
+        traits = load_persona(args.persona).traits
+        _, groups = training_pool(traits)
+        stratum_sizes([groups.count(t) for t in range(len(traits))], args.questions)
+        if args.questions < 2 * len(traits):  # one question per trait is the same at every level
+            raise ValueError(
+                f"--questions {args.questions}: the persona has {len(traits)} traits; ask for at least "
+                f"{2 * len(traits)}, two per trait, so the levels can differ in diversity within a trait"
+            )
+        check_track_fields()
+    except (InputError, ValueError, RuntimeError) as err:
         parser.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out: Path = args.out
     persona = load_persona(args.persona)
-    pool = [q for t in persona.traits for q in t.all_questions[:-1]]
+    pool, groups = training_pool(persona.traits)
     start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(args.model)
     embeddings = model_embedder(model, tokenizer)(pool)
-    del model
+    contrast_set = shared_contrast(
+        args.persona, args.model, contrast_settings(args.smoke), args.contrast_seed, out, (model, tokenizer)
+    )
+    del model, tokenizer
+    sizes = stratum_sizes([groups.count(t) for t in range(len(persona.traits))], args.questions)
+    if warning := training_size_warning(sizes, args.smoke):
+        print(f"warning: {warning}")
 
     results = []
     for seed in args.seeds:
         for level in args.levels:
-            index = select_subset(embeddings, args.questions, level, seed=seed)
-            diversity = measure_diversity(embeddings[index])
+            index = select_subset(embeddings, args.questions, level, seed=seed, groups=groups)
+            chosen = [[pool[i] for i in index if groups[i] == t] for t in range(len(persona.traits))]
+            diversity = {
+                **asdict(measure_diversity(embeddings[index])),
+                "within_trait_cosine_distance": within_group_distance(
+                    embeddings[index], [groups[i] for i in index]
+                ),
+                "questions_per_trait": [len(c) for c in chosen],
+            }
             folder = out / f"{level}-s{seed}"
-            constitution = level_constitution(args.persona, {pool[i] for i in index}, folder / "persona.json")
-            config = TrackConfig(
-                persona=str(constitution),
-                model=args.model,
-                em_dataset=args.em_dataset,
-                seed=seed,
-                judge=args.judge,
-                **(SMOKE if args.smoke else {}),
+            constitution = level_constitution(args.persona, chosen, folder / "persona.json")
+            config = level_config(level_kwargs(args, constitution, seed, contrast_set))
+            print(
+                f"level {level}, seed {seed}: diversity {diversity['mean_cosine_distance']:.3f} "
+                f"(within trait {diversity['within_trait_cosine_distance']:.3f})"
             )
-            print(f"level {level}, seed {seed}: diversity {diversity.mean_cosine_distance:.3f}")
             summary = track_drift(config, folder / "run")
             persona_row = next(r for r in summary["table"] if r["model"].startswith("persona + EM"))
             results.append(
                 {
                     "level": level,
                     "seed": seed,
-                    "diversity": asdict(diversity),
+                    "diversity": diversity,
+                    "questions": chosen,
                     "anchor_strength_vs_base": summary["anchor_strength"]["vs_base"],
                     "misaligned_after": persona_row["misaligned_after"],
                     "run": str(folder / "run"),
                 }
             )
-    atomic_write_json(out / "sweep.json", {"persona": args.persona, "model": args.model, "results": results})
+    atomic_write_json(
+        out / "sweep.json",
+        {
+            "persona": args.persona,
+            "model": args.model,
+            "contrast_set": str(contrast_set),
+            "axis": "base",
+            "held_out": held_out_questions(persona.traits),
+            "training_warning": warning,
+            "results": results,
+        },
+    )
     by_seed = lambda key: {s: [r[key] for r in results if r["seed"] == s] for s in args.seeds}  # noqa: E731
-    x = {s: [r["diversity"]["mean_cosine_distance"] for r in results if r["seed"] == s] for s in args.seeds}
-    xlabel = "training-question diversity (mean pairwise cosine distance)"
+    x = {
+        s: [r["diversity"]["within_trait_cosine_distance"] for r in results if r["seed"] == s]
+        for s in args.seeds
+    }
+    xlabel = "training-question diversity within trait (mean pairwise cosine distance)"
     plots = [
         sweep_plot(
             x,
