@@ -128,19 +128,68 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (cross / (self_x * self_y)).float()
 
 
-def drift_auc(values: Sequence[float], steps: Sequence[int]) -> float:
-    """Area under |value(t) - value(0)| over training progress scaled to [0, 1] (trapezoid rule):
-    0 = never moved; 1 = moved by one unit (e.g. the base-to-persona gap) from the first step on."""
+def drift_auc(values: Sequence[float], steps: Sequence[int], signed: bool = False) -> float:
+    """Area under value(t) - value(0) over training progress scaled to [0, 1] (trapezoid rule),
+    of its magnitude by default: 0 = never moved; 1 = moved by one unit (e.g. the base-to-persona
+    gap) from the first step on. `signed`: positive = moved up (toward the persona on the anchor
+    scale), negative = down, so a run that moves toward the persona is not counted as drift away."""
     v = torch.tensor(values, dtype=torch.double)
     s = torch.tensor(steps, dtype=torch.double)
     if len(v) < 2 or s[-1] == s[0]:
         return 0.0
-    return float(torch.trapezoid((v - v[0]).abs(), (s - s[0]) / (s[-1] - s[0])))
+    change = v - v[0]
+    return float(torch.trapezoid(change if signed else change.abs(), (s - s[0]) / (s[-1] - s[0])))
+
+
+def drift_auc_batch(values: torch.Tensor, steps: Sequence[int], signed: bool = False) -> torch.Tensor:
+    """`drift_auc` of many curves at once: `values` `[..., T]` -> `[...]`."""
+    s = torch.tensor(steps, dtype=torch.double)
+    if values.shape[-1] < 2 or s[-1] == s[0]:
+        return torch.zeros(values.shape[:-1], dtype=torch.double)
+    change = values.double() - values[..., :1].double()
+    return torch.trapezoid(change if signed else change.abs(), (s - s[0]) / (s[-1] - s[0]), dim=-1)
 
 
 def anchor_strength(auc_persona: float, auc_reference: float) -> float:
-    """1 - drift(persona model) / drift(reference run under the same EM): 1 = the persona model did
-    not move at all, 0 = it moved as much as the reference, negative = more."""
+    """The ratio form, 1 - drift(persona model) / drift(reference run under the same EM): 1 = the
+    persona model did not move at all, 0 = it moved as much as the reference, negative = more.
+    Only meaningful when the reference's drift is clearly not 0 (the caller checks its interval);
+    the headline form is the difference of the two drift AUCs."""
     if auc_reference == 0:
         return float("nan")
     return 1.0 - auc_persona / auc_reference
+
+
+def gaussian_directions(acts: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`[n, d]` unit directions u ~ N(0, Sigma), Sigma the sample covariance of `acts` `[m, d]`:
+    the null for "does this direction move more than directions the activations actually vary
+    along?" (isotropic directions in d dimensions are nearly orthogonal to everything, so against
+    them almost any drift looks significant)."""
+    centred = acts.double() - acts.double().mean(0)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, centred.shape[0], generator=g, dtype=torch.double)
+    return F.normalize(z @ centred, dim=-1).float()  # z @ X_c ~ N(0, (m - 1) Sigma)
+
+
+def standardised_change(projections: torch.Tensor) -> torch.Tensor:
+    """`[T, m, k]` projections of m items on k directions at T checkpoints -> `[k, T]`: the change
+    of the item mean since the first checkpoint, in units of the items' spread there, so
+    directions of any scale compare."""
+    mean = projections.double().mean(1)  # [T, k]
+    spread = projections[0].double().std(0).clamp_min(1e-12)  # [k]
+    return ((mean - mean[:1]) / spread).T
+
+
+def shuffle_within(
+    labels: torch.Tensor, groups: Sequence[object], generator: torch.Generator
+) -> torch.Tensor:
+    """The labels permuted within each group (question): the null refit keeps each question's
+    balance of labels and its shared context, and breaks only which answer is which."""
+    out = labels.clone()
+    index: dict[object, list[int]] = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    for rows in index.values():
+        rows_t = torch.tensor(rows)
+        out[rows_t] = labels[rows_t[torch.randperm(len(rows), generator=generator)]]
+    return out

@@ -21,6 +21,7 @@ from anchor.inputs import (
     check_persona,
     check_positive,
 )
+from anchor.questions import training_pool
 from train.inputs import check_dataset, check_em_run, check_persona_run
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def check_sweep_inputs(
     check_model_spec(model)
     check_dataset(em_dataset, "--em-dataset")
     check_judge(judge)
-    pool = [q for t in loaded.traits for q in t.all_questions[:-1]]
+    pool, _ = training_pool(loaded.traits)
     if not 2 <= questions <= len(pool):
         raise InputError(
             f"--questions {questions}: the persona's pool has {len(pool)} training questions (each trait's last "

@@ -127,28 +127,45 @@ def pca_trajectory(
 def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: str = "") -> Path:
     """Misaligned rate (with its interval) against anchor projection, one marker per evaluated
     checkpoint, an arrow from each run's start to its end. `points`: dicts with run, label,
-    anchor_projection, misaligned_rate, ci95."""
+    anchor_projection, misaligned_rate, ci95. A missing rate (NaN: no scored answers) is drawn
+    as a hollow marker on the x axis labelled "rate missing", never as a rate of 0."""
     fig, ax = plt.subplots(figsize=(7, 5.5))
     by_run: dict[str, list[Mapping]] = {}
     for p in points:
         by_run.setdefault(p["run"], []).append(p)
+    missing_drawn = False
     for k, (run, ps) in enumerate(by_run.items()):
         color, label = _style(run)
-        x = [p["anchor_projection"] for p in ps]
-        y = [p["misaligned_rate"] for p in ps]
+        present = [p for p in ps if p["misaligned_rate"] == p["misaligned_rate"]]
+        absent = [p for p in ps if p["misaligned_rate"] != p["misaligned_rate"]]
+        x = [p["anchor_projection"] for p in present]
+        y = [p["misaligned_rate"] for p in present]
         err = [
-            [p["misaligned_rate"] - p["ci95"][0] for p in ps],
-            [p["ci95"][1] - p["misaligned_rate"] for p in ps],
+            [max(0.0, p["misaligned_rate"] - p["ci95"][0]) for p in present],
+            [max(0.0, p["ci95"][1] - p["misaligned_rate"]) for p in present],
         ]
-        ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=label)
-        if len(ps) >= 2:
+        if present:
+            ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=label)
+        if absent:
+            ax.scatter(
+                [p["anchor_projection"] for p in absent],
+                [0.0] * len(absent),
+                marker="o",
+                facecolors="none",
+                edgecolors=color,
+                s=60,
+                label=None if missing_drawn else "rate missing (no scored answers)",
+            )
+            missing_drawn = True
+        if len(present) >= 2 and present[0] is ps[0] and present[-1] is ps[-1]:
             ax.annotate(
                 "", xy=(x[-1], y[-1]), xytext=(x[0], y[0]), arrowprops={"arrowstyle": "->", "color": color}
             )
         for p in ps:
+            has_rate = p["misaligned_rate"] == p["misaligned_rate"]
             ax.annotate(
-                p["label"],
-                (p["anchor_projection"], p["misaligned_rate"]),
+                p["label"] if has_rate else f"{p['label']} (rate missing)",
+                (p["anchor_projection"], p["misaligned_rate"] if has_rate else 0.0),
                 fontsize=7,
                 color=color,
                 xytext=(4, 6 + 11 * k),  # runs sharing a start point get their own label row
@@ -161,6 +178,56 @@ def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: st
     ax.set_title(title or "Behaviour against representation across checkpoints")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def layer_profile(result: Mapping, path: Path, title: str = "") -> Path:
+    """Every layer, so the chosen one is seen in context: drift AUC of each run (left) and the
+    persona-minus-base separation on the selection and report halves of the prompts (right),
+    with the chosen layer marked."""
+    layer = result["best_layer"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    layers = range(result["n_layers"])
+    for name, run in result["runs"].items():
+        color, label = _style(name)
+        left.plot(layers, run["drift_auc_by_layer"], "o-", ms=3, color=color, label=label)
+    selection = result["layer_selection"]
+    right.plot(layers, selection["separation_selection"], "o-", ms=3, color="black", label="selection half")
+    right.plot(layers, selection["separation_report"], "s--", ms=3, color="tab:purple", label="report half")
+    for ax in (left, right):
+        ax.axvline(layer, color="grey", ls=":", lw=1, label=f"chosen layer {layer}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set(xlabel="layer", ylabel="drift AUC of the anchor projection (persona gaps)")
+    left.set_title("How far default behaviour moved along v_r, by layer")
+    right.set(xlabel="layer", ylabel="persona - base separation (item spreads)")
+    right.set_title("Layer choice: separation on disjoint prompt halves")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def misalignment_movement(result: Mapping, path: Path, title: str = "") -> Path:
+    """Per layer, how far EM moved default behaviour (the EM questions, no system prompt) along
+    the judge-free misalignment direction by the end of training, in units of the items' spread
+    before EM; one line per run (base vs persona vs control)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, run in result["runs"].items():
+        movement = run.get("misalignment_movement") or [None]
+        if movement[-1] is None:
+            continue
+        color, label = _style(name)
+        ax.plot(range(len(movement[-1])), movement[-1], "o-", ms=3, color=color, label=label)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.axvline(result["best_layer"], color="grey", ls=":", lw=1, label=f"anchor layer {result['best_layer']}")
+    ax.set(xlabel="layer", ylabel="change along misalignment direction (item spreads)")
+    ax.set_title(title or "Movement toward misalignment during EM (judge-free direction)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(f"Movement along the misalignment direction by the end of EM\n{title}", fontsize=10)
     return _save(fig, path)
 
 

@@ -32,6 +32,8 @@ class Table:
 
 
 def _cell(value: object) -> str:
+    if value is None:  # a missing number is shown as missing, never as 0
+        return "n/a"
     if isinstance(value, float):
         return "n/a" if value != value else f"{value:.3f}"
     return html.escape(str(value))

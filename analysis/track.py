@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,8 +29,9 @@ from analysis import plots
 from analysis.calibration import describe
 from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift import misalignment_direction
-from analysis.drift_report import BASE, CONTROL, PERSONA, compute_drift
+from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift
 from analysis.em_eval import EvalConfig, evaluate, numeric
+from analysis.headline import RUN_NAMES, headline, null_sentences, pool_seeds
 from analysis.inputs import check_track_inputs
 from analysis.judge import Judge, make_judge
 from analysis.report import Table, write_report
@@ -41,8 +42,8 @@ from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
 from anchor.models import load_model
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
-from probes.contrast import ContrastItem, sample_contrast
-from probes.directions import fit_directions
+from probes.contrast import ContrastItem, filter_pairs, sample_contrast
+from probes.directions import DirectionStack, diff_in_means, fit_directions
 from train.em import (
     EMRunConfig,
     checkpoints,
@@ -62,7 +63,7 @@ from train.persona import (
     stage_configs,
     train_persona,
 )
-from train.stages import completed, run_stage
+from train.stages import completed, run_stage, stage_identity
 
 RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}
 
@@ -88,6 +89,9 @@ class TrackConfig:
     probe_questions: str = "broad"  # EM question set read at every checkpoint ("broad" or "main")
     contrast: str | None = None  # a user's contrast pairs file; None: shipped with the persona, else derived
     teacher: str | None = None  # model spec of the teacher (distillation, and writing derived pairs)
+    contrast_set: str | None = None  # a contrast.jsonl to read instead of sampling one (shared across runs)
+    axis: str = "persona"  # whose step 0 defines the persona axis: "persona", or "base" (shared by many runs)
+    filter_contrast: bool = False  # Persona Vectors' filter on the contrast set, scored by `judge`
 
     @property
     def persona_preset(self) -> str:
@@ -148,7 +152,7 @@ def _config_key(config: TrackConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if v is not None or k not in OPTIONAL_KEYS}
 
 
-OPTIONAL_KEYS = ("contrast", "teacher")
+OPTIONAL_KEYS = ("contrast", "teacher", "contrast_set")
 
 
 def _contrast_pairs(config: TrackConfig, stage: Path) -> dict:
@@ -164,20 +168,83 @@ def _contrast_pairs(config: TrackConfig, stage: Path) -> dict:
 
 
 def _contrast(config: TrackConfig, stage: Path, pairs_path: Path) -> dict:
+    """The contrast responses every checkpoint reads: a given set, or answers sampled from the
+    base model under the eliciting and suppressing prompts; with `filter_contrast`, only the
+    pairs the judge finds on-trait and coherent (Persona Vectors' filter)."""
     persona = load_persona(config.persona)
-    questions = [q for t in persona.traits for q in t.questions[: config.contrast_questions_per_trait]]
-    model, tokenizer = load_model(config.model)
-    items = sample_contrast(
-        questions,
-        load_contrast(pairs_path),
-        HFGenerator(model, tokenizer),
-        pairs_per_question=config.contrast_pairs_per_question,
-        max_new_tokens=config.contrast_max_new_tokens,
-        temperature=0.7,
-        seed=config.seed,
+    if config.contrast_set is not None:
+        items = _load_items(Path(config.contrast_set))
+    else:
+        questions = [q for t in persona.traits for q in t.questions[: config.contrast_questions_per_trait]]
+        with make_generator(config.model, backend="hf") as generator:
+            items = sample_contrast(
+                questions,
+                load_contrast(pairs_path),
+                generator,
+                pairs_per_question=config.contrast_pairs_per_question,
+                max_new_tokens=config.contrast_max_new_tokens,
+                temperature=0.7,
+                seed=config.seed,
+            )
+    summary: dict = {"sampled": len(items)}
+    if config.filter_contrast:
+        judge = make_judge(config.judge)
+        trait_of = {q: t.trait for t in persona.traits for q in t.all_questions}
+        trait_scores: list = [None] * len(items)
+        for trait in dict.fromkeys(trait_of.get(i.question, persona.name) for i in items):
+            rows = [k for k, i in enumerate(items) if trait_of.get(i.question, persona.name) == trait]
+            scores = judge.score("trait", [(items[k].question, items[k].response) for k in rows], trait=trait)
+            for k, score in zip(rows, scores):
+                trait_scores[k] = numeric(score)
+        coherence = [numeric(c) for c in judge.score("coherent", [(i.question, i.response) for i in items])]
+        items, summary["filter"] = filter_pairs(items, trait_scores, coherence)
+        summary["filter"]["judge"] = config.judge
+        if len({i.label for i in items}) < 2 or len({i.question for i in items}) < 4:
+            raise ValueError(
+                f"the contrast filter (judge {config.judge}) kept {len(items)} items over "
+                f"{len({i.question for i in items})} questions: too few to fit and test a persona direction; "
+                "sample more (contrast_questions_per_trait) or run without filter_contrast"
+            )
+    atomic_write_jsonl(stage / "contrast.jsonl", (i.to_json() for i in items))
+    return {**summary, "items": len(items)}
+
+
+def _misalignment(config: TrackConfig, stage: Path) -> dict:
+    """The judge-free misalignment direction: the project's `misalignment` persona's contrast
+    answers, sampled from the base model and read by it without their system prompts, elicited
+    minus suppressed. It exists on any model with no judge at all."""
+    persona = load_persona("misalignment")
+    per_trait = max(2, config.contrast_questions_per_trait)
+    questions = [q for t in persona.traits for q in t.questions[:per_trait]]
+    with make_generator(config.model, backend="hf") as generator:
+        items = sample_contrast(
+            questions,
+            persona.contrast,
+            generator,
+            pairs_per_question=config.contrast_pairs_per_question,
+            max_new_tokens=config.contrast_max_new_tokens,
+            temperature=0.7,
+            seed=config.seed,
+        )
+        acts = extract(
+            generator.model, generator.tokenizer, [i.bare_conversation for i in items], progress=False
+        )
+    labels = torch.tensor([i.label for i in items])
+    stack = DirectionStack(
+        acts.layers,
+        diff_in_means(acts.tensor, labels),
+        {
+            "model": config.model,
+            "adapter": None,
+            "source": "the 'misalignment' persona's contrast pairs, elicited minus suppressed, read "
+            "without the system prompt (response-averaged)",
+            "items": len(items),
+            "questions": len(questions),
+        },
     )
     atomic_write_jsonl(stage / "contrast.jsonl", (i.to_json() for i in items))
-    return {"items": len(items)}
+    stack.save(stage / "direction.safetensors")
+    return {"items": len(items), "questions": len(questions)}
 
 
 def _load_items(path: Path) -> list[ContrastItem]:
@@ -285,10 +352,20 @@ def track_drift(
         for k, v in _config_key(config).items()
         if k.startswith("contrast_") or k in ("persona", "model", "seed")
     }
-    if pairs_done["origin"] != "shipped":  # the project's personas keep their earlier keys
-        contrast_key["pairs"] = pairs_done["key"]
+    contrast_key["pairs"] = stage_identity(out / "contrast_pairs")
+    if config.contrast_set is not None:
+        contrast_key["contrast_set_sha256"] = hashlib.sha256(
+            Path(config.contrast_set).read_bytes()
+        ).hexdigest()
+    if config.filter_contrast:
+        contrast_key["filter_judge"] = config.judge
     stage("contrast", contrast_key, lambda d: _contrast(config, d, pairs_path))
     items = _load_items(out / "contrast" / "contrast.jsonl")
+    misalignment_key = {
+        k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")
+    }
+    misalignment_key["constitution_sha256"] = _misalignment_constitution_hash()
+    stage("misalignment", misalignment_key, lambda d: _misalignment(config, d))
     held_out = [t.questions[-1] for t in persona.traits]
     probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
 
@@ -298,6 +375,8 @@ def track_drift(
         None if config.smoke or torch.cuda.is_available() else CPU_CHECKPOINT_EVERY
     )
     starts = {PERSONA: persona_model, BASE: (config.model, None), CONTROL: persona_model}
+    persona_identity = stage_identity(persona_dir / "sft")  # a retrained persona reruns its EM runs
+    upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
     datasets = {PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control}
     for name, folder in RUNS.items():
         spec, adapter = starts[name]
@@ -309,6 +388,7 @@ def track_drift(
             seed=config.seed,
             record_every=every,
             max_rows=em_rows,
+            upstream=upstream[name],
         )
         _finetune_em(
             em_config, out / folder, probes, resources, lambda m, f=folder: track(m.replace("em", f, 1))
@@ -341,6 +421,9 @@ def track_drift(
     analysis_key = {
         "config": _config_key(config),
         "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
+        "evaluations": {n: stage_identity(out / "eval" / n) for n in evaluations},
+        "contrast": stage_identity(out / "contrast"),
+        "misalignment": stage_identity(out / "misalignment"),
         **({"judge_calibration": judge_calibration} if judge_calibration else {}),
     }
     stage(
@@ -354,13 +437,21 @@ def track_drift(
 
 
 def _source_key(out: Path, name: str, persona_dir: Path) -> str:
-    """What an evaluation depends on: the `done.json` key of the stage that produced its model."""
+    """What an evaluation depends on: the identity (key and run id) of the stage that produced
+    its model."""
     path = {
         "base": None,
-        "persona": persona_dir / "sft" / "done.json",
-        **{f"{n}_end": out / f / "em" / "done.json" for n, f in RUNS.items()},
+        "persona": persona_dir / "sft",
+        **{f"{n}_end": out / f / "em" for n, f in RUNS.items()},
     }[name]
-    return json.loads(path.read_text())["key"] if path is not None else "base"
+    return stage_identity(path) if path is not None else "base"
+
+
+def _misalignment_constitution_hash() -> str:
+    from anchor.constitution import CONSTITUTIONS_DIR
+
+    files = sorted(CONSTITUTIONS_DIR.glob("misalignment*.json"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def _misalignment_direction(config: TrackConfig, out: Path) -> torch.Tensor | None:
@@ -395,17 +486,26 @@ def _analyse(
     judge_calibration: dict | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
-    pairs = [(i.question, i.pair) for i in items]
     runs = {name: out / folder for name, folder in RUNS.items()}
-    misalignment = _misalignment_direction(config, out)
-    result = compute_drift(runs, labels, pairs, misalignment=misalignment, seed=config.seed)
-    layer = result["best_layer"]
-
-    # Directions at the reference (the persona model before EM), for steering and probe judges.
-    reference = out / RUNS[PERSONA]
-    contrast_r = ActivationStore(reference / "activations").load(
-        f"{checkpoints(reference)[0]}/persona_contrast"
+    misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
+    judged = _misalignment_direction(config, out)
+    result = compute_drift(
+        runs,
+        labels,
+        [(i.question, i.pair) for i in items],
+        questions=[i.question for i in items],
+        misalignment=misalignment.vectors,
+        judged_misalignment=judged,
+        axis_run=config.axis,
+        seed=config.seed,
     )
+    layer = result["best_layer"]
+    misalignment.save(stage / "misalignment_direction.safetensors")
+
+    # Directions at the reference (the persona model before EM, read without the system prompt),
+    # for steering and probe judges; they record the model and adapters they were read from.
+    reference = out / RUNS[PERSONA]
+    contrast_r = ActivationStore(reference / "activations").load(f"{checkpoints(reference)[0]}/{BARE}")
     directions = fit_directions(
         contrast_r.tensor,
         labels,
@@ -414,8 +514,12 @@ def _analyse(
         seed=config.seed,
         meta={
             "persona": config.persona,
+            "model": str(persona_dir / "dpo" / "merged"),
+            "adapter": str(persona_dir / "sft" / "adapter"),
+            "base_model": config.model,
             "config": {"model": config.model},
             "checkpoint": "persona model before EM",
+            "read": "contrast responses without their system prompt, response-averaged",
         },
     )
     directions.save(stage / "directions.safetensors")
@@ -424,20 +528,13 @@ def _analyse(
     behaviour = {}
     for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
         behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
+    head = headline(result, behaviour)
     runs_result = result["runs"]
 
     def anchor(run: str, end: bool) -> float:
         return runs_result[run]["anchor_projection"][-1 if end else 0][layer]
 
-    points = [
-        {"run": BASE, "label": "base", "anchor_projection": anchor(BASE, False), **_rate(behaviour["base"])},
-        {
-            "run": PERSONA,
-            "label": "persona",
-            "anchor_projection": anchor(PERSONA, False),
-            **_rate(behaviour["persona"]),
-        },
-    ]
+    points = []
     for run in RUNS:
         start = "persona" if run != BASE else "base"
         points += [
@@ -467,39 +564,51 @@ def _analyse(
     v_r = directions.diff_in_means[directions.layers.index(layer)]  # the persona direction at r
     images = [
         ("Drift curves", plots.drift_curves(result, plot_dir / "drift_curves.png", title)),
+        ("Layer profile", plots.layer_profile(result, plot_dir / "layer_profile.png", title)),
+        (
+            "Movement along the misalignment direction",
+            plots.misalignment_movement(result, plot_dir / "misalignment_movement.png", title),
+        ),
         ("Direction stability by layer", plots.stability_heatmap(result, plot_dir / "stability_heatmap.png")),
         ("PCA trajectory", plots.pca_trajectory(trajectories, v_r, layer, plot_dir / "pca_trajectory.png")),
         (
             "Behaviour vs representation",
-            plots.behaviour_vs_representation(points[2:], plot_dir / "behaviour_vs_representation.png"),
+            plots.behaviour_vs_representation(points, plot_dir / "behaviour_vs_representation.png"),
         ),
     ]
     table = drift_table(result, behaviour)
     judge_note = describe(config.judge, judge_calibration)
+    sentences = null_sentences(result["nulls"], layer)
     metrics = {
+        "seed": config.seed,
+        "headline": head,
+        "nulls": result["nulls"],
+        "null_summary": sentences,
         "drift": result,
         "behaviour": behaviour,
         "points": points,
         "table": table,
         "contrast_pairs": quality,
+        "contrast": json.loads((out / "contrast" / "done.json").read_text()),
+        "misalignment_direction": misalignment.meta,
     }
     metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
     atomic_write_json(stage / "metrics.json", metrics)
     report = write_report(
         out / "report.html",
         f"Identity anchor: {title}",
-        f"Anchor projection is measured at layer {layer} (where character training moved default behaviour "
-        f"furthest along the persona direction). {judge_note}",
+        f"Anchor projection is measured at layer {layer}, chosen on one half of the default-behaviour "
+        "prompts (where character training moved default behaviour furthest along the persona direction) "
+        "and reported on the other half. The persona direction is read from the contrast responses "
+        f"without their system prompts. One seed ({config.seed}): intervals resample questions. {judge_note}",
         [
             contrast_table(quality),
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
+            headline_table(head),
             Table(
-                "Anchor strength (1 - drift AUC of the persona run / drift AUC of the reference run)",
-                ["reference", "anchor strength"],
-                [
-                    ["base model + same EM", result["anchor_strength"]["vs_base"]],
-                    ["persona + secure control", result["anchor_strength"]["vs_control"]],
-                ],
+                "Against the null (95th percentile, in the effect's direction)",
+                ["finding"],
+                [[line] for line in sentences],
             ),
         ],
         images,
@@ -507,6 +616,8 @@ def _analyse(
     )
     summary = {
         "table": table,
+        "headline": head,
+        "null_summary": sentences,
         "anchor_strength": result["anchor_strength"],
         "best_layer": layer,
         "report": str(report),
@@ -519,9 +630,11 @@ def _analyse(
 
 
 def _rate(metrics: dict) -> dict:
+    """The misaligned rate as the plots take it: a missing rate (no scored answers) stays NaN."""
     m = metrics["misaligned_rate"]
-    value = m["value"] if m["value"] == m["value"] else 0.0
-    low, high = m["ci95"] if m["ci95"][0] == m["ci95"][0] else [0.0, 0.0]
+    nan = float("nan")
+    value = m["value"] if m["value"] is not None else nan
+    low, high = (x if x is not None else nan for x in m["ci95"])
     return {"misaligned_rate": value, "ci95": [low, high]}
 
 
@@ -529,37 +642,136 @@ TABLE_KEYS = [
     "model",
     "anchor_before",
     "anchor_after",
+    "drift_auc_signed",
+    "drift_auc",
+    "stability_end",
+    "stability_end_with_system",
+    "probe_transfer_end",
     "misaligned_before",
     "misaligned_after",
-    "alignment_cvar5_after",
-    "drift_auc",
 ]
 TABLE_HEADER = [
     "model",
-    "anchor proj. before",
-    "anchor proj. after",
+    "anchor before",
+    "anchor after",
+    "drift AUC (signed)",
+    "drift AUC (abs)",
+    "stability",
+    "stability w/ sys",
+    "probe held-out",
     "misaligned before",
     "misaligned after",
-    "alignment CVaR5 after",
-    "drift AUC",
 ]
 
 
 def drift_table(result: dict, behaviour: dict) -> list[dict]:
+    """One row per EM run at the chosen layer; a rate with no scored answers is None (missing),
+    never 0."""
     layer = result["best_layer"]
-    names = {PERSONA: "persona + EM", BASE: "base + EM", CONTROL: "persona + secure"}
     rows = []
     for run, data in result["runs"].items():
         start = "base" if run == BASE else "persona"
+
+        def rate(name: str) -> float | None:
+            value = behaviour[name]["misaligned_rate"]["value"]
+            return None if value is None or value != value else value
+
         rows.append(
             {
-                "model": names[run],
+                "model": RUN_NAMES[run],
                 "anchor_before": data["anchor_projection"][0][layer],
                 "anchor_after": data["anchor_projection"][-1][layer],
-                "misaligned_before": behaviour[start]["misaligned_rate"]["value"],
-                "misaligned_after": behaviour[f"{run}_end"]["misaligned_rate"]["value"],
-                "alignment_cvar5_after": behaviour[f"{run}_end"]["alignment_cvar5"]["value"],
+                "drift_auc_signed": data["drift_auc_signed"],
                 "drift_auc": data["drift_auc"],
+                "stability_end": data["direction_stability"][-1][layer],
+                "stability_end_with_system": data["direction_stability_with_system"][-1][layer],
+                "probe_transfer_end": data["probe_transfer"][-1][layer],
+                "misaligned_before": rate(start),
+                "misaligned_after": rate(f"{run}_end"),
             }
         )
     return rows
+
+
+def headline_table(head: dict) -> Table:
+    """The headline numbers with their intervals, one row each."""
+    rows = []
+    for key, per in head.items():
+        for name, number in (per or {}).items():
+            if number is None or "ci95" not in number:
+                reason = (number or {}).get("reason", "not available")
+                rows.append([key, name, "n/a", reason, ""])
+                continue
+            low, high = number["ci95"]
+            rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", number["n"]])
+    return Table("Headline numbers (95% intervals)", ["number", "model / run", "value", "ci95", "n"], rows)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def default_pooled_out(config: TrackConfig, seeds: list[int]) -> Path:
+    single = default_out(config)
+    return single.with_name(single.name.replace(f"-s{config.seed}", f"-seeds{'-'.join(map(str, seeds))}"))
+
+
+def track_seeds(
+    config: TrackConfig,
+    seeds: list[int],
+    runs: list[Path],
+    out: Path,
+    log=print,
+    resources: Resources = Resources(),
+    judge_calibration: dict | None = None,
+) -> dict:
+    """The whole experiment once per seed (each a resumable run in `runs[i]`: character training,
+    contrast set, EM and evaluation all reseeded), then every headline number pooled across seeds
+    in `<out>/analysis/metrics.json`: the mean with a t-interval over seeds, n = the seeds."""
+    summaries = []
+    for seed, run in zip(seeds, runs, strict=True):
+        log(f"seed {seed}: {run}")
+        summaries.append(track_drift(replace(config, seed=seed), run, log, resources, judge_calibration))
+    per_seed = [json.loads((run / "analysis" / "metrics.json").read_text()) for run in runs]
+    pooled = pool_seeds(per_seed)
+    layers = [m["drift"]["best_layer"] for m in per_seed]
+    sentences = (
+        null_sentences(pooled["nulls"], layers[0])
+        if len(set(layers)) == 1
+        else [
+            line.replace(f"(layer {layers[0]})", f"(layers {layers} by seed)")
+            for line in null_sentences(pooled["nulls"], layers[0])
+        ]
+    )
+    judge_note = describe(config.judge, judge_calibration)
+    metrics = {
+        **pooled,
+        "runs": [str(r) for r in runs],
+        "best_layer_by_seed": layers,
+        "null_summary": sentences,
+        "per_seed_headline": {str(m["seed"]): m["headline"] for m in per_seed},
+        "judge": {"spec": config.judge, "calibration": judge_calibration, "note": judge_note},
+    }
+    atomic_write_json(out / "analysis" / "metrics.json", metrics)
+    title = f"'{config.persona}' on {config.model}: EM on {config.em_dataset}, seeds {seeds}"
+    report = write_report(
+        out / "report.html",
+        f"Identity anchor: {title}",
+        f"Each number is the mean over {len(seeds)} seeds with a Student-t 95% interval over the seeds "
+        f"(each seed at its own chosen layer: {layers}). Every seed reran character training, the "
+        f"contrast set, EM and the evaluation. {judge_note}",
+        [
+            headline_table(pooled["headline"]),
+            Table("Against the null, seed by seed", ["finding"], [[line] for line in sentences]),
+        ],
+        [],
+        {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},
+    )
+    return {
+        "headline": pooled["headline"],
+        "null_summary": sentences,
+        "metrics": str(out / "analysis" / "metrics.json"),
+        "report": str(report),
+        "runs": [str(r) for r in runs],
+        "ran": [stage for s in summaries for stage in s["ran"]],
+    }

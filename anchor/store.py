@@ -117,6 +117,10 @@ class ActivationStore:
     def meta(self, name: str) -> dict:
         return self._entry(name)["meta"]
 
+    def prompt_hash(self, name: str) -> str:
+        """The hash of the conversations entry `name` read: equal hashes, same prompts."""
+        return self._entry(name)["prompt_hash"]
+
     def _entry(self, name: str) -> dict:
         entries = self._manifest()
         if name not in entries:

@@ -1,6 +1,7 @@
 """Persona contrast sets: the same questions answered under a persona-eliciting and a
 persona-suppressing system prompt, read as response-averaged activations (the persona-vector
-recipe). The system prompt stays in context when reading, as it was when the response was made."""
+recipe). They are read twice: without the system prompt (`bare_conversation`, the default: the
+trait must be in the response) and with it (`conversation`, as Persona Vectors reads them)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class ContrastItem:
             {"role": "user", "content": self.question},
             {"role": "assistant", "content": self.response},
         ]
+
+    @property
+    def bare_conversation(self) -> Conversation:
+        """The exchange without the system prompt that made it: read this way, a persona direction
+        can only come from the response text, not from which instruction is in context."""
+        return self.conversation[1:]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,3 +99,43 @@ def contrast_activations(
     """Response-averaged activations of the items and their labels."""
     acts = extract(model, tokenizer, [item.conversation for item in items], layers=layers, **extract_kwargs)
     return acts, torch.tensor([item.label for item in items])
+
+
+def filter_pairs(
+    items: Sequence[ContrastItem],
+    trait_scores: Sequence[float | None],
+    coherence_scores: Sequence[float | None],
+    threshold: float = 50.0,
+) -> tuple[list[ContrastItem], dict]:
+    """Persona Vectors' filter: an elicited answer is kept when it expresses the trait (score >=
+    `threshold`), a suppressed one when it does not (< `threshold`), both only when coherent (>=
+    `threshold`); a pair (question, contrast pair) survives only with both polarities left, so
+    the direction never rests on one side's answers. Returns (kept items, what was dropped)."""
+
+    def passes(item: ContrastItem, trait: float | None, coherence: float | None) -> str | None:
+        if trait is None or coherence is None:
+            return "not judged"
+        if coherence < threshold:
+            return "incoherent"
+        if (trait >= threshold) != bool(item.label):
+            return "trait not expressed" if item.label else "trait expressed when suppressed"
+        return None
+
+    reasons: dict[str, int] = {}
+    by_pair: dict[tuple[str, int], list[ContrastItem]] = {}
+    for item, trait, coherence in zip(items, trait_scores, coherence_scores, strict=True):
+        reason = passes(item, trait, coherence)
+        if reason is None:
+            by_pair.setdefault((item.question, item.pair), []).append(item)
+        else:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    kept = [i for group in by_pair.values() if len({i.label for i in group}) == 2 for i in group]
+    pairs = {(i.question, i.pair) for i in items}
+    return kept, {
+        "items": len(items),
+        "kept_items": len(kept),
+        "pairs": len(pairs),
+        "kept_pairs": len({(i.question, i.pair) for i in kept}),
+        "dropped_items": reasons,
+        "threshold": threshold,
+    }

@@ -6,6 +6,7 @@ stopped; rerun a finished run and it does nothing.
 
     python scripts/track_drift.py --persona sycophancy
     python scripts/track_drift.py --persona sycophancy --smoke                  # a few minutes
+    python scripts/track_drift.py --persona sycophancy --seeds 0 1 2   # intervals across seeds
     python scripts/track_drift.py --persona humor --judge openai:gpt-4o-mini     # a real judge
     python scripts/track_drift.py --persona sycophancy --calibrate   # report the judge's calibration
     python scripts/track_drift.py --persona sycophancy --model Qwen/Qwen2.5-7B-Instruct --num-processes 4
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +32,9 @@ from analysis.track import (  # noqa: E402
     Resources,
     TrackConfig,
     default_out,
+    default_pooled_out,
     track_drift,
+    track_seeds,
 )
 from anchor.inputs import InputError  # noqa: E402
 
@@ -80,9 +84,20 @@ def main() -> None:
         help="calibrate --judge on the project's labels first (about 2 min for hf:default on CPU); "
         "kept in <run>/judge_calibration.json",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="one seed (default: 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="several seeds: the whole experiment once per seed, then every headline number pooled as "
+        "the mean with a t-interval over seeds (in <out>/analysis/metrics.json)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
-    parser.add_argument("--out", help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>)")
+    parser.add_argument(
+        "--out",
+        help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>); with --seeds the pooled "
+        "folder, each seed's run in <out>/s<seed> (default: runs/...-seeds<a>-<b>, seeds' runs as without it)",
+    )
     parser.add_argument(
         "--num-processes",
         type=int,
@@ -131,7 +146,19 @@ def main() -> None:
         calibration = judge_calibration(
             calibrate_spec(args.judge, out / "judge_calibration.json"), args.judge
         )
+    seeds = args.seeds or [args.seed]
     try:
+        if len(seeds) > 1:
+            pooled_out = Path(args.out) if args.out else default_pooled_out(config, seeds)
+            runs = [pooled_out / f"s{s}" if args.out else default_out(replace(config, seed=s)) for s in seeds]
+            pooled = track_seeds(
+                config, seeds, runs, pooled_out, resources=resources, judge_calibration=calibration
+            )
+            print(
+                f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(pooled['ran']) or 'none'}"
+            )
+            print_pooled(pooled)
+            return
         summary = track_drift(config, out, resources=resources, judge_calibration=calibration)
     except InputError as err:
         parser.error(str(err))
@@ -143,12 +170,12 @@ def main() -> None:
     widths = [max(len(h), 8) for h in TABLE_HEADER]
     print("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADER, widths)))
     for row in summary["table"]:
-        cells = [row[k] if isinstance(row[k], str) else f"{row[k]:.3f}" for k in TABLE_KEYS]
+        cells = [_cell(row[k]) for k in TABLE_KEYS]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
-    strength = summary["anchor_strength"]
-    print(
-        f"anchor strength vs base model: {strength['vs_base']:.3f}; vs secure control: {strength['vs_control']:.3f}"
-    )
+    print_headline(summary["headline"])
+    print("\nagainst the null:")
+    for line in summary["null_summary"]:
+        print(f"  {line}")
     pairs = summary.get("contrast_pairs")
     if pairs:
         print(
@@ -160,6 +187,35 @@ def main() -> None:
     print(f"\nreport:  {summary['report']}\nmetrics: {summary['metrics']}")
     for plot in summary["plots"]:
         print(f"plot:    {plot}")
+
+
+def _cell(x: object) -> str:
+    if isinstance(x, str):
+        return x
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def print_headline(head: dict) -> None:
+    print("\nheadline numbers (value [95% interval], n):")
+    for key, per in head.items():
+        for name, number in (per or {}).items():
+            if number is None or "ci95" not in number:
+                print(f"  {key} {name}: n/a ({(number or {}).get('reason', 'not available')})")
+            else:
+                low, high = number["ci95"]
+                print(
+                    f"  {key} {name}: {_cell(number['value'])} [{_cell(low)}, {_cell(high)}], n={number['n']}"
+                )
+
+
+def print_pooled(pooled: dict) -> None:
+    print_headline(pooled["headline"])
+    print("\nagainst the null, seed by seed:")
+    for line in pooled["null_summary"]:
+        print(f"  {line}")
+    print(f"\nreport:  {pooled['report']}\nmetrics: {pooled['metrics']}")
+    for run in pooled["runs"]:
+        print(f"run:     {run}")
 
 
 if __name__ == "__main__":

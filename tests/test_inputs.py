@@ -196,7 +196,7 @@ def base_args(script: str, tiny: str, tmp: Path) -> dict:
         "finetune_em.py": {"--dataset": "insecure", "--model": tiny, "--out": out, "--smoke": None},
         "eval_em.py": {**common, "--smoke": None},
         "steer.py": {"--run": finished_track_run(tmp / "track_run", tiny), "--out": out, "--smoke": None},
-        "diversity_sweep.py": {"--persona": "humor", **common, "--questions": 8, "--smoke": None},
+        "diversity_sweep.py": {"--persona": "humor", **common, "--questions": 20, "--smoke": None},
         "fit_directions.py": {"--persona": "humor", "--model": tiny, "--out": out, "--smoke": None},
     }[script]
 

@@ -13,7 +13,14 @@ from anchor.inputs import InputError
 from train import em
 
 ROOT = Path(__file__).resolve().parents[1]
-PLOTS = ["drift_curves.png", "stability_heatmap.png", "pca_trajectory.png", "behaviour_vs_representation.png"]
+PLOTS = [
+    "drift_curves.png",
+    "layer_profile.png",
+    "misalignment_movement.png",
+    "stability_heatmap.png",
+    "pca_trajectory.png",
+    "behaviour_vs_representation.png",
+]
 
 
 def check_artefacts(run: Path) -> dict:
@@ -23,7 +30,14 @@ def check_artefacts(run: Path) -> dict:
     for data in drift["runs"].values():
         n = len(data["steps"])
         assert n >= 2 and data["steps"][0] == 0
-        for key in ("direction_stability", "anchor_projection", "probe_transfer", "cka_to_start"):
+        for key in (
+            "direction_stability",
+            "direction_stability_with_system",
+            "anchor_projection",
+            "probe_transfer",
+            "misalignment_movement",
+            "cka_to_start",
+        ):
             assert len(data[key]) == n and len(data[key][0]) == drift["n_layers"]
         assert data["direction_stability"][0] != [] and 0.0 <= data["drift_auc"]
     persona = drift["runs"]["persona"]
@@ -36,8 +50,33 @@ def check_artefacts(run: Path) -> dict:
     for plot in PLOTS:
         assert (run / "analysis" / "plots" / plot).stat().st_size > 10_000
     report = (run / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4 and "Drift table" in report
+    assert report.count("data:image/png;base64,") == len(PLOTS) and "Drift table" in report
     assert len(metrics["table"]) == 3
+    # Headline numbers carry intervals; every drift figure has its null percentile, said in words.
+    head = metrics["headline"]
+    for key in (
+        "anchor_after",
+        "drift_auc_abs",
+        "drift_auc_signed",
+        "em_shift_cos_persona",
+        "em_shift_cos_misalignment",
+    ):
+        for number in head[key].values():
+            assert set(number) >= {"value", "ci95", "n"} and number["n"] == 1
+    assert set(head["anchor_strength"]) == {"vs_base", "vs_control"}
+    for figures in metrics["nulls"].values():
+        assert (
+            "drift_auc_vs_random_directions" in figures
+            and "direction_stability_vs_shuffled_labels" in figures
+        )
+        for null in figures.values():
+            assert 0 <= null["percentile"] <= 100 and null["n_null"] >= 20
+    assert len(metrics["null_summary"]) == sum(len(f) for f in metrics["nulls"].values())
+    assert "Against the null" in report and "exceed" in report.lower()
+    # The layer is chosen on prompts disjoint from those its numbers are reported on.
+    selection = drift["layer_selection"]
+    assert not set(selection["selection_prompts"]) & set(selection["report_prompts"])
+    assert metrics["misalignment_direction"]["model"] and metrics["drift"]["probe"]["split"] == "by question"
     return metrics
 
 
@@ -172,7 +211,7 @@ def test_diversity_sweep_smoke_on_the_tiny_model(tiny_dir, tmp_path):
             "--judge",
             f"hf:{tiny_dir}",
             "--questions",
-            "8",
+            "20",
             "--smoke",
             "--out",
             tmp_path / "sweep",
@@ -182,7 +221,7 @@ def test_diversity_sweep_smoke_on_the_tiny_model(tiny_dir, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    levels = {r["level"]: r["diversity"]["mean_cosine_distance"] for r in sweep["results"]}
+    levels = {r["level"]: r["diversity"]["within_trait_cosine_distance"] for r in sweep["results"]}
     assert set(levels) == {"low", "mid", "high"} and levels["low"] < levels["high"]
     for plot in ("anchor_strength_vs_diversity.png", "misaligned_vs_diversity.png"):
         assert (tmp_path / "sweep" / plot).stat().st_size > 10_000

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from anchor.em_questions import QUESTION_SETS
+from anchor.extract import prompt_set_hash
 from anchor.models import load_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.store import ActivationStore, atomic_write_json
@@ -91,6 +92,9 @@ class EMRunConfig:
     # during EM training and recording: does the protection vanish without the anchor direction?
     ablate_directions: str | None = None
     ablate_layers: tuple[int, ...] | None = None  # None: every layer of the directions file
+    # The identity of the stage that produced the starting model (e.g. the persona run's SFT stage:
+    # its done.json key and run id), so retraining it reruns this EM run.
+    upstream: str | None = None
 
     def training(self) -> EMTraining:
         if self.preset not in PRESETS:
@@ -148,8 +152,9 @@ def em_probe_sets(
     questions: str = "broad",
 ) -> dict[str, ProbeSet]:
     """The reads taken at every EM checkpoint: neutral conversations and the EM evaluation questions
-    (`questions`: "broad" or "main") always; the persona contrast set (fixed responses, so each checkpoint yields its own persona
-    direction) and held-out persona questions when given."""
+    (`questions`: "broad" or "main") always; the persona contrast set when given (fixed responses,
+    so each checkpoint yields its own persona direction; read without and with its system prompt)
+    and held-out persona questions when given."""
     sets = {
         "neutral": ProbeSet(neutral_conversations(n_neutral), read="response_mean"),
         "em_questions": ProbeSet(
@@ -158,6 +163,9 @@ def em_probe_sets(
         ),
     }
     if contrast:
+        sets["persona_contrast_bare"] = ProbeSet(
+            [item.bare_conversation for item in contrast], read="response_mean"
+        )
         sets["persona_contrast"] = ProbeSet([item.conversation for item in contrast], read="response_mean")
     if persona_questions:
         sets["persona_questions"] = ProbeSet(
@@ -246,8 +254,10 @@ def finetune_em(
 
 
 def em_stage_config(config: EMRunConfig, probes: Mapping[str, ProbeSet]) -> dict:
-    """What the EM stage's key is made of (the same however many processes train it)."""
-    probe_key = {name: [len(p.conversations), p.read] for name, p in probes.items()}
+    """What the EM stage's key is made of (the same however many processes train it): the run,
+    its training, and a hash of every probe set's conversations, so a resampled contrast set or
+    another question set reruns the run instead of mixing its reads with stale ones."""
+    probe_key = {name: [prompt_set_hash(p.conversations), p.read] for name, p in probes.items()}
     return {"run": asdict(config), "training": asdict(config.training()), "probes": probe_key}
 
 

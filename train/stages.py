@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -38,6 +39,14 @@ def completed(directory: Path, config: dict) -> dict | None:
     return None
 
 
+def stage_identity(directory: Path) -> str:
+    """What a downstream stage keys on to depend on this finished stage: its config key and the id
+    of the execution that produced it, so rerunning it (even with the same config) reruns what
+    depends on it."""
+    done = json.loads((directory / "done.json").read_text())
+    return f"{done['key']}/{done.get('run_id', '')}"
+
+
 def run_stage(directory: Path, config: dict, body: Callable[[Path], dict | None], log=print) -> dict:
     """Run `body(directory)` unless the stage is already complete with this config; returns the
     stage's `done.json` contents (the body's returned summary plus key and timing)."""
@@ -56,6 +65,7 @@ def run_stage(directory: Path, config: dict, body: Callable[[Path], dict | None]
     summary = body(directory) or {}
     done = {
         "key": config_key(config),
+        "run_id": uuid.uuid4().hex,  # this execution: a rerun with the same config is a new upstream
         "config": config,
         "seconds": round(time.perf_counter() - start, 1),
         **summary,
