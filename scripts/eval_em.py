@@ -60,8 +60,10 @@ def eval_config(args: argparse.Namespace):
 def print_metrics(metrics: dict, note: str) -> None:
     for name, m in metrics.items():
         if isinstance(m, dict) and "value" in m:
+            questions = f", {m['clusters']} questions" if "clusters" in m else ""
             print(
-                f"{name:>20}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f}, n={m['n']})"
+                f"{name:>20}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f},"
+                f" n={m['n']}{questions}; {m.get('interval', 'bootstrap')})"
             )
     print(
         f"{'missing':>20}: {metrics['missing']} of {metrics['answers']} answers; words {metrics['verdicts']}"
