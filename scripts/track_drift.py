@@ -72,6 +72,14 @@ def main() -> None:
     )
     parser.add_argument("--persona-run", help="reuse this finished train_persona.py run directory")
     parser.add_argument(
+        "--filter-contrast",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="Persona Vectors' filter on the contrast set, scored by --judge: keep pairs whose elicited "
+        "answer shows the trait (>= 50) and suppressed one does not (< 50), both coherent (>= 50). auto: on "
+        "with an openai: judge, off with a local one (a small model's scores would decide the set)",
+    )
+    parser.add_argument(
         "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
     )
     parser.add_argument(
@@ -130,6 +138,8 @@ def main() -> None:
         em_rows=args.em_rows,
         contrast=args.contrast,
         teacher=args.teacher,
+        filter_contrast=args.filter_contrast == "on"
+        or (args.filter_contrast == "auto" and args.judge.startswith("openai:")),
         **(SMOKE if args.smoke else {}),
     )
     out = Path(args.out) if args.out else default_out(config)

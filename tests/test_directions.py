@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from anchor.constitution import ContrastPair
-from probes.contrast import ContrastItem, contrast_activations, filter_by_judge, sample_contrast
+from probes.contrast import ContrastItem, contrast_activations, filter_by_judge, filter_pairs, sample_contrast
 from probes.directions import Directions, diff_in_means, fit_directions, pca_direction
 
 
@@ -92,3 +92,22 @@ def test_judge_filter_keeps_matching_polarity():
     ]
     scores = {"yes!": 90.0, "no": 10.0, "x": None}
     assert filter_by_judge(items, lambda q, r: scores[r]) == items[:2]
+
+
+def test_persona_vectors_filter_keeps_only_pairs_with_both_polarities_on_trait_and_coherent():
+    items = [
+        ContrastItem("q1", 0, 1, "be it", "on trait"),
+        ContrastItem("q1", 0, 0, "do not", "plain"),
+        ContrastItem("q2", 0, 1, "be it", "off trait"),  # elicited but the trait is absent
+        ContrastItem("q2", 0, 0, "do not", "plain"),
+        ContrastItem("q3", 0, 1, "be it", "on trait"),
+        ContrastItem("q3", 0, 0, "do not", "gibberish"),  # incoherent
+        ContrastItem("q4", 0, 1, "be it", "on trait"),
+        ContrastItem("q4", 0, 0, "do not", "unjudged"),
+    ]
+    trait = [90, 10, 20, 5, 80, 10, 70, None]
+    coherent = [90, 90, 90, 90, 90, 30, 90, 90]
+    kept, report = filter_pairs(items, trait, coherent)
+    assert kept == items[:2]  # a pair survives only with both sides kept
+    assert report["kept_pairs"] == 1 and report["pairs"] == 4
+    assert report["dropped_items"] == {"trait not expressed": 1, "incoherent": 1, "not judged": 1}

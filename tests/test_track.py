@@ -11,6 +11,7 @@ import pytest
 from analysis.track import SMOKE, TrackConfig, track_drift
 from anchor.inputs import InputError
 from train import em
+from train.stages import stage_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = [
@@ -164,6 +165,27 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     assert set(result["ablation"]["curves"]) == {"persona + EM", "persona + EM, direction ablated"}
     for plot in ("dose_response.png", "ablation.png"):
         assert (run / "steer" / plot).stat().st_size > 10_000
+
+    # A retrained persona (same config, new execution) makes every EM run on it stale: they rerun.
+    persona_sft = next((root / "persona").glob("*")) / "sft" / "done.json"
+    assert json.loads((run / "em_persona" / "config.json").read_text())["upstream"] == stage_identity(
+        persona_sft.parent
+    )
+    done = json.loads(persona_sft.read_text())
+    persona_sft.write_text(json.dumps({**done, "run_id": "retrained"}))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(em, "train_sft", stop)
+    log = []
+    with pytest.raises(Stop):
+        track_drift(config, run, log=log.append)
+    assert "stage sft: complete, skipped" in log and "stage em_persona: running" in log
+    persona_sft.write_text(json.dumps(done))
 
 
 def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys):
