@@ -306,14 +306,17 @@ def compute_drift(
         runs, out, labels, questions, pairs, k, train, test, axis, per_item, shifts, misalignment,
         best, n_null, n_null_fits, seed,
     )  # fmt: skip
-    for ref, ratio in out["headline"]["anchor_strength_ratio"].items():
+    # The ratio form of anchor strength, beside the headline difference, only where its
+    # denominator is a drift: the reference moved (signed interval excludes 0) beyond its null.
+    out["anchor_strength_ratio"] = out["headline"].pop("anchor_strength_ratio")
+    for ref, ratio in out["anchor_strength_ratio"].items():
         reference_null = out["nulls"].get(ref.removeprefix("vs_"), {}).get("drift_auc_vs_random_directions")
         if (
             ratio is not None
             and ratio.get("value") is not None
             and not (reference_null or {}).get("exceeds_95")
         ):
-            out["headline"]["anchor_strength_ratio"][ref] = {
+            out["anchor_strength_ratio"][ref] = {
                 "value": None,
                 "reason": f"the {ref.removeprefix('vs_')} run's drift along the persona direction does not exceed "
                 "its random-direction null, so a ratio to it would divide by noise",

@@ -600,7 +600,8 @@ def _analyse(
         f"Anchor projection is measured at layer {layer}, chosen on one half of the default-behaviour "
         "prompts (where character training moved default behaviour furthest along the persona direction) "
         "and reported on the other half. The persona direction is read from the contrast responses "
-        f"without their system prompts. One seed ({config.seed}): intervals resample questions. {judge_note}",
+        f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
+        f"intervals resample questions. {judge_note}",
         [
             contrast_table(quality),
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
@@ -627,6 +628,19 @@ def _analyse(
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}
+
+
+def _filter_note(contrast_done: dict) -> str:
+    kept = contrast_done.get("filter")
+    if kept is None:
+        return (
+            "The contrast set is not filtered by a judge (Persona Vectors' filter needs a real judge: "
+            "--filter-contrast on)."
+        )
+    return (
+        f"The contrast set is filtered by {kept['judge']} (Persona Vectors' rule): {kept['kept_pairs']} of "
+        f"{kept['pairs']} pairs kept; dropped answers: {kept['dropped_items'] or 'none'}."
+    )
 
 
 def _rate(metrics: dict) -> dict:

@@ -94,10 +94,13 @@ def contrast_activations(
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[ContrastItem],
     layers: int | Sequence[int] | None = None,
+    system_prompt: bool = True,
     **extract_kwargs,
 ) -> tuple[Activations, torch.Tensor]:
-    """Response-averaged activations of the items and their labels."""
-    acts = extract(model, tokenizer, [item.conversation for item in items], layers=layers, **extract_kwargs)
+    """Response-averaged activations of the items and their labels, read with the system prompt
+    that produced each answer (Persona Vectors' read) or without it (`system_prompt=False`)."""
+    conversations = [item.conversation if system_prompt else item.bare_conversation for item in items]
+    acts = extract(model, tokenizer, conversations, layers=layers, **extract_kwargs)
     return acts, torch.tensor([item.label for item in items])
 
 

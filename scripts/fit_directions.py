@@ -46,10 +46,11 @@ class Config:
     max_new_tokens: int = 48
     temperature: float = 0.7
     test_fraction: float = 0.25
+    read: str = "bare"  # "bare": the answers without their system prompt; "system": with it (PV)
 
     def sampling_key(self) -> str:
         """Hash of the settings the sampled responses depend on."""
-        fields = {k: v for k, v in asdict(self).items() if k != "test_fraction"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("test_fraction", "read")}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -131,6 +132,13 @@ def main() -> None:
     parser.add_argument(
         "--test-fraction", type=float, default=Config.test_fraction, help="held-out questions"
     )
+    parser.add_argument(
+        "--read",
+        choices=["bare", "system"],
+        default=Config.read,
+        help="read the contrast answers without their system prompt (bare: the direction can only come "
+        "from the answers) or with it (system: the Persona Vectors read, partly encoding the prompt)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny settings for a quick end-to-end check")
     args = parser.parse_args()
 
@@ -145,6 +153,7 @@ def main() -> None:
         max_new_tokens=overrides.get("max_new_tokens", args.max_new_tokens),
         temperature=args.temperature,
         test_fraction=args.test_fraction,
+        read=args.read,
     )
     model_tag = Path(args.model).name.replace("/", "_")
     out = Path(args.out or f"runs/directions/{Path(args.persona).stem}-{model_tag}-s{args.seed}")
@@ -161,12 +170,22 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     items = sampled_items(config, out, model, tokenizer)
     acts, labels = contrast_activations(
-        model, tokenizer, items, ids=[f"{i.pair}:{i.label}:{i.question}" for i in items]
+        model,
+        tokenizer,
+        items,
+        system_prompt=config.read == "system",
+        ids=[f"{i.pair}:{i.label}:{i.question}" for i in items],
     )
     ActivationStore(out / "activations").save(
-        "contrast",
+        f"contrast_{config.read}",
         acts,
-        {"model": args.model, "adapter": None, "checkpoint": "base", "probe_set": "contrast"},
+        {
+            "model": args.model,
+            "adapter": None,
+            "checkpoint": "base",
+            "probe_set": "contrast",
+            "read": config.read,
+        },
     )
     directions = fit_directions(
         acts.tensor,
@@ -175,7 +194,14 @@ def main() -> None:
         layers=acts.layers,
         test_fraction=config.test_fraction,
         seed=config.seed,
-        meta={"persona": config.persona, "config": asdict(config), "n_items": len(items)},
+        meta={
+            "persona": config.persona,
+            "model": args.model,
+            "adapter": None,
+            "read": config.read,
+            "config": asdict(config),
+            "n_items": len(items),
+        },
     )
     directions_path = directions.save(out / "directions.safetensors")
     plot_path = out / "layers.png"

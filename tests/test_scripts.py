@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from probes.directions import Directions
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +61,12 @@ def test_fit_directions_smoke_end_to_end(tmp_path):
     assert 0.0 <= summary["best_layer_accuracy"] <= 1.0
     assert (tmp_path / "layers.png").stat().st_size > 10_000
     assert str(tmp_path / "directions.safetensors") in out.stdout
+    meta = Directions.load(tmp_path / "directions.safetensors").meta
+    assert (meta["model"], meta["adapter"], meta["read"]) == (
+        "default",
+        None,
+        "bare",
+    )  # what it was read from
     # A second run reuses the sampled responses.
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "reusing sampled responses" in again.stdout
