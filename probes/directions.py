@@ -8,6 +8,7 @@ their context, so a row-level split would leak and flatter the probe.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -187,8 +188,17 @@ def fit_directions(
 class DirectionStack:
     """One direction per layer (`vectors[i]` is at `layers[i]`), e.g. the misalignment direction.
 
-    Saved as safetensors (`direction`, `[L, d]`, with `layers` and `meta` in the header); a Persona
-    Vectors-style `.pt` tensor `[layers, d_model]` loads too, row i being layer i."""
+    Saved as safetensors (`direction`, `[L, d]`, with `layers` and `meta` in the header). Published
+    `.pt` tensors load too, and `export_pt` writes them, in two layouts that differ by one row:
+
+    - Persona Vectors: `[n_layers + 1, d_model]`, indexed like HF `hidden_states`: row 0 is the
+      embeddings, row i the output of block i - 1 (`blocks.{i-1}.hook_resid_post`);
+    - Assistant Axis: `[n_layers, d_model]`, row i the output of block i.
+
+    A bare tensor does not say which it is, so `load` needs the model's depth to tell: off by one
+    layer is a silent error that still steers and still projects. (Files made with transformers
+    releases that applied the final norm to the last `hidden_states` entry hold a last row in
+    post-norm space; the hook here reads before that norm, so treat the last layer with care.)"""
 
     layers: list[int]
     vectors: torch.Tensor  # [L, d], unnormalised
@@ -207,21 +217,82 @@ class DirectionStack:
         )
         return path
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> DirectionStack:
+    def export_pt(self, path: str | os.PathLike, n_layers: int, with_embedding_row: bool) -> Path:
+        """Write a bare float32 `.pt` tensor in a published layout: `[n_layers + 1, d]` with a
+        leading embedding row (Persona Vectors) or `[n_layers, d]` (Assistant Axis).
+
+        The embedding row is all zeros: no direction is read at the embeddings here, and zeros
+        make a consumer that steers with row 0 do nothing rather than spread NaNs. Every layer
+        0..n_layers-1 must be present, since these layouts name a layer only by its row."""
+        if n_layers < 1:
+            raise ValueError(f"{path}: n_layers must be >= 1, got {n_layers}")
+        missing = sorted(set(range(n_layers)) - set(self.layers))
+        extra = sorted(set(self.layers) - set(range(n_layers)))
+        if missing or extra:
+            raise ValueError(
+                f"{path}: the published layouts hold one row per layer of a {n_layers}-layer model; "
+                f"this stack lacks layers {missing} and has out-of-range layers {extra}"
+            )
+        rows = torch.stack([self.at(layer) for layer in range(n_layers)]).float()
+        if with_embedding_row:
+            rows = torch.cat([torch.zeros_like(rows[:1]), rows])
+        buffer = io.BytesIO()
+        torch.save(rows.contiguous(), buffer)
         path = Path(path)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, n_layers: int | None = None) -> DirectionStack:
+        """A saved stack, or a published `.pt` tensor aligned to layers by `n_layers` (the model's
+        depth, see the class docstring). Without `n_layers` a `.pt` row i is taken to be layer i,
+        and `meta["alignment"]` says that this was assumed rather than checked."""
+        path = Path(path)
+        if path.suffix == ".pt":
+            return cls._load_pt(path, n_layers)
         try:
-            if path.suffix == ".pt":
-                tensor = torch.load(path, map_location="cpu", weights_only=True)
-                if tensor.ndim != 2:
-                    raise ValueError(f"expected a [layers, d_model] tensor, got shape {list(tensor.shape)}")
-                return cls(list(range(tensor.shape[0])), tensor.float(), {"source": str(path)})
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
-                return cls(
+                stack = cls(
                     json.loads(header["layers"]),
                     f.get_tensor("direction"),
                     json.loads(header.get("meta", "{}")),
                 )
         except Exception as err:
             raise ValueError(f"{path}: not a direction stack ({err})") from err
+        if n_layers is not None and any(not 0 <= layer < n_layers for layer in stack.layers):
+            raise ValueError(f"{path}: layers {stack.layers} do not fit a {n_layers}-layer model")
+        return stack
+
+    @classmethod
+    def _load_pt(cls, path: Path, n_layers: int | None) -> DirectionStack:
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path}: not a direction stack ({err})") from err
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2 or tensor.shape[0] == 0:
+            found = list(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{path}: expected a [layers, d_model] tensor, got {found}")
+        layers, rows, meta = cls._align_rows(tuple(tensor.shape), n_layers, path)
+        return cls(layers, tensor[rows].float(), {"source": str(path), **meta})
+
+    @staticmethod
+    def _align_rows(
+        shape: tuple[int, ...], n_layers: int | None, path: Path
+    ) -> tuple[list[int], slice, dict]:
+        """Which rows of a published `[rows, d]` tensor are which layers: (layers, rows to keep, meta)."""
+        rows, d = shape
+        if n_layers is None:
+            assumed = "assumed, not checked: row i read as layer i (pass n_layers to check the layout)"
+            return list(range(rows)), slice(None), {"layout": "unknown", "alignment": assumed}
+        if rows == n_layers + 1:
+            aligned = "row 0 (embeddings) dropped; row i read as layer i - 1"
+            return list(range(n_layers)), slice(1, None), {"layout": "persona_vectors", "alignment": aligned}
+        if rows == n_layers:
+            aligned = "row i read as layer i"
+            return list(range(n_layers)), slice(None), {"layout": "assistant_axis", "alignment": aligned}
+        raise ValueError(
+            f"{path}: a [{rows}, {d}] tensor fits neither published layout for a {n_layers}-layer model: "
+            f"[{n_layers + 1}, d_model] (Persona Vectors, embeddings first) or [{n_layers}, d_model] "
+            "(Assistant Axis, one row per block)"
+        )
