@@ -4,7 +4,7 @@ voice) answers.
 
 Several phrasings per role keep the axis from resting on one instruction's wording; shared
 questions keep the role means comparable, so what separates them is the voice, not the topic. The
-project's set lives in `anchor/roles/roles.json` (`{"questions": [...], "roles": [{"name",
+project's set lives in `anchor/prompts/roles.json` (`{"questions": [...], "roles": [{"name",
 "category", "phrasings"}]}`); a file in the same layout can be passed instead.
 """
 
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROLES_FILE = Path(__file__).parent / "roles" / "roles.json"
+ROLES_FILE = Path(__file__).parent / "prompts" / "roles.json"
 
 
 @dataclass(frozen=True)
