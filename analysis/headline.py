@@ -58,11 +58,27 @@ def null_sentences(nulls: Mapping[str, Mapping[str, Mapping]], layer: int) -> li
             percentile = null.get("percentile_by_seed") or [null["percentile"]]
             verdict = _verdict(null)
             where = ", ".join(f"{p:.0f}" for p in percentile if p is not None and p == p)
+            size = (
+                f"; figure {_g(null['value'])}, null median {_g(null['null_median'])}, null 95% point "
+                f"{_g(null['null_threshold'])}"
+                if "value" in null
+                else f"; figure by seed {_gs(null['value_by_seed'])}, null 95% points {_gs(null['null_threshold_by_seed'])}"
+                if "value_by_seed" in null
+                else ""
+            )
             lines.append(
                 f"{RUN_NAMES.get(run, run)}: {NULL_FIGURES.get(key, key)} (layer {layer}) {verdict} "
-                f"(percentile {where or 'n/a'} of {null['n_null']} null draws, {null['side']})."
+                f"(percentile {where or 'n/a'} of {null['n_null']} null draws, {null['side']}{size})."
             )
     return lines
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _gs(xs: Sequence[float | None]) -> str:
+    return "[" + ", ".join("n/a" if x is None else _g(x) for x in xs) + "]"
 
 
 def _verdict(null: Mapping) -> str:
@@ -89,6 +105,8 @@ def pool_seeds(per_seed: Sequence[Mapping]) -> dict:
             nulls[run][key] = {
                 "percentile_by_seed": [d["percentile"] for d in draws],
                 "exceeds_95_by_seed": [bool(d["exceeds_95"]) for d in draws],
+                "value_by_seed": [d.get("value") for d in draws],
+                "null_threshold_by_seed": [d.get("null_threshold") for d in draws],
                 "n_null": first["n_null"],
                 "side": first["side"],
             }

@@ -88,7 +88,16 @@ def null_percentile(real: float, null: Sequence[float] | torch.Tensor, side: str
     below = float((null < x).sum() + 0.5 * (null == x).sum())
     percentile = 100.0 * below / len(null)
     effect = percentile if side != "less" else 100.0 - percentile
-    return {"percentile": percentile, "n_null": len(null), "side": side, "exceeds_95": effect > 95.0}
+    threshold = float(torch.quantile(null, 0.05 if side == "less" else 0.95))
+    return {
+        "percentile": percentile,
+        "n_null": len(null),
+        "side": side,
+        "exceeds_95": effect > 95.0,
+        "value": x,  # the real figure (its magnitude when two-sided), so the effect's size shows too
+        "null_median": float(null.median()),
+        "null_threshold": threshold,  # the null's 95% point in the effect's direction
+    }
 
 
 def _num(x: float) -> float | None:
