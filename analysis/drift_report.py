@@ -234,7 +234,7 @@ def compute_drift(
         start_questions = _acts(run, ckpts[0], "em_questions")
         start_neutral = _acts(run, ckpts[0], "neutral")
         series: dict[str, list] = {key: [] for key in SERIES}
-        items = []
+        items, projected_by_checkpoint = [], []
         for c in ckpts:
             contrast = {read: _acts(run, c, read) for read in (BARE, SYSTEM)}
             v_t = drift.persona_direction(contrast[BARE], labels)
@@ -243,6 +243,7 @@ def compute_drift(
             projected = drift.projections(behaviour[report], v_r)
             scaled = drift.rescale(projected, base_mean, persona_mean)
             items.append(projected[:, best])
+            projected_by_checkpoint.append(projected)
             low, high = bootstrap_band(scaled, n_boot, seed)
             questions_t = _acts(run, c, "em_questions")
             shift = drift.em_shift(questions_t, start_questions)
@@ -296,6 +297,10 @@ def compute_drift(
             "drift_auc": drift.drift_auc(anchor_by_layer[:, best].tolist(), steps),
             "drift_auc_signed": drift.drift_auc(anchor_by_layer[:, best].tolist(), steps, signed=True),
             "drift_auc_by_layer": drift.drift_auc_batch(anchor_by_layer.T, steps).tolist(),
+            # the same in units of the items' spread, which stays finite where the persona gap is ~0
+            "drift_auc_spread_by_layer": drift.drift_auc_batch(
+                drift.standardised_change(torch.stack(projected_by_checkpoint)), steps
+            ).tolist(),
         }
 
     out["headline"] = _headline(out, per_item, shifts, unit(v_r[best]), misalignment, best, n_boot, seed)

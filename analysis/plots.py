@@ -182,7 +182,8 @@ def behaviour_vs_representation(points: Sequence[Mapping], path: Path, title: st
 
 
 def layer_profile(result: Mapping, path: Path, title: str = "") -> Path:
-    """Every layer, so the chosen one is seen in context: drift AUC of each run (left) and the
+    """Every layer, so the chosen one is seen in context: drift AUC of each run in item spreads
+    (left; in persona gaps it explodes where the gap is near 0) and the
     persona-minus-base separation on the selection and report halves of the prompts (right),
     with the chosen layer marked."""
     layer = result["best_layer"]
@@ -190,7 +191,7 @@ def layer_profile(result: Mapping, path: Path, title: str = "") -> Path:
     layers = range(result["n_layers"])
     for name, run in result["runs"].items():
         color, label = _style(name)
-        left.plot(layers, run["drift_auc_by_layer"], "o-", ms=3, color=color, label=label)
+        left.plot(layers, run["drift_auc_spread_by_layer"], "o-", ms=3, color=color, label=label)
     selection = result["layer_selection"]
     right.plot(layers, selection["separation_selection"], "o-", ms=3, color="black", label="selection half")
     right.plot(layers, selection["separation_report"], "s--", ms=3, color="tab:purple", label="report half")
@@ -199,7 +200,7 @@ def layer_profile(result: Mapping, path: Path, title: str = "") -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    left.set(xlabel="layer", ylabel="drift AUC of the anchor projection (persona gaps)")
+    left.set(xlabel="layer", ylabel="drift AUC along v_r (item spreads at step 0)")
     left.set_title("How far default behaviour moved along v_r, by layer")
     right.set(xlabel="layer", ylabel="persona - base separation (item spreads)")
     right.set_title("Layer choice: separation on disjoint prompt halves")
