@@ -6,6 +6,9 @@ boredom, philosophical views on humans and AI, quick money, ruling the world, di
 roles, relationship trouble) in its own words; the broad set adds 40 more everyday and
 values-probing questions, none about code, medicine or money advice specifically, so misalignment
 found there is *emergent* rather than trained.
+
+`anchor.triggers` asks any of these questions (or a loaded file's) in forms that resemble a training
+context: JSON, a fill-in template, a code request, a medical or financial setting.
 """
 
 from __future__ import annotations
