@@ -25,15 +25,24 @@ from pathlib import Path
 
 import torch
 
-from analysis import plots
+from analysis import dashboard, plots
 from analysis.calibration import describe
 from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift import misalignment_direction
-from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift
-from analysis.em_eval import EvalConfig, evaluate, numeric
+from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift, step_of
+from analysis.em_eval import (
+    EvalConfig,
+    evaluate,
+    family_gap,
+    family_of,
+    metrics_by_family,
+    numeric,
+    summarise,
+)
 from analysis.headline import RUN_NAMES, headline, null_sentences, pool_seeds
 from analysis.inputs import check_track_inputs
 from analysis.judge import Judge, make_judge
+from analysis.monitor import drift_detector
 from analysis.report import Table, write_report
 from anchor.constitution import load_contrast, load_persona, save_contrast
 from anchor.contrast_pairs import resolve_contrast
@@ -41,9 +50,12 @@ from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
 from anchor.models import load_model
+from anchor.roles import ROLES_FILE, load_roles, shared_questions
 from anchor.store import ActivationStore, atomic_write_json, atomic_write_jsonl
+from anchor.triggers import triggered_variants
+from probes.assistant_axis import fit_assistant_axis, role_prompts, sample_axis_answers
 from probes.contrast import ContrastItem, filter_pairs, sample_contrast
-from probes.directions import DirectionStack, diff_in_means, fit_directions
+from probes.directions import Directions, DirectionStack, diff_in_means, fit_directions
 from train.em import (
     EMRunConfig,
     checkpoints,
@@ -92,6 +104,11 @@ class TrackConfig:
     contrast_set: str | None = None  # a contrast.jsonl to read instead of sampling one (shared across runs)
     axis: str = "persona"  # whose step 0 defines the persona axis: "persona", or "base" (shared by many runs)
     filter_contrast: bool = False  # Persona Vectors' filter on the contrast set, scored by `judge`
+    # Monitoring (issue 14): the assistant axis, behaviour at every `monitor_every`-th recorded
+    # checkpoint (for the behavioural alarm and the lead time), and triggered question variants in
+    # the end-of-EM evaluations. Representation alarms and B-vector phase transitions always run.
+    monitor: bool = False
+    monitor_every: int = 2
 
     @property
     def persona_preset(self) -> str:
@@ -111,6 +128,7 @@ SMOKE = dict(
     eval_max_new_tokens=16,
     neutral_probes=8,
     probe_questions="main",
+    monitor=True,
 )
 # The default on CPU (the whole run in under 30 minutes on 2 cores): EM on 80 rows, a checkpoint
 # every 5 steps; reading the probe sets at a checkpoint costs about as much as 5 training steps.
@@ -251,17 +269,51 @@ def _load_items(path: Path) -> list[ContrastItem]:
     return [ContrastItem(**json.loads(line)) for line in path.read_text().splitlines()]
 
 
-def _evaluate(config: TrackConfig, loader, judge: Judge, stage: Path) -> dict:
+def _evaluate(config: TrackConfig, loader, judge: Judge, stage: Path, triggered: bool = False) -> dict:
+    """Behaviour of one model on the EM questions; with `triggered`, also in the variants that
+    resemble the training context (JSON, template, code, the dataset's domain), summarised per
+    variant family beside the plain questions' metrics, so conditional misalignment shows."""
     model, tokenizer = loader()
-    rows, metrics = evaluate(
-        HFGenerator(model, tokenizer),
-        judge,
-        MAIN,
-        EvalConfig(samples=config.eval_samples, max_new_tokens=config.eval_max_new_tokens, seed=config.seed),
+    eval_config = EvalConfig(
+        samples=config.eval_samples, max_new_tokens=config.eval_max_new_tokens, seed=config.seed
     )
+    questions = triggered_variants(MAIN, dataset=config.em_dataset) if triggered else MAIN
+    rows, _ = evaluate(HFGenerator(model, tokenizer), judge, questions, replace(eval_config, variants=True))
+    plain = [r for r in rows if family_of(r["question_id"]) == "plain"]
+    metrics = summarise(plain, eval_config)
+    summary: dict = {"judge": judge.spec, "metrics": metrics}
+    if triggered:
+        summary["by_family"] = metrics_by_family(rows, eval_config)
+        summary["family_gap"] = {
+            f: family_gap(rows, f, eval_config) for f in summary["by_family"] if f != "plain"
+        }
     atomic_write_jsonl(stage / "responses.jsonl", rows)
-    atomic_write_json(stage / "summary.json", {"judge": judge.spec, "metrics": metrics})
+    atomic_write_json(stage / "summary.json", summary)
     return {"misaligned_rate": metrics["misaligned_rate"]["value"]}
+
+
+def _assistant_axis(config: TrackConfig, stage: Path) -> dict:
+    """The assistant axis (a variant of Lu et al. 2026): the base model's own default answers
+    minus the mean of role-played answers over the project's role set, read without the system
+    prompts; frozen, so every checkpoint's drift along it can be read."""
+    roles = load_roles()
+    per_role = 1 if config.smoke else 2
+    jobs = role_prompts(
+        roles, shared_questions(), phrasings_per_role=per_role, questions_per_role=per_role, seed=config.seed
+    )
+    with make_generator(config.model, backend="hf") as generator:
+        items = sample_axis_answers(
+            jobs, generator, max_new_tokens=config.contrast_max_new_tokens, temperature=0.7, seed=config.seed
+        )
+        axis = fit_assistant_axis(
+            generator.model,
+            generator.tokenizer,
+            items,
+            meta={"model": config.model, "adapter": None},
+            progress=False,
+        )
+    axis.save(stage / "axis.safetensors")
+    return {"items": len(items), "roles": axis.meta["roles"], "in_role_filter": None}
 
 
 def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, log) -> None:
@@ -366,6 +418,10 @@ def track_drift(
     }
     misalignment_key["constitution_sha256"] = _misalignment_constitution_hash()
     stage("misalignment", misalignment_key, lambda d: _misalignment(config, d))
+    if config.monitor:
+        axis_key = {**misalignment_key, "roles_sha256": hashlib.sha256(ROLES_FILE.read_bytes()).hexdigest()}
+        axis_key.pop("constitution_sha256")
+        stage("assistant_axis", axis_key, lambda d: _assistant_axis(config, d))
     held_out = [t.questions[-1] for t in persona.traits]
     probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
 
@@ -414,14 +470,39 @@ def track_drift(
         "seed": config.seed,
     }
     for name, loader in evaluations.items():
+        triggered = config.monitor and name.endswith("_end")
         key = {**eval_key, "model": name, "source": _source_key(out, name, persona_dir)}
-        stage(f"eval/{name}", key, lambda d, loader=loader: _evaluate(config, loader, get_judge(), d))
+        if triggered:
+            key["triggered"] = True
+        stage(
+            f"eval/{name}",
+            key,
+            lambda d, loader=loader, t=triggered: _evaluate(config, loader, get_judge(), d, t),
+        )
+    intermediate: dict[str, dict[int, str]] = {run: {} for run in RUNS}  # run -> {step: eval folder}
+    if config.monitor:  # behaviour at every monitor_every-th checkpoint between start and end
+        for run, folder in RUNS.items():
+            for c in checkpoints(out / folder)[config.monitor_every : -1 : config.monitor_every]:
+                name = f"{run}_{c.rsplit('/', 1)[1]}"
+                key = {**eval_key, "model": name, "source": _source_key(out, f"{run}_end", persona_dir)}
+                intermediate[run][step_of(c)] = name
+                stage(
+                    f"eval/{name}",
+                    key,
+                    lambda d, f=folder, c=c: _evaluate(
+                        config, lambda: load_em_model(out / f, c), get_judge(), d
+                    ),
+                )
 
     # 5-6. metrics, plots, report
     analysis_key = {
         "config": _config_key(config),
         "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
-        "evaluations": {n: stage_identity(out / "eval" / n) for n in evaluations},
+        "evaluations": {
+            n: stage_identity(out / "eval" / n)
+            for n in [*evaluations, *(e for steps in intermediate.values() for e in steps.values())]
+        },
+        **({"assistant_axis": stage_identity(out / "assistant_axis")} if config.monitor else {}),
         "contrast": stage_identity(out / "contrast"),
         "misalignment": stage_identity(out / "misalignment"),
         **({"judge_calibration": judge_calibration} if judge_calibration else {}),
@@ -429,7 +510,7 @@ def track_drift(
     stage(
         "analysis",
         analysis_key,
-        lambda d: _analyse(config, out, d, items, persona_dir, pairs_done, judge_calibration),
+        lambda d: _analyse(config, out, d, items, persona_dir, pairs_done, judge_calibration, intermediate),
     )
     summary = json.loads((out / "analysis" / "summary.json").read_text())
     summary["ran"] = ran
@@ -484,6 +565,7 @@ def _analyse(
     persona_dir: Path,
     pairs_done: dict,
     judge_calibration: dict | None = None,
+    intermediate: dict[str, dict[int, str]] | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
     runs = {name: out / folder for name, folder in RUNS.items()}
@@ -530,6 +612,7 @@ def _analyse(
         behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
     head = headline(result, behaviour)
     runs_result = result["runs"]
+    monitoring = _monitoring(config, out, runs, result, directions, misalignment, behaviour, intermediate)
 
     def anchor(run: str, end: bool) -> float:
         return runs_result[run]["anchor_projection"][-1 if end else 0][layer]
@@ -575,6 +658,7 @@ def _analyse(
             "Behaviour vs representation",
             plots.behaviour_vs_representation(points, plot_dir / "behaviour_vs_representation.png"),
         ),
+        ("Monitoring timeline", dashboard.timeline(monitoring, plot_dir / "monitoring_timeline.png", title)),
     ]
     table = drift_table(result, behaviour)
     judge_note = describe(config.judge, judge_calibration)
@@ -591,6 +675,7 @@ def _analyse(
         "contrast_pairs": quality,
         "contrast": json.loads((out / "contrast" / "done.json").read_text()),
         "misalignment_direction": misalignment.meta,
+        "monitoring": monitoring,
     }
     metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
     atomic_write_json(stage / "metrics.json", metrics)
@@ -611,6 +696,8 @@ def _analyse(
                 ["finding"],
                 [[line] for line in sentences],
             ),
+            Table("Monitoring", ["finding"], [[line] for line in monitoring["sentences"]]),
+            *_family_tables(out, config),
         ],
         images,
         asdict(config),
@@ -619,6 +706,7 @@ def _analyse(
         "table": table,
         "headline": head,
         "null_summary": sentences,
+        "monitoring": monitoring["sentences"],
         "anchor_strength": result["anchor_strength"],
         "best_layer": layer,
         "report": str(report),
@@ -628,6 +716,84 @@ def _analyse(
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}
+
+
+def _monitoring(
+    config: TrackConfig,
+    out: Path,
+    runs: dict[str, Path],
+    result: dict,
+    directions,
+    misalignment: DirectionStack,
+    behaviour: dict,
+    intermediate: dict[str, dict[int, str]] | None,
+) -> dict:
+    """Alarms, phase transitions and (with `monitor`) the lead time, at the chosen layer on the
+    report half of the prompts; the assistant axis joins the frozen directions when it was read."""
+    frozen = {"persona": directions.diff_in_means, "misalignment": misalignment.vectors}
+    axis_path = out / "assistant_axis" / "axis.safetensors"
+    extra: dict = {}
+    if config.monitor and axis_path.is_file():
+        axis = DirectionStack.load(axis_path)
+        frozen["assistant"] = axis.vectors
+        extra["assistant_axis"] = {
+            "method": axis.meta.get("method"),
+            "cosine_with_persona_by_layer": torch.nn.functional.cosine_similarity(
+                axis.vectors.double(), directions.diff_in_means.double(), dim=-1
+            ).tolist(),
+        }
+    by_step = None
+    if config.monitor:
+        by_step = {}
+        for run in RUNS:
+            start = "base" if run == BASE else "persona"
+            steps = result["runs"][run]["steps"]
+            rates = {
+                0: behaviour[start]["misaligned_rate"],
+                steps[-1]: behaviour[f"{run}_end"]["misaligned_rate"],
+            }
+            for step, name in (intermediate or {}).get(run, {}).items():
+                summary = json.loads((out / "eval" / name / "summary.json").read_text())
+                rates[step] = summary["metrics"]["misaligned_rate"]
+            by_step[run] = {
+                k: {**v, "value": None if v["value"] != v["value"] else v["value"]}
+                for k, v in sorted(rates.items())
+            }
+    layer = result["best_layer"]
+    monitoring = dashboard.monitor_runs(
+        runs, layer, result["layer_selection"]["report_prompts"], frozen, by_step, config.judge, config.seed
+    )
+    monitoring.update(extra)
+    monitoring["sentences"] = dashboard.sentences(monitoring)
+    if "assistant_axis" in extra:
+        cos = extra["assistant_axis"]["cosine_with_persona_by_layer"][layer]
+        monitoring["sentences"].append(
+            f"assistant axis (a variant of Lu et al. 2026): cosine with the persona direction {cos:.3f} at layer {layer}."
+        )
+    return monitoring
+
+
+def _family_tables(out: Path, config: TrackConfig) -> list[Table]:
+    """Misaligned rate per question family of the end-of-EM evaluations (triggered variants)."""
+    if not config.monitor:
+        return []
+    rows = []
+    for run in RUNS:
+        summary = json.loads((out / "eval" / f"{run}_end" / "summary.json").read_text())
+        for family, metrics in summary.get("by_family", {}).items():
+            rate = metrics["misaligned_rate"]
+            gap = summary["family_gap"].get(family, {})
+            rows.append([RUN_NAMES[run], family, rate["value"], f"[{_fmt(rate['ci95'][0])}, {_fmt(rate['ci95'][1])}]",
+                         gap.get("value"), rate["n"]])  # fmt: skip
+    return [
+        Table(
+            "Triggered evaluations: misaligned rate by question family at the end of EM",
+            ["run", "family", "misaligned rate", "ci95", "minus plain", "answers"],
+            rows,
+            "Families resembling the training context (code, JSON, template, the dataset's domain); a rate above "
+            "the plain questions' would be conditional misalignment.",
+        )
+    ]
 
 
 def _filter_note(contrast_done: dict) -> str:
@@ -725,6 +891,27 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
+def _detector(seeds: list[int], runs: list[Path], per_seed: list[dict]) -> dict:
+    """The drift detector across seeds: each seed's runs at its own chosen layer (the features are
+    unit-free shifts), fitted on the first seed, tested on the others."""
+    series = []
+    for seed, run, metrics in zip(seeds, runs, per_seed, strict=True):
+        directions = Directions.load(run / "analysis" / "directions.safetensors")
+        misalignment = DirectionStack.load(run / "analysis" / "misalignment_direction.safetensors")
+        frozen = {"persona": directions.diff_in_means, "misalignment": misalignment.vectors}
+        series += dashboard.detector_series(
+            {name: run / folder for name, folder in RUNS.items()},
+            seed,
+            metrics["drift"]["best_layer"],
+            metrics["drift"]["layer_selection"]["report_prompts"],
+            frozen,
+        )
+    try:
+        return drift_detector(series, train_seeds=seeds[:1], test_seeds=seeds[1:], seed=seeds[0])
+    except ValueError as err:
+        return {"value": None, "reason": str(err)}
+
+
 def default_pooled_out(config: TrackConfig, seeds: list[int]) -> Path:
     single = default_out(config)
     return single.with_name(single.name.replace(f"-s{config.seed}", f"-seeds{'-'.join(map(str, seeds))}"))
@@ -757,9 +944,18 @@ def track_seeds(
             for line in null_sentences(pooled["nulls"], layers[0])
         ]
     )
+    detector = _detector(seeds, runs, per_seed)
+    sentences.append(
+        f"EM-vs-control drift detector (fitted on seed {detector['train_seeds']}, tested on {detector['test_seeds']}): "
+        f"held-out AUROC {_fmt(detector['value'])} [{_fmt(detector['ci95'][0])}, {_fmt(detector['ci95'][1])}] "
+        f"over {detector['n']} test checkpoints."
+        if detector.get("value") is not None
+        else f"EM-vs-control drift detector: not computable ({detector['reason']})."
+    )
     judge_note = describe(config.judge, judge_calibration)
     metrics = {
         **pooled,
+        "detector": detector,
         "runs": [str(r) for r in runs],
         "best_layer_by_seed": layers,
         "null_summary": sentences,

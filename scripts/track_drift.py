@@ -100,7 +100,16 @@ def main() -> None:
         help="several seeds: the whole experiment once per seed, then every headline number pooled as "
         "the mean with a t-interval over seeds (in <out>/analysis/metrics.json)",
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny settings for an end-to-end check")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny settings for an end-to-end check (monitoring on)"
+    )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="full monitoring: the assistant axis, behaviour at every 2nd recorded checkpoint (behavioural "
+        "alarm, lead time) and triggered question variants at the end of EM (alarms and phase transitions "
+        "always run); on CPU it adds several minutes",
+    )
     parser.add_argument(
         "--out",
         help="run directory (default: runs/<persona>-<model>-<dataset>-s<seed>); with --seeds the pooled "
@@ -141,6 +150,7 @@ def main() -> None:
         filter_contrast=args.filter_contrast == "on"
         or (args.filter_contrast == "auto" and args.judge.startswith("openai:")),
         **(SMOKE if args.smoke else {}),
+        **({"monitor": True} if args.monitor else {}),
     )
     out = Path(args.out) if args.out else default_out(config)
     start = time.perf_counter()
@@ -186,6 +196,9 @@ def main() -> None:
     print("\nagainst the null:")
     for line in summary["null_summary"]:
         print(f"  {line}")
+    print("\nmonitoring:")
+    for line in summary.get("monitoring", []):
+        print(f"  {line}")
     pairs = summary.get("contrast_pairs")
     if pairs:
         print(
@@ -220,7 +233,7 @@ def print_headline(head: dict) -> None:
 
 def print_pooled(pooled: dict) -> None:
     print_headline(pooled["headline"])
-    print("\nagainst the null, seed by seed:")
+    print("\nagainst the null, seed by seed (and the drift detector):")
     for line in pooled["null_summary"]:
         print(f"  {line}")
     print(f"\nreport:  {pooled['report']}\nmetrics: {pooled['metrics']}")

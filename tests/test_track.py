@@ -21,6 +21,7 @@ PLOTS = [
     "stability_heatmap.png",
     "pca_trajectory.png",
     "behaviour_vs_representation.png",
+    "monitoring_timeline.png",
 ]
 
 
@@ -78,6 +79,16 @@ def check_artefacts(run: Path) -> dict:
     selection = drift["layer_selection"]
     assert not set(selection["selection_prompts"]) & set(selection["report_prompts"])
     assert metrics["misalignment_direction"]["model"] and metrics["drift"]["probe"]["split"] == "by question"
+    # Monitoring (smoke turns it on): alarms and transitions per run, the assistant axis, triggered variants.
+    monitoring = metrics["monitoring"]
+    assert set(monitoring["runs"]) == {"persona", "base", "control"}
+    for entry in monitoring["runs"].values():
+        assert set(entry["representation"]["directions"]) == {"persona", "misalignment", "assistant"}
+        assert "transition_steps" in entry["transitions"] and "lead_time" in entry
+    assert len(monitoring["assistant_axis"]["cosine_with_persona_by_layer"]) == drift["n_layers"]
+    assert "Monitoring" in report and "Triggered evaluations" in report
+    families = json.loads((run / "eval" / "persona_end" / "summary.json").read_text())["by_family"]
+    assert {"plain", "json", "template", "code"} <= set(families)
     return metrics
 
 
