@@ -133,6 +133,11 @@ def main() -> None:
         readout = LinearReadout.from_directions(directions, probe_layer)
     except (ValueError, KeyError) as err:
         parser.error(f"--layers/--read-layer/--probe-layer: {err}")
+    if read_layer < max(layers):
+        print(
+            f"warning: read layer {read_layer} is upstream of steered layer {max(layers)}: the in-hook "
+            "anchor read cannot see that steering (the clean-pass probe read-out is unaffected)"
+        )
     vectors = steering_vectors(directions.diff_in_means, directions.layers, layers)
     persona = load_persona(config.persona)
     trait = "; ".join(t.trait for t in persona.traits[:3])
