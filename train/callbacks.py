@@ -3,15 +3,19 @@ the same probe sets: the drift curves are made of these reads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import torch
+from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from anchor.chat import Conversation
 from anchor.extract import ReadMode, extract
+from anchor.hooks import find_blocks
 from anchor.store import ActivationStore
 from train.distributed import barrier, is_main, params_sharded, rank, world_size
 
@@ -25,6 +29,72 @@ class ProbeSet:
     layers: Sequence[int] | None = None
 
 
+# The liftable hooks installed on each model, keyed by its decoder-block list: the one module a
+# PEFT wrapper, the merged model and the trainer's view of the model all share.
+_LIFTABLE: WeakKeyDictionary[nn.Module, list[LiftableHooks]] = WeakKeyDictionary()
+
+
+class LiftableHooks:
+    """Hooks that stay on a model while it trains but come off while a checkpoint is read.
+
+    An intervention during training (an ablation, a steering vector) must not also act on the
+    read-outs that measure what training did: an anchor read with the anchor direction projected
+    out is low by construction. Entered, this installs `install()` (e.g. `lambda: ablate(...)`)
+    and registers itself on the model; `ActivationRecorder` then reads every probe set once with
+    the hooks lifted (the clean read, under the usual names) and once with them on (entries
+    suffixed `.<label>`). Lifting removes the hooks and installs a fresh copy afterwards, so a
+    clean read is exactly a read of the trained weights."""
+
+    def __init__(self, model: nn.Module, install: Callable[[], AbstractContextManager], label: str) -> None:
+        self.model, self.install, self.label = model, install, label
+        self._stack: ExitStack | None = None
+
+    def _on(self) -> None:
+        self._stack = ExitStack()
+        self._stack.enter_context(self.install())
+
+    def _off(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def __enter__(self) -> LiftableHooks:
+        self._on()
+        _LIFTABLE.setdefault(find_blocks(self.model), []).append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._off()
+        finally:
+            registered = _LIFTABLE.get(find_blocks(self.model), [])
+            if self in registered:
+                registered.remove(self)
+
+    @contextmanager
+    def lifted(self) -> Iterator[None]:
+        """The model without these hooks for the duration (reinstalled on every exit path)."""
+        self._off()
+        try:
+            yield
+        finally:
+            self._on()
+
+
+def liftable_hooks(model: nn.Module) -> list[LiftableHooks]:
+    """The liftable hooks now installed on `model` (any wrapper of the same decoder blocks)."""
+    return list(_LIFTABLE.get(find_blocks(model), []))
+
+
+@contextmanager
+def hooks_lifted(model: nn.Module) -> Iterator[None]:
+    """`model` with every liftable hook off (a no-op on a model without any)."""
+    with ExitStack() as stack:
+        for hooks in reversed(liftable_hooks(model)):
+            stack.enter_context(hooks.lifted())
+        yield
+
+
 def record(
     model,
     tokenizer,
@@ -33,10 +103,11 @@ def record(
     checkpoint: str,
     meta: dict | None = None,
     write: bool = True,
+    suffix: str = "",
 ) -> list[str]:
-    """Read every probe set at one checkpoint into `store` as `<checkpoint>/<probe set>`, in eval
-    mode (no dropout) and restoring the mode after. Returns the entry names. `write=False` runs
-    the read without saving it (a rank that only takes part in a sharded forward pass)."""
+    """Read every probe set at one checkpoint into `store` as `<checkpoint>/<probe set><suffix>`,
+    in eval mode (no dropout) and restoring the mode after. Returns the entry names. `write=False`
+    runs the read without saving it (a rank that only takes part in a sharded forward pass)."""
     was_training = model.training
     model.eval()
     names = []
@@ -45,7 +116,7 @@ def record(
             acts = extract(
                 model, tokenizer, probe.conversations, layers=probe.layers, read=probe.read, progress=False
             )
-            entry = f"{checkpoint}/{name}"
+            entry = f"{checkpoint}/{name}{suffix}"
             if write:
                 store.save(entry, acts, {**(meta or {}), "checkpoint": checkpoint, "probe_set": name})
             names.append(entry)
@@ -58,6 +129,10 @@ class ActivationRecorder(TrainerCallback):
     """Every `every` optimiser steps and at the end of training: save the adapter (standard PEFT
     format) under `<adapters_dir>/<stage>/step-XXXXX` and read the probe sets into the store as
     `<stage>/step-XXXXX/<probe set>`.
+
+    The reads are clean: liftable hooks on the model (`LiftableHooks`, e.g. the EM ablation run's)
+    are off while the probe sets are read; with any installed, each probe set is also read with
+    them on, as `<probe set>.<label>` (e.g. `em_questions.ablated`).
 
     Under data parallelism (DDP) rank 0 reads and writes while the other ranks wait at a barrier;
     with sharded parameters (ZeRO-3, FSDP) every rank joins the read's forward pass and rank 0
@@ -99,9 +174,32 @@ class ActivationRecorder(TrainerCallback):
         }
         if is_main() or params_sharded():
             with torch.no_grad():
-                record(model, self.tokenizer, self.store, self.probe_sets, name, meta, write=is_main())
+                self._read(model, name, meta)
         barrier()
         self.recorded.append(step)
+
+    def _read(self, model, name: str, meta: dict) -> None:
+        """The clean read, then one read per liftable hook on the model with only it on."""
+        installed = liftable_hooks(model)
+        with hooks_lifted(model):
+            record(
+                model, self.tokenizer, self.store, self.probe_sets, name, {**meta, "hooks": None}, is_main()
+            )
+        for hooks in installed:
+            others = [h for h in installed if h is not hooks]
+            with ExitStack() as stack:
+                for other in others:
+                    stack.enter_context(other.lifted())
+                record(
+                    model,
+                    self.tokenizer,
+                    self.store,
+                    self.probe_sets,
+                    name,
+                    {**meta, "hooks": hooks.label},
+                    is_main(),
+                    suffix=f".{hooks.label}",
+                )
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kw

@@ -191,20 +191,21 @@ def load_starting_model(model: str, adapter: str | None, device: str | None = No
 
 
 def ablation(model, config: EMRunConfig):
-    """The ablation hook a run asks for, or a no-op."""
+    """The ablation hook a run asks for, or a no-op. The hook is liftable: the checkpoint reads
+    (`ActivationRecorder`) take the anchor read with it off, and again with it on (`.ablated`)."""
     if config.ablate_directions is None:
         return nullcontext()
     from anchor.hooks import ablate
     from probes.directions import Directions
+    from train.callbacks import LiftableHooks
 
     directions = Directions.load(config.ablate_directions)
     layers = list(config.ablate_layers or directions.layers)
     missing = sorted(set(layers) - set(directions.layers))
     if missing:
         raise ValueError(f"{config.ablate_directions}: no directions for layers {missing}")
-    return ablate(
-        model, {layer: directions.diff_in_means[directions.layers.index(layer)] for layer in layers}
-    )
+    vectors = {layer: directions.diff_in_means[directions.layers.index(layer)] for layer in layers}
+    return LiftableHooks(model, lambda: ablate(model, vectors), label="ablated")
 
 
 def finetune_em(
