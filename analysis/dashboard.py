@@ -60,10 +60,13 @@ def monitor_runs(
         )
         entry = {"steps": steps, "representation": alarm, "transitions": detect_run_transitions(run)}
         rates = (behaviour_by_step or {}).get(name)
-        if rates and 0 in rates:
-            entry["behaviour"] = behavioural_alarm(rates, judge_kind_of(judge))
+        if rates:
             entry["behaviour_rates"] = {int(s): dict(r) for s, r in rates.items()}
-            entry["lead_time"] = lead_time(alarm, entry["behaviour"])
+            try:
+                entry["behaviour"] = behavioural_alarm(rates, judge_kind_of(judge))
+                entry["lead_time"] = lead_time(alarm, entry["behaviour"])
+            except ValueError as err:  # no scored answers at step 0: no reference to alarm against
+                entry["lead_time"] = {"lead_steps": None, "words": f"no lead time: {err}"}
         out["runs"][name] = entry
     return out
 
@@ -160,8 +163,12 @@ def timeline(monitoring: Mapping, path: Path, title: str = "") -> Path:
                 low.axvline(behaviour["alarm_step"], color="tab:red", lw=1)
             low.set_title("misaligned rate where evaluated (95% CI)", fontsize=10)
         else:
-            low.text(0.5, 0.5, "behaviour not evaluated\nat intermediate checkpoints", ha="center", va="center",
-                     transform=low.transAxes, color="grey")  # fmt: skip
+            why = (
+                "no usable misaligned rate at step 0\n(no scored answers)"
+                if "behaviour_rates" in entry
+                else "behaviour not evaluated\nat intermediate checkpoints"
+            )
+            low.text(0.5, 0.5, why, ha="center", va="center", transform=low.transAxes, color="grey")
             low.set_title("misaligned rate", fontsize=10)
         low.set(xlabel="EM fine-tuning step", ylabel="misaligned rate")
         for ax in (top, mid, low):
