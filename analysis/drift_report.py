@@ -37,6 +37,7 @@ from probes.directions import fit_logistic
 from train.em import checkpoints
 
 PERSONA, BASE, CONTROL = "persona", "base", "control"
+RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}  # their folders in a tracked run
 BARE, SYSTEM = "persona_contrast_bare", "persona_contrast"  # the two reads of the contrast set
 DEFAULT_PROBES = ("em_questions", "persona_questions")
 

@@ -27,15 +27,13 @@ from analysis.track import (  # noqa: E402
     CPU_CHECKPOINT_EVERY,
     CPU_EM_ROWS,
     SMOKE,
-    TABLE_HEADER,
-    TABLE_KEYS,
     Resources,
     TrackConfig,
     default_out,
-    default_pooled_out,
     track_drift,
-    track_seeds,
 )
+from analysis.track_report import TABLE_HEADER, TABLE_KEYS  # noqa: E402
+from analysis.track_seeds import default_pooled_out, track_seeds  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
 
 

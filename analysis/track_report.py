@@ -1,0 +1,362 @@
+"""The analysis stage of the main experiment: drift metrics with their nulls, headline numbers,
+monitoring, plots, tables and the self-contained report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from analysis import dashboard, plots
+from analysis.calibration import describe
+from analysis.contrast_quality import contrast_quality, contrast_table
+from analysis.drift_report import BARE, BASE, PERSONA, RUNS, compute_drift
+from analysis.headline import RUN_NAMES, headline, null_sentences
+from analysis.report import Table, write_report
+from analysis.track_stages import judged_misalignment_direction
+from anchor.store import ActivationStore, atomic_write_json
+from probes.contrast import ContrastItem
+from probes.directions import DirectionStack, fit_directions
+from train.em import (
+    checkpoints,
+)
+
+if TYPE_CHECKING:
+    from analysis.track import TrackConfig
+
+
+def analyse(
+    config: TrackConfig,
+    out: Path,
+    stage: Path,
+    items: list[ContrastItem],
+    persona_dir: Path,
+    pairs_done: dict,
+    judge_calibration: dict | None = None,
+    intermediate: dict[str, dict[int, str]] | None = None,
+) -> dict:
+    labels = torch.tensor([i.label for i in items])
+    runs = {name: out / folder for name, folder in RUNS.items()}
+    misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
+    judged = judged_misalignment_direction(config, out)
+    result = compute_drift(
+        runs,
+        labels,
+        [(i.question, i.pair) for i in items],
+        questions=[i.question for i in items],
+        misalignment=misalignment.vectors,
+        judged_misalignment=judged,
+        axis_run=config.axis,
+        seed=config.seed,
+    )
+    layer = result["best_layer"]
+    misalignment.save(stage / "misalignment_direction.safetensors")
+
+    # Directions at the reference (the persona model before EM, read without the system prompt),
+    # for steering and probe judges; they record the model and adapters they were read from.
+    reference = out / RUNS[PERSONA]
+    contrast_r = ActivationStore(reference / "activations").load(f"{checkpoints(reference)[0]}/{BARE}")
+    directions = fit_directions(
+        contrast_r.tensor,
+        labels,
+        groups=[i.question for i in items],
+        layers=contrast_r.layers,
+        seed=config.seed,
+        meta={
+            "persona": config.persona,
+            "model": str(persona_dir / "dpo" / "merged"),
+            "adapter": str(persona_dir / "sft" / "adapter"),
+            "base_model": config.model,
+            "config": {"model": config.model},
+            "checkpoint": "persona model before EM",
+            "read": "contrast responses without their system prompt, response-averaged",
+        },
+    )
+    directions.save(stage / "directions.safetensors")
+    quality = contrast_quality(directions, pairs_done, len(items), len({i.question for i in items}))
+
+    behaviour = {}
+    for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
+        behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
+    head = headline(result, behaviour)
+    runs_result = result["runs"]
+    monitoring = _monitoring(config, out, runs, result, directions, misalignment, behaviour, intermediate)
+
+    def anchor(run: str, end: bool) -> float:
+        return runs_result[run]["anchor_projection"][-1 if end else 0][layer]
+
+    points = []
+    for run in RUNS:
+        start = "persona" if run != BASE else "base"
+        points += [
+            {"run": run, "label": start, "anchor_projection": anchor(run, False), **_rate(behaviour[start])},
+            {
+                "run": run,
+                "label": f"{run} + EM end",
+                "anchor_projection": anchor(run, True),
+                **_rate(behaviour[f"{run}_end"]),
+            },
+        ]
+    plot_dir = stage / "plots"
+    title = f"'{config.persona}' on {config.model}: EM on {config.em_dataset}"
+    trajectories = {
+        name: torch.stack(
+            [
+                ActivationStore(run / "activations")
+                .load(f"{c}/em_questions")
+                .tensor[:, layer]
+                .double()
+                .mean(0)
+                for c in runs_result[name]["checkpoints"]
+            ]
+        )
+        for name, run in runs.items()
+    }
+    v_r = directions.diff_in_means[directions.layers.index(layer)]  # the persona direction at r
+    images = [
+        ("Drift curves", plots.drift_curves(result, plot_dir / "drift_curves.png", title)),
+        ("Layer profile", plots.layer_profile(result, plot_dir / "layer_profile.png", title)),
+        (
+            "Movement along the misalignment direction",
+            plots.misalignment_movement(result, plot_dir / "misalignment_movement.png", title),
+        ),
+        ("Direction stability by layer", plots.stability_heatmap(result, plot_dir / "stability_heatmap.png")),
+        ("PCA trajectory", plots.pca_trajectory(trajectories, v_r, layer, plot_dir / "pca_trajectory.png")),
+        (
+            "Behaviour vs representation",
+            plots.behaviour_vs_representation(points, plot_dir / "behaviour_vs_representation.png"),
+        ),
+        ("Monitoring timeline", dashboard.timeline(monitoring, plot_dir / "monitoring_timeline.png", title)),
+    ]
+    table = drift_table(result, behaviour)
+    judge_note = describe(config.judge, judge_calibration)
+    sentences = null_sentences(result["nulls"], layer)
+    metrics = {
+        "seed": config.seed,
+        "headline": head,
+        "nulls": result["nulls"],
+        "null_summary": sentences,
+        "drift": result,
+        "behaviour": behaviour,
+        "points": points,
+        "table": table,
+        "contrast_pairs": quality,
+        "contrast": json.loads((out / "contrast" / "done.json").read_text()),
+        "misalignment_direction": misalignment.meta,
+        "monitoring": monitoring,
+    }
+    metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
+    atomic_write_json(stage / "metrics.json", metrics)
+    report = write_report(
+        out / "report.html",
+        f"Identity anchor: {title}",
+        f"Anchor projection is measured at layer {layer}, chosen on one half of the default-behaviour "
+        "prompts (where character training moved default behaviour furthest along the persona direction) "
+        "and reported on the other half. The persona direction is read from the contrast responses "
+        f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
+        f"intervals resample questions. {judge_note}",
+        [
+            contrast_table(quality),
+            Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
+            headline_table(head),
+            Table(
+                "Against the null (95th percentile, in the effect's direction)",
+                ["finding"],
+                [[line] for line in sentences],
+            ),
+            Table("Monitoring", ["finding"], [[line] for line in monitoring["sentences"]]),
+            *_family_tables(out, config),
+        ],
+        images,
+        asdict(config),
+    )
+    summary = {
+        "table": table,
+        "headline": head,
+        "null_summary": sentences,
+        "monitoring": monitoring["sentences"],
+        "anchor_strength": result["anchor_strength"],
+        "best_layer": layer,
+        "report": str(report),
+        "plots": [str(p) for _, p in images],
+        "metrics": str(stage / "metrics.json"),
+        "contrast_pairs": quality,
+    }
+    atomic_write_json(stage / "summary.json", summary)
+    return {"best_layer": layer}
+
+
+def _monitoring(
+    config: TrackConfig,
+    out: Path,
+    runs: dict[str, Path],
+    result: dict,
+    directions,
+    misalignment: DirectionStack,
+    behaviour: dict,
+    intermediate: dict[str, dict[int, str]] | None,
+) -> dict:
+    """Alarms, phase transitions and (with `monitor`) the lead time, at the chosen layer on the
+    report half of the prompts; the assistant axis joins the frozen directions when it was read."""
+    frozen = {"persona": directions.diff_in_means, "misalignment": misalignment.vectors}
+    axis_path = out / "assistant_axis" / "axis.safetensors"
+    extra: dict = {}
+    if config.monitor and axis_path.is_file():
+        axis = DirectionStack.load(axis_path)
+        frozen["assistant"] = axis.vectors
+        extra["assistant_axis"] = {
+            "method": axis.meta.get("method"),
+            "cosine_with_persona_by_layer": torch.nn.functional.cosine_similarity(
+                axis.vectors.double(), directions.diff_in_means.double(), dim=-1
+            ).tolist(),
+        }
+    by_step = None
+    if config.monitor:
+        by_step = {}
+        for run in RUNS:
+            start = "base" if run == BASE else "persona"
+            steps = result["runs"][run]["steps"]
+            rates = {
+                0: behaviour[start]["misaligned_rate"],
+                steps[-1]: behaviour[f"{run}_end"]["misaligned_rate"],
+            }
+            for step, name in (intermediate or {}).get(run, {}).items():
+                summary = json.loads((out / "eval" / name / "summary.json").read_text())
+                rates[step] = summary["metrics"]["misaligned_rate"]
+            by_step[run] = {
+                k: {**v, "value": None if v["value"] != v["value"] else v["value"]}
+                for k, v in sorted(rates.items())
+            }
+    layer = result["best_layer"]
+    monitoring = dashboard.monitor_runs(
+        runs, layer, result["layer_selection"]["report_prompts"], frozen, by_step, config.judge, config.seed
+    )
+    monitoring.update(extra)
+    monitoring["sentences"] = dashboard.sentences(monitoring)
+    if "assistant_axis" in extra:
+        cos = extra["assistant_axis"]["cosine_with_persona_by_layer"][layer]
+        monitoring["sentences"].append(
+            f"assistant axis (a variant of Lu et al. 2026): cosine with the persona direction {cos:.3f} at layer {layer}."
+        )
+    return monitoring
+
+
+def _family_tables(out: Path, config: TrackConfig) -> list[Table]:
+    """Misaligned rate per question family of the end-of-EM evaluations (triggered variants)."""
+    if not config.monitor:
+        return []
+    rows = []
+    for run in RUNS:
+        summary = json.loads((out / "eval" / f"{run}_end" / "summary.json").read_text())
+        for family, metrics in summary.get("by_family", {}).items():
+            rate = metrics["misaligned_rate"]
+            gap = summary["family_gap"].get(family, {})
+            rows.append([RUN_NAMES[run], family, rate["value"], f"[{_fmt(rate['ci95'][0])}, {_fmt(rate['ci95'][1])}]",
+                         gap.get("value"), rate["n"]])  # fmt: skip
+    return [
+        Table(
+            "Triggered evaluations: misaligned rate by question family at the end of EM",
+            ["run", "family", "misaligned rate", "ci95", "minus plain", "answers"],
+            rows,
+            "Families resembling the training context (code, JSON, template, the dataset's domain); a rate above "
+            "the plain questions' would be conditional misalignment.",
+        )
+    ]
+
+
+def _filter_note(contrast_done: dict) -> str:
+    kept = contrast_done.get("filter")
+    if kept is None:
+        return (
+            "The contrast set is not filtered by a judge (Persona Vectors' filter needs a real judge: "
+            "--filter-contrast on)."
+        )
+    return (
+        f"The contrast set is filtered by {kept['judge']} (Persona Vectors' rule): {kept['kept_pairs']} of "
+        f"{kept['pairs']} pairs kept; dropped answers: {kept['dropped_items'] or 'none'}."
+    )
+
+
+def _rate(metrics: dict) -> dict:
+    """The misaligned rate as the plots take it: a missing rate (no scored answers) stays NaN."""
+    m = metrics["misaligned_rate"]
+    nan = float("nan")
+    value = m["value"] if m["value"] is not None else nan
+    low, high = (x if x is not None else nan for x in m["ci95"])
+    return {"misaligned_rate": value, "ci95": [low, high]}
+
+
+TABLE_KEYS = [
+    "model",
+    "anchor_before",
+    "anchor_after",
+    "drift_auc_signed",
+    "drift_auc",
+    "stability_end",
+    "stability_end_with_system",
+    "probe_transfer_end",
+    "misaligned_before",
+    "misaligned_after",
+]
+TABLE_HEADER = [
+    "model",
+    "anchor before",
+    "anchor after",
+    "drift AUC (signed)",
+    "drift AUC (abs)",
+    "stability",
+    "stability w/ sys",
+    "probe held-out",
+    "misaligned before",
+    "misaligned after",
+]
+
+
+def drift_table(result: dict, behaviour: dict) -> list[dict]:
+    """One row per EM run at the chosen layer; a rate with no scored answers is None (missing),
+    never 0."""
+    layer = result["best_layer"]
+    rows = []
+    for run, data in result["runs"].items():
+        start = "base" if run == BASE else "persona"
+
+        def rate(name: str) -> float | None:
+            value = behaviour[name]["misaligned_rate"]["value"]
+            return None if value is None or value != value else value
+
+        rows.append(
+            {
+                "model": RUN_NAMES[run],
+                "anchor_before": data["anchor_projection"][0][layer],
+                "anchor_after": data["anchor_projection"][-1][layer],
+                "drift_auc_signed": data["drift_auc_signed"],
+                "drift_auc": data["drift_auc"],
+                "stability_end": data["direction_stability"][-1][layer],
+                "stability_end_with_system": data["direction_stability_with_system"][-1][layer],
+                "probe_transfer_end": data["probe_transfer"][-1][layer],
+                "misaligned_before": rate(start),
+                "misaligned_after": rate(f"{run}_end"),
+            }
+        )
+    return rows
+
+
+def headline_table(head: dict) -> Table:
+    """The headline numbers with their intervals, one row each."""
+    rows = []
+    for key, per in head.items():
+        for name, number in (per or {}).items():
+            if number is None or "ci95" not in number:
+                reason = (number or {}).get("reason", "not available")
+                rows.append([key, name, "n/a", reason, ""])
+                continue
+            low, high = number["ci95"]
+            rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", number["n"]])
+    return Table("Headline numbers (95% intervals)", ["number", "model / run", "value", "ci95", "n"], rows)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"

@@ -1,0 +1,116 @@
+"""The main experiment over several seeds: each seed a full run, every headline number pooled
+(mean and t-interval over seeds), the nulls seed by seed, and the drift detector fitted on one
+seed and tested on the others."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from analysis import dashboard
+from analysis.calibration import describe
+from analysis.drift_report import RUNS
+from analysis.headline import null_sentences, pool_seeds
+from analysis.monitor import drift_detector
+from analysis.report import Table, write_report
+from analysis.track import Resources, TrackConfig, default_out, track_drift
+from analysis.track_report import _fmt, headline_table
+from anchor.store import atomic_write_json
+from probes.directions import Directions, DirectionStack
+
+
+def _detector(seeds: list[int], runs: list[Path], per_seed: list[dict]) -> dict:
+    """The drift detector across seeds: each seed's runs at its own chosen layer (the features are
+    unit-free shifts), fitted on the first seed, tested on the others."""
+    series = []
+    for seed, run, metrics in zip(seeds, runs, per_seed, strict=True):
+        directions = Directions.load(run / "analysis" / "directions.safetensors")
+        misalignment = DirectionStack.load(run / "analysis" / "misalignment_direction.safetensors")
+        frozen = {"persona": directions.diff_in_means, "misalignment": misalignment.vectors}
+        series += dashboard.detector_series(
+            {name: run / folder for name, folder in RUNS.items()},
+            seed,
+            metrics["drift"]["best_layer"],
+            metrics["drift"]["layer_selection"]["report_prompts"],
+            frozen,
+        )
+    try:
+        return drift_detector(series, train_seeds=seeds[:1], test_seeds=seeds[1:], seed=seeds[0])
+    except ValueError as err:
+        return {"value": None, "reason": str(err)}
+
+
+def default_pooled_out(config: TrackConfig, seeds: list[int]) -> Path:
+    single = default_out(config)
+    return single.with_name(single.name.replace(f"-s{config.seed}", f"-seeds{'-'.join(map(str, seeds))}"))
+
+
+def track_seeds(
+    config: TrackConfig,
+    seeds: list[int],
+    runs: list[Path],
+    out: Path,
+    log=print,
+    resources: Resources | None = None,
+    judge_calibration: dict | None = None,
+) -> dict:
+    """The whole experiment once per seed (each a resumable run in `runs[i]`: character training,
+    contrast set, EM and evaluation all reseeded), then every headline number pooled across seeds
+    in `<out>/analysis/metrics.json`: the mean with a t-interval over seeds, n = the seeds."""
+    summaries = []
+    for seed, run in zip(seeds, runs, strict=True):
+        log(f"seed {seed}: {run}")
+        summaries.append(track_drift(replace(config, seed=seed), run, log, resources, judge_calibration))
+    per_seed = [json.loads((run / "analysis" / "metrics.json").read_text()) for run in runs]
+    pooled = pool_seeds(per_seed)
+    layers = [m["drift"]["best_layer"] for m in per_seed]
+    sentences = (
+        null_sentences(pooled["nulls"], layers[0])
+        if len(set(layers)) == 1
+        else [
+            line.replace(f"(layer {layers[0]})", f"(layers {layers} by seed)")
+            for line in null_sentences(pooled["nulls"], layers[0])
+        ]
+    )
+    detector = _detector(seeds, runs, per_seed)
+    sentences.append(
+        f"EM-vs-control drift detector (fitted on seed {detector['train_seeds']}, tested on {detector['test_seeds']}): "
+        f"held-out AUROC {_fmt(detector['value'])} [{_fmt(detector['ci95'][0])}, {_fmt(detector['ci95'][1])}] "
+        f"over {detector['n']} test checkpoints."
+        if detector.get("value") is not None
+        else f"EM-vs-control drift detector: not computable ({detector['reason']})."
+    )
+    judge_note = describe(config.judge, judge_calibration)
+    metrics = {
+        **pooled,
+        "detector": detector,
+        "runs": [str(r) for r in runs],
+        "best_layer_by_seed": layers,
+        "null_summary": sentences,
+        "per_seed_headline": {str(m["seed"]): m["headline"] for m in per_seed},
+        "judge": {"spec": config.judge, "calibration": judge_calibration, "note": judge_note},
+    }
+    atomic_write_json(out / "analysis" / "metrics.json", metrics)
+    title = f"'{config.persona}' on {config.model}: EM on {config.em_dataset}, seeds {seeds}"
+    report = write_report(
+        out / "report.html",
+        f"Identity anchor: {title}",
+        f"Each number is the mean over {len(seeds)} seeds with a Student-t 95% interval over the seeds "
+        f"(each seed at its own chosen layer: {layers}). Every seed reran character training, the "
+        f"contrast set, EM and the evaluation. {judge_note}",
+        [
+            headline_table(pooled["headline"]),
+            Table("Against the null, seed by seed", ["finding"], [[line] for line in sentences]),
+        ],
+        [],
+        {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},
+    )
+    return {
+        "headline": pooled["headline"],
+        "null_summary": sentences,
+        "metrics": str(out / "analysis" / "metrics.json"),
+        "report": str(report),
+        "runs": [str(r) for r in runs],
+        "ran": [stage for s in summaries for stage in s["ran"]],
+    }
