@@ -509,8 +509,9 @@ def _nulls(
         null_stability = [
             _cos(drift.persona_direction(contrast_end, s), v0) for s, v0 in zip(shuffles, v_r_null)
         ]
-        figures["direction_stability_vs_shuffled_labels"] = null_percentile(
-            _cos(v_end, axis.v_r[best]), null_stability, "less"
+        # as rotation, 1 - stability, so its size reads directly (stabilities all print as 1.000)
+        figures["direction_rotation_vs_shuffled_labels"] = null_percentile(
+            1 - _cos(v_end, axis.v_r[best]), [1 - x for x in null_stability], "greater"
         )
         w, b = fit_probe(contrast_r[train][:, None], labels[train])
         null_transfer = []
@@ -531,10 +532,10 @@ def _nulls(
                     drift.contrast_subspace(y[:, None], lab, pairs, k),
                 )[0]
             )
-            figures["subspace_overlap_vs_shuffled_labels"] = null_percentile(
-                overlap(contrast_end, contrast_r, labels),
-                [overlap(contrast_end, contrast_r, s) for s in shuffles],
-                "less",
+            figures["subspace_loss_vs_shuffled_labels"] = null_percentile(
+                1 - overlap(contrast_end, contrast_r, labels),
+                [1 - overlap(contrast_end, contrast_r, s) for s in shuffles],
+                "greater",
             )
         result[name] = figures
     return result

@@ -23,12 +23,12 @@ NULL_FIGURES = {
     "directions",
     "misalignment_movement_vs_random_directions": "movement of default behaviour toward misalignment "
     "against random directions",
-    "direction_stability_vs_shuffled_labels": "rotation of the persona direction (1 - stability) against "
+    "direction_rotation_vs_shuffled_labels": "rotation of the persona direction (1 - stability) against "
     "refits with labels shuffled within questions",
     "probe_transfer_vs_shuffled_labels": "held-out probe accuracy after EM against probes fitted on "
     "shuffled labels",
-    "subspace_overlap_vs_shuffled_labels": "loss of contrast-subspace overlap against refits with "
-    "shuffled labels",
+    "subspace_loss_vs_shuffled_labels": "loss of contrast-subspace overlap (1 - overlap) against refits "
+    "with shuffled labels",
 }
 
 

@@ -114,8 +114,8 @@ def test_movement_toward_misalignment_is_found_only_where_it_happened(experiment
 def test_a_rotating_persona_direction_exceeds_the_shuffled_label_null_and_a_still_one_does_not(experiment):
     result = experiment["result"]
     nulls, layer = result["nulls"], result["best_layer"]
-    assert nulls["persona"]["direction_stability_vs_shuffled_labels"]["exceeds_95"]
-    assert not nulls["control"]["direction_stability_vs_shuffled_labels"]["exceeds_95"]
+    assert nulls["persona"]["direction_rotation_vs_shuffled_labels"]["exceeds_95"]
+    assert not nulls["control"]["direction_rotation_vs_shuffled_labels"]["exceeds_95"]
     # the probe fitted before EM still reads the unmoved runs, and fails on the rotated one
     assert nulls["control"]["probe_transfer_vs_shuffled_labels"]["exceeds_95"]
     assert result["runs"]["persona"]["probe_transfer"][-1][layer] < 0.8

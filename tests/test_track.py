@@ -68,8 +68,7 @@ def check_artefacts(run: Path) -> dict:
     assert set(head["anchor_strength"]) == {"vs_base", "vs_control"}
     for figures in metrics["nulls"].values():
         assert (
-            "drift_auc_vs_random_directions" in figures
-            and "direction_stability_vs_shuffled_labels" in figures
+            "drift_auc_vs_random_directions" in figures and "direction_rotation_vs_shuffled_labels" in figures
         )
         for null in figures.values():
             assert 0 <= null["percentile"] <= 100 and null["n_null"] >= 20
