@@ -41,10 +41,12 @@ def monitor_runs(
     behaviour_by_step: Mapping[str, Mapping[int, Mapping]] | None = None,
     judge: str = "",
     seed: int = 0,
+    null: torch.Tensor | None = None,
 ) -> dict:
     """Per run: representation alarms on `directions` (`{name: [L, d]}`, frozen at step 0),
     B-vector phase transitions, and, where `behaviour_by_step[run]` holds misaligned rates at
-    evaluated steps, the behavioural alarm and the lead time."""
+    evaluated steps, the behavioural alarm and the lead time. `null`: the random directions `[N, d]`
+    the drift figures were placed in (`drift_report.null_directions`), so alarms and nulls agree."""
     rows = torch.tensor(report_rows)
     at_layer = {name: d[layer] for name, d in directions.items()}
     out: dict = {"layer": layer, "directions": list(at_layer), "runs": {}}
@@ -55,6 +57,7 @@ def monitor_runs(
             steps,
             at_layer,
             sides={k: SIDES.get(k, "two-sided") for k in at_layer},
+            null=null,
             seed=seed,
             layer=layer,
         )

@@ -233,6 +233,7 @@ def compute_drift(
     for name, run in runs.items():
         ckpts = checkpoints(run)
         start_questions = _acts(run, ckpts[0], "em_questions")
+        start_behaviour = default_behaviour(run, ckpts[0])[report]
         start_neutral = _acts(run, ckpts[0], "neutral")
         series: dict[str, list] = {key: [] for key in SERIES}
         items, projected_by_checkpoint = [], []
@@ -277,9 +278,11 @@ def compute_drift(
                 series[key].append(
                     drift.cosine(shift, direction).nan_to_num().tolist() if direction is not None else None
                 )
-            if misalignment is not None:  # per layer: em_questions' mean change along m, in item spreads
-                along = drift.projections(questions_t, misalignment)
-                along_0 = drift.projections(start_questions, misalignment)
+            if (
+                misalignment is not None
+            ):  # per layer: default behaviour's mean change along m, in item spreads
+                along = drift.projections(behaviour[report], misalignment)
+                along_0 = drift.projections(start_behaviour, misalignment)
                 series["misalignment_movement"].append(
                     ((along.mean(0) - along_0.mean(0)) / along_0.std(0).clamp_min(1e-12)).tolist()
                 )
@@ -437,6 +440,16 @@ def _headline(
     return head
 
 
+def null_directions(axis: AnchorAxis, reference: Path, layer: int, n: int, seed: int) -> torch.Tensor:
+    """`[n, d]` random unit directions u ~ N(0, Sigma) at `layer`, Sigma the covariance of the
+    reference's contrast reads and default behaviour pooled: the one null every projection figure
+    and the monitoring alarms are placed in, so they cannot disagree by construction."""
+    pool = torch.cat(
+        [axis.contrast[:, layer], default_behaviour(reference, checkpoints(reference)[0])[:, layer]]
+    )
+    return drift.gaussian_directions(pool, n, seed)
+
+
 def _nulls(
     runs: Mapping[str, Path],
     out: dict,
@@ -460,9 +473,7 @@ def _nulls(
     projections and cosines), or on `n_null_fits` refits with the labels shuffled within each
     question (for fitted figures)."""
     reference = runs[PERSONA]
-    r = checkpoints(reference)[0]
-    pool = torch.cat([axis.contrast[:, best], default_behaviour(reference, r)[:, best]])
-    u = drift.gaussian_directions(pool, n_null, seed)  # [N, d]
+    u = null_directions(axis, reference, best, n_null, seed)  # [N, d]
     report = torch.tensor(out["layer_selection"]["report_prompts"])
     v_unit = F.normalize(axis.v_r[best].double(), dim=0).float()
     m_unit = F.normalize(misalignment[best].double(), dim=0).float() if misalignment is not None else None
@@ -497,10 +508,9 @@ def _nulls(
             figures["em_shift_cos_misalignment_vs_random_directions"] = null_percentile(
                 _cos(shift, m_unit), null_cos, "greater"
             )
-            along = torch.stack([start, end])  # [2, q, d]
             figures["misalignment_movement_vs_random_directions"] = null_percentile(
-                float(drift.standardised_change(along @ m_unit[:, None])[0, -1]),
-                drift.standardised_change(along @ u.T)[:, -1],
+                float(drift.standardised_change(behaviour @ m_unit[:, None])[0, -1]),
+                null_change[:, -1],
                 "greater",
             )
         # Fitted figures: refits on shuffled labels, the same shuffle at r and at the end of EM.

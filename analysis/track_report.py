@@ -13,7 +13,7 @@ import torch
 from analysis import dashboard, plots
 from analysis.calibration import describe
 from analysis.contrast_quality import contrast_quality, contrast_table
-from analysis.drift_report import BARE, BASE, PERSONA, RUNS, compute_drift
+from analysis.drift_report import BARE, BASE, PERSONA, RUNS, anchor_axis, compute_drift, null_directions
 from analysis.headline import RUN_NAMES, headline, null_sentences
 from analysis.report import Table, write_report
 from analysis.track_stages import judged_misalignment_direction
@@ -83,7 +83,9 @@ def analyse(
         behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
     head = headline(result, behaviour)
     runs_result = result["runs"]
-    monitoring = _monitoring(config, out, runs, result, directions, misalignment, behaviour, intermediate)
+    monitoring = _monitoring(
+        config, out, runs, result, directions, misalignment, behaviour, intermediate, labels
+    )
 
     def anchor(run: str, end: bool) -> float:
         return runs_result[run]["anchor_projection"][-1 if end else 0][layer]
@@ -198,6 +200,7 @@ def _monitoring(
     misalignment: DirectionStack,
     behaviour: dict,
     intermediate: dict[str, dict[int, str]] | None,
+    labels: torch.Tensor,
 ) -> dict:
     """Alarms, phase transitions and (with `monitor`) the lead time, at the chosen layer on the
     report half of the prompts; the assistant axis joins the frozen directions when it was read."""
@@ -231,8 +234,17 @@ def _monitoring(
                 for k, v in sorted(rates.items())
             }
     layer = result["best_layer"]
+    axis_ = anchor_axis(runs[PERSONA], runs[BASE], labels, BARE, runs[config.axis])
+    null = null_directions(axis_, runs[PERSONA], layer, 200, config.seed)  # the drift figures' null
     monitoring = dashboard.monitor_runs(
-        runs, layer, result["layer_selection"]["report_prompts"], frozen, by_step, config.judge, config.seed
+        runs,
+        layer,
+        result["layer_selection"]["report_prompts"],
+        frozen,
+        by_step,
+        config.judge,
+        config.seed,
+        null,
     )
     monitoring.update(extra)
     monitoring["sentences"] = dashboard.sentences(monitoring)
