@@ -43,6 +43,7 @@ from analysis.drift_report import anchor_axis, step_of  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.inputs import check_steer_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
+from analysis.stats import across_seeds  # noqa: E402
 from analysis.track import RUNS, TrackConfig, persona_run_dir  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
 from anchor.em_questions import MAIN  # noqa: E402
@@ -77,7 +78,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", required=True, help="a finished track_drift.py run directory")
+    parser.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        help="a finished track_drift.py run directory; several (e.g. one per seed): each is steered, then "
+        "the clean read-out at each alpha is pooled over them (mean, t-interval, n = runs)",
+    )
     parser.add_argument(
         "--layers", type=int, nargs="+", help="steering layers (default: the run's best layer)"
     )
@@ -111,12 +118,54 @@ def main() -> None:
             SMOKE["max_new_tokens"],
         )
 
-    run = Path(args.run)
-    out = Path(args.out or run / "steer")
-    try:  # every input, before any model loads or folder is made
-        check_steer_inputs(args.run, args.judge, args.layers, args.read_layer, out)
-    except InputError as err:
-        parser.error(str(err))
+    runs = [Path(r) for r in args.run]
+    outs = [
+        Path(args.out) / f"run{i}" if args.out and len(runs) > 1 else Path(args.out or r / "steer")
+        for i, r in enumerate(runs)
+    ]
+    for run, out in zip(runs, outs):
+        try:  # every input, before any model loads or folder is made
+            check_steer_inputs(str(run), args.judge, args.layers, args.read_layer, out)
+        except InputError as err:
+            parser.error(str(err))
+    results = [steer_run(args, parser, run, out) for run, out in zip(runs, outs)]
+    if len(results) > 1:
+        pooled_out = Path(args.out) if args.out else runs[0].parent / "steer-pooled"
+        pooled = pool_sweeps(results)
+        atomic_write_json(pooled_out / "steer_pooled.json", pooled)
+        print(f"pooled over {len(results)} runs: {pooled_out / 'steer_pooled.json'}")
+        for name, points in pooled["sweeps"].items():
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"alpha {p['alpha']:+g}: clean P(persona) {_num(p['clean_probe_probability'])}"
+                    for p in points
+                )
+            )
+
+
+def _num(number: dict) -> str:
+    if number["value"] is None:
+        return "n/a"
+    low, high = number["ci95"]
+    return f"{number['value']:.3f} [{low if low is None else round(low, 3)}, {high if high is None else round(high, 3)}]"
+
+
+def pool_sweeps(results: list[dict]) -> dict:
+    """Each model's dose-response pooled over runs (seeds): at every alpha the clean probe
+    read-out's mean with a t-interval over the runs, n = runs."""
+    sweeps = {}
+    for name, points in results[0]["sweeps"].items():
+        sweeps[name] = []
+        for k, point in enumerate(points):
+            values = [r["sweeps"][name][k]["clean_probe_probability"] for r in results]
+            values = [v if v is not None else float("nan") for v in values]
+            sweeps[name].append({"alpha": point["alpha"], "clean_probe_probability": across_seeds(values)})
+    return {"runs": [r["run"] for r in results], "sweeps": sweeps}
+
+
+def steer_run(args: argparse.Namespace, parser: argparse.ArgumentParser, run: Path, out: Path) -> dict:
+    """The dose-response and ablation experiments on one finished run; returns steer.json."""
     config = TrackConfig(**json.loads((run / "config.json").read_text()))
     directions_path = run / "analysis" / "directions.safetensors"
     directions = Directions.load(directions_path)
@@ -279,6 +328,7 @@ def main() -> None:
     print(f"done in {time.perf_counter() - start:.0f} s\nresults: {out / 'steer.json'}")
     for p in plots:
         print(f"plot:    {p}")
+    return result
 
 
 def _point(p: DoseResponse) -> dict:

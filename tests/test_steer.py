@@ -3,6 +3,9 @@ rule, and the clean-pass (no hooks) read-out of steered generations."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,6 +26,7 @@ from probes.steering import (
 from train.callbacks import LiftableHooks, hooks_lifted, liftable_hooks
 from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     [{"role": "user", "content": q}]
     for q in (
@@ -170,3 +174,22 @@ def test_dose_response_reports_the_clean_read_per_alpha(tiny_model, tiny_tokeniz
     assert points[0].anchor_projection == pytest.approx(points[1].anchor_projection, abs=1e-5)
     assert points[1].clean.mean_logit > points[0].clean.mean_logit + 0.01
     assert len(points[1].clean.logits) == len(PROMPTS)
+
+
+def test_steer_pools_the_clean_read_out_over_runs_with_a_t_interval():
+    spec = importlib.util.spec_from_file_location("steer_script", ROOT / "scripts" / "steer.py")
+    steer_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steer_script)
+    results = [
+        {
+            "run": f"s{i}",
+            "sweeps": {"persona model": [{"alpha": a, "clean_probe_probability": p} for a, p in pts]},
+        }
+        for i, pts in enumerate([[(-2, 0.2), (2, 0.6)], [(-2, 0.4), (2, 0.8)]])
+    ]
+    pooled = steer_script.pool_sweeps(results)["sweeps"]["persona model"]
+    assert [p["alpha"] for p in pooled] == [-2, 2]
+    high = pooled[1]["clean_probe_probability"]
+    assert (
+        high["n"] == 2 and abs(high["value"] - 0.7) < 1e-9 and high["ci95"][0] < 0.6 < 0.8 < high["ci95"][1]
+    )
