@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.inputs import check_sweep_inputs  # noqa: E402
 from analysis.plots import sweep_plot  # noqa: E402
+from analysis.stats import across_seeds  # noqa: E402
 from analysis.track import SMOKE, TrackConfig, track_drift  # noqa: E402
 from anchor.constitution import CONSTITUTIONS_DIR, Trait, load_persona, save_constitution  # noqa: E402
 from anchor.contrast_pairs import resolve_contrast  # noqa: E402
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                     "diversity": diversity,
                     "questions": chosen,
                     "anchor_strength_vs_base": summary["anchor_strength"]["vs_base"],
+                    "anchor_strength_vs_base_ci95": summary["headline"]["anchor_strength"]["vs_base"]["ci95"],
                     "misaligned_after": persona_row["misaligned_after"],
                     "run": str(folder / "run"),
                 }
@@ -301,6 +303,19 @@ def main(argv: list[str] | None = None) -> None:
             "held_out": held_out_questions(persona.traits),
             "training_warning": warning,
             "results": results,
+            "by_level": {  # each level over the seeds: mean with a t-interval, n = seeds
+                level: {
+                    key: across_seeds(
+                        [
+                            r[key] if r[key] is not None else float("nan")
+                            for r in results
+                            if r["level"] == level
+                        ]
+                    )
+                    for key in ("anchor_strength_vs_base", "misaligned_after")
+                }
+                for level in args.levels
+            },
         },
     )
     by_seed = lambda key: {s: [r[key] for r in results if r["seed"] == s] for s in args.seeds}  # noqa: E731
