@@ -168,9 +168,15 @@ def write_assistant_axis(config: TrackConfig, stage: Path) -> dict:
     jobs = role_prompts(
         roles, shared_questions(), phrasings_per_role=per_role, questions_per_role=per_role, seed=config.seed
     )
+    keep = in_role_filter(make_judge(config.judge)) if config.filter_contrast else None
     with make_generator(config.model, backend="hf") as generator:
         items = sample_axis_answers(
-            jobs, generator, max_new_tokens=config.contrast_max_new_tokens, temperature=0.7, seed=config.seed
+            jobs,
+            generator,
+            max_new_tokens=config.contrast_max_new_tokens,
+            temperature=0.7,
+            seed=config.seed,
+            keep=keep,
         )
         axis = fit_assistant_axis(
             generator.model,
@@ -180,7 +186,23 @@ def write_assistant_axis(config: TrackConfig, stage: Path) -> dict:
             progress=False,
         )
     axis.save(stage / "axis.safetensors")
-    return {"items": len(items), "roles": axis.meta["roles"], "in_role_filter": None}
+    return {
+        "items": len(items),
+        "roles": axis.meta["roles"],
+        "in_role_filter": config.judge if keep is not None else None,
+    }
+
+
+def in_role_filter(judge: Judge):
+    """As the paper keeps only answers judged fully in role: the judge's trait score of the
+    answer against the role's first system-prompt phrasing, kept at >= 50 (a failed judgement
+    drops the answer). Used only with a real judge (the run's `filter_contrast`)."""
+
+    def keep(role, question: str, answer: str) -> bool:
+        score = numeric(judge.score("trait", [(question, answer)], trait=role.phrasings[0])[0])
+        return score is not None and score >= 50
+
+    return keep
 
 
 def misalignment_constitution_hash() -> str:
