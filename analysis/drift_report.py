@@ -278,9 +278,7 @@ def compute_drift(
                 series[key].append(
                     drift.cosine(shift, direction).nan_to_num().tolist() if direction is not None else None
                 )
-            if (
-                misalignment is not None
-            ):  # per layer: default behaviour's mean change along m, in item spreads
+            if misalignment is not None:  # per layer: default behaviour's change along m, in item spreads
                 along = drift.projections(behaviour[report], misalignment)
                 along_0 = drift.projections(start_behaviour, misalignment)
                 series["misalignment_movement"].append(
