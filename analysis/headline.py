@@ -66,9 +66,15 @@ def null_sentences(nulls: Mapping[str, Mapping[str, Mapping]], layer: int) -> li
                 if "value_by_seed" in null
                 else ""
             )
+            blind = (
+                " The null equals the figure: it does not depend on which answer of a pair was elicited "
+                "(one pair per question), so it cannot show a persona-specific change here."
+                if "value" in null and null["value"] == null["null_median"] == null["null_threshold"]
+                else ""
+            )
             lines.append(
                 f"{RUN_NAMES.get(run, run)}: {NULL_FIGURES.get(key, key)} (layer {layer}) {verdict} "
-                f"(percentile {where or 'n/a'} of {null['n_null']} null draws, {null['side']}{size})."
+                f"(percentile {where or 'n/a'} of {null['n_null']} null draws, {null['side']}{size}).{blind}"
             )
     return lines
 
