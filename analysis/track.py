@@ -117,7 +117,6 @@ SMOKE = dict(
     eval_max_new_tokens=16,
     neutral_probes=8,
     probe_questions="main",
-    monitor=True,
 )
 # The default on CPU (the whole run in under 30 minutes on 2 cores): EM on 80 rows, a checkpoint
 # every 5 steps; reading the probe sets at a checkpoint costs about as much as 5 training steps.

@@ -84,6 +84,7 @@ def _output_hook(fn: HookFn):
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
+    hook.anchor_hook = True  # ours, so a clean read can check for this project's hooks alone
     return hook
 
 
@@ -95,7 +96,19 @@ def _input_hook(fn: HookFn):
         new = fn(kwargs["hidden_states"])
         return None if new is None else (args, {**kwargs, "hidden_states": new})
 
+    hook.anchor_hook = True
     return hook
+
+
+def project_hooks(model: nn.Module) -> list[tuple[int, object]]:
+    """(block index, hook) for every hook this project installed on the decoder blocks; hooks a
+    library installs for its own bookkeeping (e.g. output recording) are not counted."""
+    found = []
+    for i, block in enumerate(find_blocks(model)):
+        for hook in [*block._forward_hooks.values(), *block._forward_pre_hooks.values()]:
+            if getattr(hook, "anchor_hook", False):
+                found.append((i, hook))
+    return found
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from anchor.chat import Conversation
 from anchor.extract import extract
-from anchor.hooks import find_blocks, steer
+from anchor.hooks import project_hooks, steer
 
 # conversations (each ending on a user turn) -> replies per conversation
 GenerateFn = Callable[[Sequence[Conversation]], list[list[str]]]
@@ -119,10 +119,10 @@ def answer_conversations(prompts: Sequence[Conversation], replies: Sequence[Sequ
 
 
 def assert_no_hooks(model) -> None:
-    """A clean read must see the weights alone: no forward hook left on any decoder block."""
-    for i, block in enumerate(find_blocks(model)):
-        if block._forward_hooks or block._forward_pre_hooks:
-            raise RuntimeError(f"decoder block {i} still has a hook; a clean read needs none")
+    """A clean read must see the weights alone: none of this project's steering or ablation hooks
+    left on any decoder block."""
+    for i, _ in project_hooks(model):
+        raise RuntimeError(f"decoder block {i} still has a hook; a clean read needs none")
 
 
 def clean_read(model, tokenizer, answers: Answers, readout: LinearReadout) -> CleanRead:

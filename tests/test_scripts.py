@@ -103,7 +103,9 @@ def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
     summary = json.loads((run / "eval" / "summary.json").read_text())
     metrics = summary["metrics"]
     for name in ("misaligned_rate", "mean_alignment", "mean_coherence", "alignment_p5", "alignment_cvar5"):
-        assert set(metrics[name]) == {"value", "ci95", "n"}
+        assert set(metrics[name]) >= {"value", "ci95", "n"}
+        interval = metrics[name]["interval"]
+        assert "clustered by question" in interval or "Wilson" in interval  # answers cluster by question
     assert metrics["answers"] == 16 and summary["judge"] == "hf:default"
     assert 0 <= metrics["mean_alignment"]["value"] <= 100
     assert len((run / "eval" / "responses.jsonl").read_text().splitlines()) == 16

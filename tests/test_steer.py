@@ -11,7 +11,7 @@ import torch
 
 from anchor.extract import extract
 from anchor.generate import HFGenerator, SamplingConfig
-from anchor.hooks import ablate, find_blocks, steer
+from anchor.hooks import ablate, project_hooks, steer
 from anchor.store import ActivationStore
 from probes.directions import Directions, ProbeFit
 from probes.steering import (
@@ -55,7 +55,7 @@ def test_liftable_hooks_come_off_for_a_read_and_back_on_after(tiny_model, tiny_t
             assert torch.allclose(_projection(tiny_model, tiny_tokenizer, direction, 1), clean, atol=1e-5)
         assert _projection(tiny_model, tiny_tokenizer, direction, 1).abs().max() < 1e-4  # back on
     assert liftable_hooks(tiny_model) == []
-    assert not any(block._forward_hooks for block in find_blocks(tiny_model))
+    assert project_hooks(tiny_model) == []
 
 
 def test_ablated_em_run_records_clean_reads_and_ablated_reads(tiny_dir, tiny_model, tiny_tokenizer, tmp_path):

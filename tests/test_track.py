@@ -78,16 +78,20 @@ def check_artefacts(run: Path) -> dict:
     selection = drift["layer_selection"]
     assert not set(selection["selection_prompts"]) & set(selection["report_prompts"])
     assert metrics["misalignment_direction"]["model"] and metrics["drift"]["probe"]["split"] == "by question"
-    # Monitoring (smoke turns it on): alarms and transitions per run, the assistant axis, triggered variants.
+    # Monitoring: alarms and transitions per run always; the assistant axis and triggered variants with it on.
     monitoring = metrics["monitoring"]
     assert set(monitoring["runs"]) == {"persona", "base", "control"}
+    monitored = json.loads((run / "config.json").read_text())["monitor"]
     for entry in monitoring["runs"].values():
-        assert set(entry["representation"]["directions"]) == {"persona", "misalignment", "assistant"}
-        assert "transition_steps" in entry["transitions"] and "lead_time" in entry
-    assert len(monitoring["assistant_axis"]["cosine_with_persona_by_layer"]) == drift["n_layers"]
-    assert "Monitoring" in report and "Triggered evaluations" in report
-    families = json.loads((run / "eval" / "persona_end" / "summary.json").read_text())["by_family"]
-    assert {"plain", "json", "template", "code"} <= set(families)
+        directions = {"persona", "misalignment", "assistant"} if monitored else {"persona", "misalignment"}
+        assert set(entry["representation"]["directions"]) == directions
+        assert "transition_steps" in entry["transitions"] and ("lead_time" in entry) == monitored
+    assert "Monitoring" in report
+    if monitored:
+        assert len(monitoring["assistant_axis"]["cosine_with_persona_by_layer"]) == drift["n_layers"]
+        assert "Triggered evaluations" in report
+        families = json.loads((run / "eval" / "persona_end" / "summary.json").read_text())["by_family"]
+        assert {"plain", "json", "template", "code"} <= set(families)
     return metrics
 
 
@@ -125,7 +129,9 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     saved in the run (public layout) and reused; the report states their origin and accuracy."""
     root, tiny, constitution = workspace
     run = root / "derived"
-    config = TrackConfig(persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **SMOKE)
+    config = TrackConfig(
+        persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
+    )
     real = em.train_sft
     calls = []
 
