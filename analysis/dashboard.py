@@ -102,7 +102,7 @@ def sentences(monitoring: Mapping) -> list[str]:
             f"{'at steps ' + str(found) if found else 'none detected'}"
         )
         if "lead_time" in entry:
-            line += f"; {entry['lead_time']['words']}"
+            line += f"; {entry['lead_time']['words'].rstrip('.')}"
         else:
             line += "; behaviour was not evaluated at intermediate checkpoints, so no lead time"
         lines.append(line + ".")
@@ -160,7 +160,13 @@ def timeline(monitoring: Mapping, path: Path, title: str = "") -> Path:
                     [r["ci95"][1] - y for y, (_, r) in zip(ys, points)],
                 ]
                 low.errorbar(
-                    xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=behaviour["alarm_name"]
+                    xs,
+                    ys,
+                    yerr=err,
+                    fmt="o-",
+                    color=color,
+                    capsize=3,
+                    label=f"misaligned rate ({behaviour['alarm_name']} on it)",
                 )
             if behaviour["alarm_step"] is not None:
                 low.axvline(behaviour["alarm_step"], color="tab:red", lw=1)
