@@ -53,8 +53,8 @@ def anchor_projection(
 def fit_reference_probe(
     acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer logistic probes on all items (the reference is not scored, only transferred):
-    weights `[L, d]`, bias `[L]`."""
+    """Per-layer logistic probes fitted at the reference (on its train questions; they are scored
+    on held-out questions there and at every checkpoint): weights `[L, d]`, bias `[L]`."""
     fits = [
         fit_logistic(acts[:, layer].double().numpy(), labels.numpy(), c) for layer in range(acts.shape[1])
     ]

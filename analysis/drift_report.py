@@ -33,7 +33,6 @@ from sklearn.model_selection import GroupShuffleSplit
 from analysis import drift
 from analysis.stats import null_percentile
 from anchor.store import ActivationStore
-from probes.directions import fit_logistic
 from train.em import checkpoints
 
 PERSONA, BASE, CONTROL = "persona", "base", "control"
@@ -136,12 +135,6 @@ def question_split(questions: Sequence[str], labels: torch.Tensor, test_fraction
     )
 
 
-def fit_probe(acts: torch.Tensor, labels: torch.Tensor, c: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """A logistic probe per layer of `acts` `[n, L, d]`: weights `[L, d]`, bias `[L]`."""
-    fits = [fit_logistic(acts[:, i].double().numpy(), labels.numpy(), c) for i in range(acts.shape[1])]
-    return torch.stack([w for _, w, _ in fits]), torch.tensor([b for _, _, b in fits])
-
-
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.double(), b.double(), dim=-1))
 
@@ -195,7 +188,9 @@ def compute_drift(
     # Probes: fitted at r on train questions, scored on held-out questions everywhere.
     train, test = question_split(questions, labels, test_fraction, seed)
     contrast_r = {read: _acts(reference, r, read) for read in (BARE, SYSTEM)}
-    probes = {read: fit_probe(contrast_r[read][train], labels[train]) for read in (BARE, SYSTEM)}
+    probes = {
+        read: drift.fit_reference_probe(contrast_r[read][train], labels[train]) for read in (BARE, SYSTEM)
+    }
     in_sample = drift.probe_transfer(*probes[BARE], contrast_r[BARE][train], labels[train])
     k = min(subspace_k, len(set(pairs)) - 1)
     q_r = drift.contrast_subspace(axis.contrast, labels, pairs, k) if k >= 1 else None
@@ -521,10 +516,10 @@ def _nulls(
         figures["direction_rotation_vs_shuffled_labels"] = null_percentile(
             1 - _cos(v_end, axis.v_r[best]), [1 - x for x in null_stability], "greater"
         )
-        w, b = fit_probe(contrast_r[train][:, None], labels[train])
+        w, b = drift.fit_reference_probe(contrast_r[train][:, None], labels[train])
         null_transfer = []
         for s in shuffles:
-            w_s, b_s = fit_probe(contrast_r[train][:, None], s[train])
+            w_s, b_s = drift.fit_reference_probe(contrast_r[train][:, None], s[train])
             null_transfer.append(
                 float(drift.probe_transfer(w_s, b_s, contrast_end[test][:, None], s[test])[0])
             )
