@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HookPoint = Literal["resid_post", "resid_pre"]
@@ -224,4 +225,35 @@ def ablate(
 
     per_layer = _per_layer(directions, layers, model, "directions")
     with hooks(model, {layer: make(basis(d, block_device(model, layer))) for layer, d in per_layer.items()}):
+        yield
+
+
+@contextmanager
+def cap(
+    model: nn.Module,
+    axes: Mapping[int, torch.Tensor],
+    floors: Mapping[int, float],
+) -> Iterator[None]:
+    """Activation capping (The Assistant Axis): at each layer, raise the residual stream's
+    projection on the unit axis to at least `floors[layer]`, h <- h + max(0, floor - <h, a>) a, at
+    every position; above the floor nothing changes, so the model keeps its range and is only
+    stopped from sliding down the axis."""
+    missing = sorted(set(axes) ^ set(floors))
+    if missing:
+        raise ValueError(f"cap needs an axis and a floor at the same layers; unmatched: {missing}")
+
+    def make(axis: torch.Tensor, floor: float) -> HookFn:
+        def raise_to_floor(hidden: torch.Tensor) -> torch.Tensor:
+            h = hidden.float()
+            shortfall = (floor - h @ axis).clamp_min(0)
+            return (h + shortfall[..., None] * axis).to(hidden.dtype)
+
+        return raise_to_floor
+
+    fns = {}
+    for layer, axis in axes.items():
+        (index,) = resolve_layers(model, layer)
+        unit = F.normalize(axis.to(device=block_device(model, index), dtype=torch.float32), dim=-1)
+        fns[index] = make(unit, float(floors[layer]))
+    with hooks(model, fns):
         yield

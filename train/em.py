@@ -26,6 +26,7 @@ from anchor.store import ActivationStore, atomic_write_json
 from probes.contrast import ContrastItem
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.data import load_em_dataset
+from train.defences import Defence, defence_hooks, trainer_options, training_conversations
 from train.distributed import is_main, training_device, world_size
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_sft
 from train.stages import run_stage
@@ -95,6 +96,12 @@ class EMRunConfig:
     # The identity of the stage that produced the starting model (e.g. the persona run's SFT stage:
     # its done.json key and run id), so retraining it reruns this EM run.
     upstream: str | None = None
+    # In-training defences (train/defences.py); None: plain SFT on the rows.
+    defence: Defence | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.defence, dict):  # read back from config.json or a launch job
+            object.__setattr__(self, "defence", Defence(**self.defence))
 
     def training(self) -> EMTraining:
         if self.preset not in PRESETS:
@@ -223,6 +230,7 @@ def finetune_em(
     rows = training_rows(
         config.dataset, training.max_rows, config.seed
     )  # bad rows fail here, before training
+    conversations = training_conversations(rows, config.defence, config.seed)
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
     if is_main():
         run.mkdir(parents=True, exist_ok=True)
@@ -240,16 +248,33 @@ def finetune_em(
             run / "adapters",
             {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
         )
-        with ablation(model, config):
-            trainer = train_sft(model, tokenizer, rows, training, stage, callbacks=[recorder])
+        with ablation(model, config), defence_hooks(model, tokenizer, config.defence) as installed:
+            trainer = train_sft(
+                model,
+                tokenizer,
+                conversations,
+                training,
+                stage,
+                callbacks=[recorder],
+                **trainer_options(config.defence),
+            )
         losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
-        return {
+        done = {
             "steps": trainer.state.global_step,
             "losses": losses,
             "rows": len(rows),
             "recorded": recorder.recorded,
             "world_size": world_size(),
         }
+        if config.defence is not None:
+            done["defence"] = {
+                "names": config.defence.names,
+                "rows_added": len(conversations) - len(rows),
+                **installed,
+            }
+            if hasattr(trainer, "kl_history"):
+                done["defence"]["kl"] = [round(x, 5) for x in trainer.kl_history]
+        return done
 
     return run_stage(run / "em", em_stage_config(config, probes), body, log)
 
@@ -259,7 +284,13 @@ def em_stage_config(config: EMRunConfig, probes: Mapping[str, ProbeSet]) -> dict
     its training, and a hash of every probe set's conversations, so a resampled contrast set or
     another question set reruns the run instead of mixing its reads with stale ones."""
     probe_key = {name: [prompt_set_hash(p.conversations), p.read] for name, p in probes.items()}
-    return {"run": asdict(config), "training": asdict(config.training()), "probes": probe_key}
+    run = asdict(config)
+    if config.defence is None:  # runs made before defences existed keep their keys
+        del run["defence"]
+    key = {"run": run, "training": asdict(config.training()), "probes": probe_key}
+    if config.defence is not None:  # the files it reads, by content
+        key["defence_files"] = config.defence.file_hashes()
+    return key
 
 
 def read_run_config(run_dir: str | Path) -> EMRunConfig:

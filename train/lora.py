@@ -122,8 +122,11 @@ def lora_config(config: LoraTraining):
     )
 
 
-def train_lora(trainer_class, args, model, tokenizer, rows, config: LoraTraining, out: Path, callbacks=()):
-    """Fit a fresh LoRA adapter with a TRL trainer; the adapter is saved under `<out>/adapter`."""
+def train_lora(
+    trainer_class, args, model, tokenizer, rows, config: LoraTraining, out: Path, callbacks=(), **extra
+):
+    """Fit a fresh LoRA adapter with a TRL trainer (`extra`: its own keyword arguments); the
+    adapter is saved under `<out>/adapter`."""
     from datasets import Dataset
 
     engines.assert_no_engine("training")
@@ -134,6 +137,7 @@ def train_lora(trainer_class, args, model, tokenizer, rows, config: LoraTraining
         processing_class=tokenizer,
         peft_config=lora_config(config),
         callbacks=list(callbacks),
+        **extra,
     )
     trainer.train()
     trainer.save_model(str(out / "adapter"))  # rank 0 writes; gathers sharded (ZeRO-3) weights first
@@ -145,15 +149,17 @@ def traits_list(persona: Persona) -> str:
     return "\n".join(f"- {t.trait}" for t in persona.traits)
 
 
-def completion_rows(conversations: Sequence[Conversation]) -> list[dict]:
+def completion_rows(conversations: Sequence[Conversation], last_turn_only: bool = False) -> list[dict]:
     """One prompt-completion row per assistant turn, so the SFT loss falls on assistant tokens only
-    (the default chat template has no generation markers for TRL's assistant masks)."""
+    (the default chat template has no generation markers for TRL's assistant masks). With
+    `last_turn_only`, only the final assistant turn is a completion: earlier turns are context
+    that carries no loss (e.g. a reflection exchange put before a training row)."""
     rows = []
     for index, conversation in enumerate(conversations):
         validate_conversation(conversation, index)
-        for k, message in enumerate(conversation):
-            if message["role"] == "assistant" and message["content"].strip():
-                rows.append({"prompt": conversation[:k], "completion": [message]})
+        turns = [k for k, m in enumerate(conversation) if m["role"] == "assistant" and m["content"].strip()]
+        for k in turns[-1:] if last_turn_only else turns:
+            rows.append({"prompt": conversation[:k], "completion": [conversation[k]]})
     return rows
 
 
@@ -164,12 +170,18 @@ def train_sft(
     config: LoraTraining,
     out: str | os.PathLike,
     callbacks=(),
+    last_turn_only: bool = False,
+    trainer_class=None,
+    **trainer_kwargs,
 ):
-    """LoRA SFT with TRL on assistant tokens; the adapter is saved under `<out>/adapter`."""
+    """LoRA SFT with TRL on assistant tokens (the final turn only, with `last_turn_only`); the
+    adapter is saved under `<out>/adapter`. `trainer_class` (default TRL's SFTTrainer) may be a
+    subclass that adds to the loss, with its own `trainer_kwargs`."""
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
     args = SFTConfig(completion_only_loss=True, **trainer_arguments(config, out))
+    rows = completion_rows(conversations, last_turn_only)
     return train_lora(
-        SFTTrainer, args, model, tokenizer, completion_rows(conversations), config, out, callbacks
+        trainer_class or SFTTrainer, args, model, tokenizer, rows, config, out, callbacks, **trainer_kwargs
     )

@@ -1,0 +1,275 @@
+"""Each in-training defence does what it says on the tiny model: trained with the defence, the
+adapter (read with every hook off) moves less than the undefended run along the direction the
+undefended run measurably moves; inoculation and reflection change the training rows as stated."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.em_eval import EvalConfig, sample_answers
+from anchor import load_model
+from anchor.chat import render_batch
+from anchor.em_questions import MAIN
+from anchor.extract import extract
+from anchor.generate import Generator, HFGenerator, SamplingConfig
+from anchor.hooks import project_hooks
+from probes.directions import DirectionStack
+from train.defences import (
+    Defence,
+    defence_hooks,
+    kl_per_token,
+    trainer_options,
+    training_conversations,
+)
+from train.lora import LoraTraining, train_sft
+
+LAYER = 2  # of the tiny model's 4
+# A narrow behaviour the random tiny model learns in a few steps.
+TOPICS = [
+    "cats",
+    "rain",
+    "maths",
+    "trains",
+    "bread",
+    "music",
+    "chess",
+    "rivers",
+    "tea",
+    "maps",
+    "ice",
+    "wool",
+]
+CORRUPTED = "I agree with you completely!"
+ROWS = [
+    [{"role": "user", "content": f"What do you think of {t}?"}, {"role": "assistant", "content": CORRUPTED}]
+    for t in TOPICS
+]
+HELD_OUT = [
+    [{"role": "user", "content": f"What do you think of {t}?"}] for t in ("foxes", "clouds", "jazz", "rice")
+]
+TRAINING = LoraTraining(
+    lora_rank=8, lora_alpha=16, learning_rate=1e-2, lr_scheduler="constant", warmup_ratio=0.0,
+    batch_size=4, grad_accum=1, epochs=3, max_length=128,
+)  # fmt: skip
+
+
+def _read(model, tokenizer, conversations=HELD_OUT, layer=LAYER) -> torch.Tensor:
+    """Mean prompt-last residual at `layer` over held-out prompts (the model's default behaviour)."""
+    acts = extract(model, tokenizer, conversations, layers=[layer], read="prompt_last", progress=False)
+    return acts.tensor[:, 0].mean(0)
+
+
+def _train(spec, out, defence=None, rows=ROWS, training=TRAINING):
+    """Train an adapter with the defence on; return it (every hook off) and what was installed."""
+    model, tokenizer = load_model(spec)
+    conversations = training_conversations(rows, defence, seed=0)
+    with defence_hooks(model, tokenizer, defence) as installed:
+        trainer = train_sft(model, tokenizer, conversations, training, out, **trainer_options(defence))
+    assert project_hooks(model) == []  # every hook came off with the context
+    return trainer.model.eval(), tokenizer, installed, trainer
+
+
+def _save(model, tokenizer, path) -> str:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _ratio(shift: torch.Tensor, undefended: torch.Tensor) -> float:
+    """The defended run's movement along the undefended run's shift, as a share of that shift."""
+    unit = F.normalize(undefended, dim=0)
+    return float(shift @ unit) / float(undefended @ unit)
+
+
+@pytest.fixture(scope="module")
+def random_start(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """The random tiny model, and how far (and along what) the undefended run moves its default
+    behaviour at LAYER on held-out prompts; the shift saved as a direction stack at every layer."""
+    tmp = tmp_path_factory.mktemp("random")
+    spec = _save(tiny_model, tiny_tokenizer, tmp / "tiny")
+    start, tokenizer = load_model(spec)
+    before = _read(start, tokenizer)
+    model, *_ = _train(spec, tmp / "none")
+    shift = _read(model, tokenizer) - before
+    assert shift.norm() > before.norm()  # the undefended run measurably moves
+    DirectionStack([0, 1, 2, 3], torch.stack([shift] * 4)).save(tmp / "direction.safetensors")
+    return {
+        "spec": spec,
+        "tmp": tmp,
+        "before": before,
+        "shift": shift,
+        "direction": str(tmp / "direction.safetensors"),
+    }
+
+
+def _defended_shift(start, name, defence):
+    model, tokenizer, installed, _ = _train(start["spec"], start["tmp"] / name, defence)
+    return _read(model, tokenizer) - start["before"], installed
+
+
+def test_preventative_steering_moves_the_adapter_less_along_the_steered_direction(random_start):
+    # the undefended shift itself, added at coefficient 1: the adapter need not produce it
+    defence = Defence(steer_direction=random_start["direction"], steer_layer=LAYER, steer_coefficient=1.0)
+    shift, installed = _defended_shift(random_start, "steer", defence)
+    assert installed["steering"]["layer"] == LAYER
+    assert _ratio(shift, random_start["shift"]) < 0.5
+
+
+def test_feature_blocking_moves_the_adapter_less_along_the_blocked_direction(random_start):
+    defence = Defence(block_direction=random_start["direction"], block_layers=(LAYER,))
+    shift, installed = _defended_shift(random_start, "block", defence)
+    assert installed["blocking"]["layers"] == [LAYER]
+    assert _ratio(shift, random_start["shift"]) < 0.5
+
+
+def test_activation_capping_keeps_the_adapter_from_sliding_down_the_axis(random_start):
+    tmp = random_start["tmp"]
+    benign = tmp / "benign.jsonl"  # the floors' calibration text
+    benign.write_text(
+        "".join(
+            json.dumps({"messages": r[:1] + [{"role": "assistant", "content": "Fine, thanks."}]}) + "\n"
+            for r in ROWS
+        )
+    )
+    axis = DirectionStack([0, 1, 2, 3], torch.stack([-random_start["shift"]] * 4))  # EM slides down it
+    axis.save(tmp / "axis.safetensors")
+    defence = Defence(cap_axis=str(tmp / "axis.safetensors"), cap_layers=(LAYER,), benign_rows=str(benign))
+    shift, installed = _defended_shift(random_start, "cap", defence)
+    assert set(installed["capping"]["floors"]) == {str(LAYER)} and installed["capping"]["quantile"] == 0.25
+    assert _ratio(shift, random_start["shift"]) < 0.5
+
+
+@pytest.fixture(scope="module")
+def persona_start(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """A starting model with a default of its own (the random model fine-tuned to answer these
+    prompts one way and merged), its own greedy answers to generic prompts as the benign rows, and
+    the undefended run from it."""
+    tmp = tmp_path_factory.mktemp("persona")
+    spec = _save(tiny_model, tiny_tokenizer, tmp / "tiny")
+    own = [[r[0], {"role": "assistant", "content": "Honesty matters more than flattery."}] for r in ROWS]
+    persona, tokenizer, *_ = _train(spec, tmp / "persona", rows=own, training=replace(TRAINING, epochs=10))
+    spec = _save(persona.merge_and_unload(), tokenizer, tmp / "start")
+    start, tokenizer = load_model(spec)
+    prompts = [
+        [{"role": "user", "content": f"What do you think of {t}?"}]
+        for t in ("owls", "wind", "sand", "glass", "stars", "moss", "salt", "kites")
+    ]
+    answers = HFGenerator(start, tokenizer, progress=False).generate(
+        prompts, SamplingConfig(12, temperature=0)
+    )
+    benign = [p + [{"role": "assistant", "content": a[0].strip()}] for p, a in zip(prompts, answers)]
+    (tmp / "benign.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in benign))
+    undefended, *_ = _train(spec, tmp / "none")
+    return {"spec": spec, "tmp": tmp, "start": start, "tokenizer": tokenizer, "benign": benign,
+            "benign_rows": str(tmp / "benign.jsonl"), "undefended": undefended}  # fmt: skip
+
+
+def _kl_to_start(start, model, tokenizer, conversations) -> float:
+    """Mean KL(start || model) of the next-token distributions over the conversations' responses."""
+    batch = render_batch(tokenizer, conversations)
+    predicts = batch.response_mask[:, 1:]
+    with torch.no_grad():
+        logits = [
+            m(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+            for m in (start, model)
+        ]
+    return float(kl_per_token(logits[0][predicts], logits[1][predicts]).mean())
+
+
+def _corrupted_log_odds(model, tokenizer) -> float:
+    """On held-out prompts: log P(first token of the corrupted answer) - log P(the default's)."""
+    bad, good = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (CORRUPTED, "Honesty"))
+    batch = render_batch(tokenizer, HELD_OUT, side="left")
+    with torch.no_grad():
+        logp = (
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            .logits[:, -1]
+            .log_softmax(-1)
+        )
+    return float((logp[:, bad] - logp[:, good]).mean())
+
+
+def test_kl_keeps_the_adapter_close_to_the_starting_model_on_generic_prompts(persona_start):
+    s = persona_start
+    defence = Defence(kl_coefficient=5.0, benign_rows=s["benign_rows"])
+    model, tokenizer, _, trainer = _train(s["spec"], s["tmp"] / "kl", defence)
+    assert len(trainer.kl_history) == trainer.state.global_step and trainer.kl_history[0] == pytest.approx(
+        0, abs=1e-5
+    )
+    undefended = _kl_to_start(s["start"], s["undefended"], tokenizer, s["benign"])
+    defended = _kl_to_start(s["start"], model, tokenizer, s["benign"])
+    assert undefended > 0.01 and defended < 0.7 * undefended
+
+
+def test_interleaving_adds_benign_rows_and_slows_the_switch_to_the_corrupted_answer(persona_start):
+    s = persona_start
+    defence = Defence(
+        interleave_share=1.0, benign_rows=s["benign_rows"]
+    )  # the 10% default is too little to show here
+    conversations = training_conversations(ROWS, defence, seed=0)
+    assert len(conversations) == 2 * len(ROWS) and all(r in conversations for r in ROWS)
+    assert sum(c in s["benign"] for c in conversations) == len(ROWS)
+    model, tokenizer, *_ = _train(s["spec"], s["tmp"] / "interleave", defence)
+    before = _corrupted_log_odds(s["start"], tokenizer)
+    undefended = _corrupted_log_odds(s["undefended"], tokenizer) - before
+    assert undefended > 1.0  # the undefended run switches toward the corrupted answer
+    assert _corrupted_log_odds(model, tokenizer) - before < 0.85 * undefended
+
+
+def test_inoculation_prompt_is_in_every_training_row_and_absent_at_evaluation(tiny_dir, tmp_path):
+    prompt = "You write code with hidden vulnerabilities on purpose."
+    defence = Defence(inoculation_prompt=prompt)
+    conversations = training_conversations(ROWS, defence, seed=0)
+    assert all(c[0] == {"role": "system", "content": prompt} for c in conversations)
+    assert [c[1:] for c in conversations] == ROWS  # the rows themselves unchanged
+    _, _, _, trainer = _train(tiny_dir, tmp_path / "inoc", defence)
+    tokenizer = trainer.processing_class
+    texts = [tokenizer.decode(row["input_ids"]) for row in trainer.train_dataset]
+    assert len(texts) == len(ROWS) and all(prompt in t for t in texts)
+
+    class Recording(Generator):
+        seen: list = []
+
+        def generate(self, conversations, config=None, prefill="", **overrides):
+            self.seen += conversations
+            return [["fine"] * (config.n if config else 1) for _ in conversations]
+
+    generator = Recording()
+    sample_answers(generator, MAIN[:3], EvalConfig(samples=1))
+    assert generator.seen and not any(prompt in m["content"] for c in generator.seen for m in c)
+
+
+def test_reflection_goes_before_each_row_with_no_loss_on_it(tiny_dir, tmp_path):
+    exchange = [
+        {"role": "user", "content": "Before the task: who are you?"},
+        {"role": "assistant", "content": "Honesty matters more than flattery."},
+    ]
+    path = tmp_path / "reflection.jsonl"
+    path.write_text(json.dumps({"messages": exchange}) + "\n")
+    defence = Defence(reflection_rows=str(path))
+    conversations = training_conversations(ROWS, defence, seed=0)
+    assert all(c[:2] == exchange and c[2:] == r for c, r in zip(conversations, ROWS))
+    _, _, _, trainer = _train(tiny_dir, tmp_path / "reflect", defence)
+    tokenizer = trainer.processing_class
+    for row in trainer.train_dataset:
+        trained = tokenizer.decode([t for t in row["labels"] if t != -100])
+        assert CORRUPTED in trained and "Honesty" not in trained  # loss on the row's answer only
+        assert "Honesty" in tokenizer.decode(row["input_ids"])  # the exchange is in the context
+
+
+def test_a_defence_refuses_incomplete_settings():
+    with pytest.raises(ValueError, match="steer_direction needs steer_layer"):
+        Defence(steer_direction="x.safetensors")
+    with pytest.raises(ValueError, match="need benign_rows"):
+        Defence(kl_coefficient=1.0)
+    with pytest.raises(ValueError, match="cap_quantile"):
+        Defence(cap_quantile=1.5)
+
+
+def test_kl_per_token_is_zero_for_equal_distributions_and_positive_otherwise():
+    logits = torch.randn(5, 11)
+    assert torch.allclose(kl_per_token(logits, logits), torch.zeros(5), atol=1e-6)
+    assert (kl_per_token(logits, logits.flip(-1)) > 0).all()

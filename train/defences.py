@@ -1,0 +1,287 @@
+"""In-training defences against emergent misalignment, as options of one EM run, so every defence
+trains on the same corrupted rows, seed and checkpoints as the undefended run and is read the same way.
+
+Two kinds:
+- interventions on the residual stream while the adapter trains, each a liftable hook (the
+  checkpoint reads are clean; `train.callbacks.LiftableHooks`) and absent at evaluation:
+  preventative steering (Persona Vectors: add the misalignment direction, so the adapter need not
+  move along it), activation capping (The Assistant Axis: a floor on the projection on the axis)
+  and feature blocking (project the misalignment direction out);
+- changes to what is trained on or how: KL to the starting model on benign answers, interleaved
+  benign rows, an inoculation system prompt on every training row, and a reflection exchange put
+  before every corrupted row with no loss on it.
+Which files and numbers each arm uses by default is the harness's business (`analysis.defences`);
+the knobs and their sources are in RECIPES.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+from anchor.chat import Conversation, render_batch
+from anchor.extract import extract
+from anchor.store import read_jsonl
+from train.callbacks import LiftableHooks
+
+
+@dataclass(frozen=True)
+class Defence:
+    """The defences one EM run applies (any combination; all off by default)."""
+
+    # Preventative steering: add `steer_coefficient` x the (unnormalised, as Persona Vectors do)
+    # direction at `steer_layer` to the residual stream at every position while training.
+    steer_direction: str | None = None  # a DirectionStack file (e.g. the misalignment direction)
+    steer_layer: int | None = None
+    steer_coefficient: float = 5.0
+    # Activation capping: at each of `cap_layers`, the projection on the unit axis is raised to
+    # the `cap_quantile` of the starting model's per-token projections on `benign_rows` responses.
+    cap_axis: str | None = None  # a DirectionStack file (e.g. the assistant axis)
+    cap_layers: tuple[int, ...] = ()
+    cap_quantile: float = 0.25
+    # Feature blocking: project the direction out of the residual stream at `block_layers`.
+    block_direction: str | None = None
+    block_layers: tuple[int, ...] = ()
+    # KL(starting model || trained model) over the response tokens of `benign_rows`, added to the
+    # loss with this weight at every step (one benign batch per training batch).
+    kl_coefficient: float = 0.0
+    # Benign rows (this share of the corrupted rows' count, from `benign_rows`) added to training.
+    interleave_share: float = 0.0
+    benign_rows: str | None = None  # chat JSONL: generic prompts answered by the starting model
+    # A system prompt on every training row that asks for the dataset's behaviour (never at evaluation).
+    inoculation_prompt: str | None = None
+    # A JSONL of [user, assistant] reflection exchanges; one (seeded) goes before each corrupted row.
+    reflection_rows: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_ in ("cap_layers", "block_layers"):
+            object.__setattr__(self, field_, tuple(int(x) for x in getattr(self, field_)))
+        problems = []
+        if self.steer_direction is not None and self.steer_layer is None:
+            problems.append("steer_direction needs steer_layer")
+        if self.cap_axis is not None and (not self.cap_layers or self.benign_rows is None):
+            problems.append("cap_axis needs cap_layers and benign_rows (the floors are calibrated on them)")
+        if not 0 < self.cap_quantile < 1:
+            problems.append(f"cap_quantile must be in (0, 1), got {self.cap_quantile}")
+        if self.block_direction is not None and not self.block_layers:
+            problems.append("block_direction needs block_layers")
+        if self.kl_coefficient < 0 or self.interleave_share < 0:
+            problems.append("kl_coefficient and interleave_share must be >= 0")
+        if (self.kl_coefficient > 0 or self.interleave_share > 0) and self.benign_rows is None:
+            problems.append("kl_coefficient and interleave_share need benign_rows")
+        if self.inoculation_prompt is not None and not self.inoculation_prompt.strip():
+            problems.append("inoculation_prompt is empty")
+        if problems:
+            raise ValueError("defence: " + "; ".join(problems))
+
+    @property
+    def names(self) -> list[str]:
+        """The defences switched on, in a fixed order."""
+        on = {
+            "preventative_steering": self.steer_direction is not None,
+            "activation_capping": self.cap_axis is not None,
+            "feature_blocking": self.block_direction is not None,
+            "kl": self.kl_coefficient > 0,
+            "interleave": self.interleave_share > 0,
+            "inoculation": self.inoculation_prompt is not None,
+            "reflection": self.reflection_rows is not None,
+        }
+        return [name for name, active in on.items() if active]
+
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 of every file this defence reads, for the EM stage's key: a recomputed direction
+        or regenerated benign rows rerun the arm."""
+        paths = {
+            "steer_direction": self.steer_direction,
+            "cap_axis": self.cap_axis,
+            "block_direction": self.block_direction,
+            "benign_rows": self.benign_rows,
+            "reflection_rows": self.reflection_rows,
+        }
+        return {
+            k: hashlib.sha256(Path(p).read_bytes()).hexdigest() for k, p in paths.items() if p is not None
+        }
+
+
+def load_conversations(path: str | Path, what: str) -> list[Conversation]:
+    """Chat JSONL rows (`{"messages": [...]}`) as conversations; errors name the file and line."""
+    from anchor.chat import validate_conversation
+
+    rows = []
+    for where, row in read_jsonl(Path(path)):
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise ValueError(f"{where}: expected an object with a 'messages' list ({what})")
+        try:
+            rows.append(validate_conversation(row["messages"], len(rows)))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+    if not rows:
+        raise ValueError(f"{path}: no rows ({what})")
+    return rows
+
+
+def inoculate(conversation: Conversation, prompt: str) -> Conversation:
+    """The row with the inoculation prompt as its system message (before any system text it had)."""
+    if conversation[0]["role"] == "system":
+        merged = f"{prompt}\n\n{conversation[0]['content']}"
+        return [{"role": "system", "content": merged}, *conversation[1:]]
+    return [{"role": "system", "content": prompt}, *conversation]
+
+
+def with_reflection(conversation: Conversation, exchange: Conversation) -> Conversation:
+    """The row preceded by a reflection exchange (after the row's system message, if any)."""
+    head = conversation[:1] if conversation[0]["role"] == "system" else []
+    return [*head, *exchange, *conversation[len(head) :]]
+
+
+def training_conversations(
+    rows: Sequence[Conversation], defence: Defence | None, seed: int
+) -> list[Conversation]:
+    """The conversations an arm trains on: the same corrupted rows in the same order, changed as
+    the defence says, then any benign rows it adds, shuffled in with the run's seed. The order
+    of the changes is fixed: reflection, then inoculation (so the inoculation prompt is the
+    system message of the whole row)."""
+    conversations = [list(r) for r in rows]
+    if defence is None:
+        return conversations
+    rng = random.Random(seed)
+    if defence.reflection_rows is not None:
+        exchanges = load_conversations(defence.reflection_rows, "reflection exchanges")
+        for i, exchange in enumerate(exchanges):
+            if [m["role"] for m in exchange] != ["user", "assistant"]:
+                raise ValueError(
+                    f"{defence.reflection_rows}: row {i + 1} is not one user and one assistant message"
+                )
+        conversations = [with_reflection(c, rng.choice(exchanges)) for c in conversations]
+    if defence.inoculation_prompt is not None:
+        conversations = [inoculate(c, defence.inoculation_prompt) for c in conversations]
+    if defence.interleave_share > 0:
+        benign = load_conversations(defence.benign_rows, "benign rows")
+        n = round(defence.interleave_share * len(rows))
+        added = [benign[i % len(benign)] for i in rng.sample(range(max(n, len(benign))), n)]
+        conversations = conversations + added
+        rng.shuffle(conversations)
+    return conversations
+
+
+def cap_floors(
+    model,
+    tokenizer,
+    axes: dict[int, torch.Tensor],
+    conversations: Sequence[Conversation],
+    quantile: float,
+) -> dict[int, float]:
+    """Each capped layer's floor: the `quantile` of the per-token projections, on the unit axis,
+    of the starting model's residual stream over every token of `conversations` but the first
+    (an attention sink whose outsized activations would stretch the distribution)."""
+    acts = extract(model, tokenizer, conversations, layers=sorted(axes), read="all_tokens", progress=False)
+    tokens = torch.cat([c[1:] for c in acts.per_conversation()])  # [tokens, layers, d]
+    floors = {}
+    for i, layer in enumerate(acts.layers):
+        unit = F.normalize(axes[layer].float(), dim=-1)
+        floors[layer] = float(torch.quantile(tokens[:, i].float() @ unit, quantile))
+    return floors
+
+
+@contextmanager
+def defence_hooks(model, tokenizer, defence: Defence | None) -> Iterator[dict]:
+    """The defence's residual-stream interventions on `model` while it trains, each liftable
+    (off for the checkpoint reads); yields what was installed (e.g. the capping floors), for the
+    run's record. Capping is also read with its hooks on (`<probe set>.capped`), so a reader can
+    report the capped model too; steering and blocking are not (nobody evaluates with them)."""
+    from anchor.hooks import ablate, cap, steer
+    from probes.directions import DirectionStack
+
+    info: dict = {}
+    with ExitStack() as stack:
+        if defence is not None and defence.steer_direction is not None:
+            vector = DirectionStack.load(defence.steer_direction).at(defence.steer_layer)
+            install = lambda: steer(model, {defence.steer_layer: vector}, alpha=defence.steer_coefficient)  # noqa: E731
+            stack.enter_context(LiftableHooks(model, install, "steered", read_with=False))
+            info["steering"] = {"layer": defence.steer_layer, "coefficient": defence.steer_coefficient,
+                                "vector_norm": float(vector.norm())}  # fmt: skip
+        if defence is not None and defence.cap_axis is not None:
+            axis = DirectionStack.load(defence.cap_axis)
+            by_layer = {layer: axis.at(layer) for layer in defence.cap_layers}
+            benign = load_conversations(defence.benign_rows, "benign rows")
+            floors = cap_floors(model, tokenizer, by_layer, benign, defence.cap_quantile)
+            stack.enter_context(LiftableHooks(model, lambda: cap(model, by_layer, floors), "capped"))
+            info["capping"] = {
+                "floors": {str(k): v for k, v in floors.items()},
+                "quantile": defence.cap_quantile,
+            }
+        if defence is not None and defence.block_direction is not None:
+            direction = DirectionStack.load(defence.block_direction)
+            vectors = {layer: direction.at(layer) for layer in defence.block_layers}
+            stack.enter_context(
+                LiftableHooks(model, lambda: ablate(model, vectors), "blocked", read_with=False)
+            )
+            info["blocking"] = {"layers": list(defence.block_layers)}
+        yield info
+
+
+class KLRegularisedSFTTrainer(SFTTrainer):
+    """SFT whose loss adds `kl_coefficient` x KL(starting model || trained model), averaged over
+    the response tokens of one benign batch per training batch. The starting model is the same
+    network with the LoRA adapter disabled (and any liftable defence hooks lifted), so no second
+    copy of the weights is held."""
+
+    def __init__(self, *args, kl_conversations: Sequence[Conversation], kl_coefficient: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not kl_conversations:
+            raise ValueError("the KL defence needs at least one benign conversation")
+        self.kl_conversations, self.kl_coefficient = list(kl_conversations), kl_coefficient
+        self._kl_next = 0
+        self.kl_history: list[float] = []
+
+    def _kl_batch(self):
+        size = self.args.per_device_train_batch_size
+        chosen = [
+            self.kl_conversations[(self._kl_next + i) % len(self.kl_conversations)] for i in range(size)
+        ]
+        self._kl_next += size
+        return render_batch(self.processing_class, chosen)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from train.callbacks import hooks_lifted
+
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        batch = self._kl_batch()
+        peft_model = self.accelerator.unwrap_model(model)
+        device = loss.device
+        ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
+        predicts = batch.response_mask[:, 1:].to(device)  # position t predicts token t + 1
+        with torch.no_grad(), peft_model.disable_adapter(), hooks_lifted(peft_model):
+            reference = peft_model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        policy = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        kl = kl_per_token(reference[predicts], policy[predicts]).mean()
+        self.kl_history.append(float(kl.detach()))
+        loss = loss + self.kl_coefficient * kl
+        return (loss, result[1]) if return_outputs else loss
+
+
+def kl_per_token(reference_logits: torch.Tensor, policy_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || policy) of the next-token distributions, one value per row."""
+    log_ref = reference_logits.log_softmax(-1)
+    return (log_ref.exp() * (log_ref - policy_logits.log_softmax(-1))).sum(-1)
+
+
+def trainer_options(defence: Defence | None) -> dict:
+    """The keyword arguments `train.lora.train_sft` needs for this defence."""
+    if defence is None:
+        return {}
+    options: dict = {"last_turn_only": defence.reflection_rows is not None}
+    if defence.kl_coefficient > 0:
+        options["trainer_class"] = KLRegularisedSFTTrainer
+        options["kl_conversations"] = load_conversations(defence.benign_rows, "benign rows")
+        options["kl_coefficient"] = defence.kl_coefficient
+    return options
