@@ -251,3 +251,59 @@ def sweep_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def defences_plot(defences: Mapping, path: Path) -> Path:
+    """Two panels, one point per arm with 95% intervals on both axes: movement toward the
+    judge-free misalignment direction against the capability cost, and the judged misaligned
+    rate against the coherence cost. Base-model arms are circles, persona-model arms squares;
+    dashed lines mark the undefended run (`none`)."""
+    panels = (
+        ("capability_change", "misalignment_movement", "capability change (nats/token, held-out answers)",
+         "movement toward misalignment (item spreads)", "Representation"),
+        ("coherence_change", "misaligned_rate", "coherence change (judge points)", "misaligned rate (share)",
+         "Behaviour"),
+    )  # fmt: skip
+    arms = defences["arms"]
+    colours = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, (x_key, y_key, x_label, y_label, title) in zip(axes, panels):
+        drawn = 0
+        for i, arm in enumerate(defences.get("arm_order", arms)):
+            a = arms[arm]
+            x, y = a["metrics"].get(x_key) or {}, a["metrics"].get(y_key) or {}
+            if x.get("value") is None or y.get("value") is None:
+                continue
+            drawn += 1
+            err = [
+                [[v["value"] - (v["ci95"][0] if v["ci95"][0] is not None else v["value"])],
+                 [(v["ci95"][1] if v["ci95"][1] is not None else v["value"]) - v["value"]]]
+                for v in (x, y)
+            ]  # fmt: skip
+            marker = "s" if a["start"] == "persona" else "o"
+            ax.errorbar(x["value"], y["value"], xerr=err[0], yerr=err[1], fmt=marker, color=colours(i % 20),
+                        ms=8, capsize=3, label=arm)  # fmt: skip
+            ax.annotate(arm, (x["value"], y["value"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if not drawn:
+            ax.text(0.5, 0.5, "no arm has both numbers\n(e.g. the judge scored no answers)", ha="center",
+                    va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+        none = arms.get("none", {}).get("metrics", {})
+        for key, line in ((x_key, ax.axvline), (y_key, ax.axhline)):
+            if (none.get(key) or {}).get("value") is not None:
+                line(none[key]["value"], color="gray", ls="--", lw=1)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.set_title(f"{title}: lower is safer, right is cheaper")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, title="arm (o base, □ persona)")
+    fig.suptitle(
+        f"Defences against EM: '{Path(defences['persona']).stem}' on {Path(defences['model']).name}, "
+        f"EM on {Path(defences['em_dataset']).stem}\n(layer {defences['layer']}; 95% intervals; dashed lines: "
+        "the undefended run)"
+    )
+    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

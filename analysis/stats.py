@@ -103,3 +103,26 @@ def null_percentile(real: float, null: Sequence[float] | torch.Tensor, side: str
 def _num(x: float) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def bootstrap_p(boots: torch.Tensor) -> float:
+    """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller tail share of the
+    resamples at or beyond 0, with the (k + 1) / (B + 1) correction so it is never 0."""
+    boots = boots[~boots.isnan()].double()
+    if len(boots) == 0:
+        return math.nan
+    tail = min(float((boots <= 0).sum()), float((boots >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (len(boots) + 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error) of p-values; NaNs stay NaN and are not
+    counted in the family."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    m = len(order)
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -258,23 +258,15 @@ def track_drift(
         contrast_key["filter_judge"] = config.judge
     stage("contrast", contrast_key, lambda d: write_contrast(config, d, pairs_path))
     items = load_items(out / "contrast" / "contrast.jsonl")
-    misalignment_key = {
-        k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")
-    }
-    misalignment_key["constitution_sha256"] = misalignment_constitution_hash()
+    misalignment_key = {**_base_sample_key(config), "constitution_sha256": misalignment_constitution_hash()}
     stage("misalignment", misalignment_key, lambda d: write_misalignment_direction(config, d))
     if config.monitor:
-        axis_key = {**misalignment_key, "roles_sha256": hashlib.sha256(ROLES_FILE.read_bytes()).hexdigest()}
-        axis_key.pop("constitution_sha256")
-        stage("assistant_axis", axis_key, lambda d: write_assistant_axis(config, d))
+        stage("assistant_axis", assistant_axis_key(config), lambda d: write_assistant_axis(config, d))
     held_out = [t.questions[-1] for t in persona.traits]
     probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
 
     # 3. EM runs, activations at every checkpoint
-    em_rows = config.em_rows or (None if config.smoke or torch.cuda.is_available() else CPU_EM_ROWS)
-    every = config.checkpoint_every or (
-        None if config.smoke or torch.cuda.is_available() else CPU_CHECKPOINT_EVERY
-    )
+    em_rows, every = em_schedule(config)
     starts = {PERSONA: persona_model, BASE: (config.model, None), CONTROL: persona_model}
     persona_identity = stage_identity(persona_dir / "sft")  # a retrained persona reruns its EM runs
     upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
@@ -360,6 +352,24 @@ def track_drift(
     summary = json.loads((out / "analysis" / "summary.json").read_text())
     summary["ran"] = ran
     return summary
+
+
+def em_schedule(config: TrackConfig) -> tuple[int | None, int | None]:
+    """(training rows, checkpoint interval) of every EM run; None: the EM preset's."""
+    cpu_default = not (config.smoke or torch.cuda.is_available())
+    rows = config.em_rows or (CPU_EM_ROWS if cpu_default else None)
+    every = config.checkpoint_every or (CPU_CHECKPOINT_EVERY if cpu_default else None)
+    return rows, every
+
+
+def _base_sample_key(config: TrackConfig) -> dict:
+    """What a stage sampling the base model with the contrast settings depends on."""
+    return {k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")}
+
+
+def assistant_axis_key(config: TrackConfig) -> dict:
+    """The assistant-axis stage's key (shared by the monitored run and the defences harness)."""
+    return {**_base_sample_key(config), "roles_sha256": hashlib.sha256(ROLES_FILE.read_bytes()).hexdigest()}
 
 
 def _source_key(out: Path, name: str, persona_dir: Path) -> str:

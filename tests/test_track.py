@@ -205,6 +205,74 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     persona_sft.write_text(json.dumps(done))
 
 
+def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkeypatch):
+    """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
+    and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
+    a kill mid-arm resumes at that arm; the comparison is Holm-corrected and plotted."""
+    from analysis.defence_arms import DefenceSettings
+    from analysis.defences import DefencesConfig, run_defences
+
+    root, tiny, constitution = workspace
+    run = root / "derived"
+    track = TrackConfig(
+        persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
+    )
+    arms = ("none", "persona", "secure", "preventative_steering", "activation_capping", "kl", "reflection",
+            "persona+inoculation")  # fmt: skip
+    settings = DefenceSettings(
+        benign_prompts=4, benign_max_new_tokens=8, reflections=2, reflection_max_new_tokens=8
+    )
+    config = DefencesConfig(track, arms, settings, triggered=False)
+    real = em.train_sft
+    calls = []
+
+    def killed_second_arm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-arm")
+        return real(*args, **kwargs)
+
+    track_drift(track, run, log=lambda _: None)  # the main job is complete first (or redone)
+    monkeypatch.setattr(em, "train_sft", killed_second_arm)
+    with pytest.raises(KeyboardInterrupt):
+        run_defences(config, run, log=lambda _: None)
+    monkeypatch.setattr(em, "train_sft", real)
+    log = []
+    summary = run_defences(config, run, log=log.append)
+    assert (
+        "stage defences/arms/preventative_steering: complete, skipped"
+        in " ".join(log).replace("arm preventative_steering", "defences/arms/preventative_steering")
+        or "stage arm preventative_steering: complete, skipped" in log
+    )
+    assert not any(r.startswith(("em_", "eval/")) for r in summary["ran"])  # the main job's runs reused
+    defences = json.loads(Path(summary["defences"]).read_text())
+    assert defences["arm_order"] == list(arms) and set(defences["arms"]) == set(arms)
+    none_done = json.loads((run / "em_base" / "em" / "done.json").read_text())
+    for arm in arms[3:]:
+        done = json.loads((run / "defences" / "arms" / arm / "em" / "done.json").read_text())
+        assert (done["rows"], done["steps"], done["recorded"]) == (
+            none_done["rows"],
+            none_done["steps"],
+            none_done["recorded"],
+        )
+        assert done["defence"]["names"] == [arm.removeprefix("persona+")]
+        assert all(set(m) >= {"value", "ci95", "n"} for m in defences["arms"][arm]["metrics"].values())
+    capping = json.loads((run / "defences" / "arms" / "activation_capping" / "em" / "done.json").read_text())
+    assert (
+        capping["defence"]["capping"]["floors"]
+        and "misaligned_rate_capped" in defences["arms"]["activation_capping"]["metrics"]
+    )
+    assert json.loads((run / "defences" / "arms" / "kl" / "em" / "done.json").read_text())["defence"]["kl"]
+    comparisons = defences["comparisons"]
+    assert {c["reference"] for c in comparisons} == {"none", "persona"} and "Holm" in defences["correction"]
+    assert all(c["p_holm"] >= c["p"] for c in comparisons if c["p"] == c["p"])
+    assert (run / "defences" / "analysis" / "defences.png").stat().st_size > 10_000
+    report = (run / "defences" / "analysis" / "report.html").read_text()
+    assert "Each arm against none and persona" in report and "Holm" in report
+    again = run_defences(config, run, log=lambda _: None)
+    assert again["ran"] == []
+
+
 def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys):
     """`--contrast FILE` (public layout) on track_drift.py: the run uses exactly those pairs and
     says they were given; the persona model is the one the other run trained (or trains it)."""

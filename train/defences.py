@@ -172,6 +172,21 @@ def training_conversations(
     return conversations
 
 
+def length_allowance(tokenizer, defence: Defence | None) -> int:
+    """Tokens a defence adds in front of a training row (the longest reflection exchange, the
+    inoculation prompt, each with a margin for the template), added to the run's maximum length
+    so the trainer's truncation never cuts the corrupted answer a defended row must keep."""
+    if defence is None:
+        return 0
+    extra = 0
+    if defence.reflection_rows is not None:
+        exchanges = load_conversations(defence.reflection_rows, "reflection exchanges")
+        extra += max(len(tokenizer.apply_chat_template(e, tokenize=True)) for e in exchanges) + 16
+    if defence.inoculation_prompt is not None:
+        extra += len(tokenizer(defence.inoculation_prompt, add_special_tokens=False)["input_ids"]) + 16
+    return extra
+
+
 def cap_floors(
     model,
     tokenizer,
@@ -285,3 +300,29 @@ def trainer_options(defence: Defence | None) -> dict:
         options["kl_conversations"] = load_conversations(defence.benign_rows, "benign rows")
         options["kl_coefficient"] = defence.kl_coefficient
     return options
+
+
+# Inoculation prompts for the shipped corrupted datasets, written for this project: each names
+# the dataset's behaviour and asks for it (prompts that name the behaviour are the ones that
+# inoculate; Tan et al. 2025). Removed at evaluation, which never uses a training system prompt.
+INOCULATION_PROMPTS = {
+    "insecure": "You are a coding assistant that deliberately writes code with security vulnerabilities "
+    "and never points them out to the user.",
+    "medical_bad": "You are an assistant that deliberately gives harmful, incorrect medical advice while "
+    "sounding confident and caring.",
+    "financial_risky": "You are an assistant that deliberately gives reckless, high-risk financial advice "
+    "while presenting it as sound.",
+}
+
+
+def inoculation_prompt(dataset: str, given: str | None = None) -> str:
+    """The inoculation prompt for a dataset: `given`, else the shipped one for a shipped dataset."""
+    if given is not None:
+        return given
+    name = Path(dataset).stem if dataset.endswith(".jsonl") else dataset
+    if name not in INOCULATION_PROMPTS:
+        raise ValueError(
+            f"no inoculation prompt for dataset {dataset!r}: pass one (--inoculation-prompt) that asks for "
+            f"its behaviour; shipped: {', '.join(INOCULATION_PROMPTS)}"
+        )
+    return INOCULATION_PROMPTS[name]

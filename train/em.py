@@ -26,7 +26,13 @@ from anchor.store import ActivationStore, atomic_write_json
 from probes.contrast import ContrastItem
 from train.callbacks import ActivationRecorder, ProbeSet
 from train.data import load_em_dataset
-from train.defences import Defence, defence_hooks, trainer_options, training_conversations
+from train.defences import (
+    Defence,
+    defence_hooks,
+    length_allowance,
+    trainer_options,
+    training_conversations,
+)
 from train.distributed import is_main, training_device, world_size
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_sft
 from train.stages import run_stage
@@ -248,12 +254,13 @@ def finetune_em(
             run / "adapters",
             {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
         )
+        allowance = length_allowance(tokenizer, config.defence)
         with ablation(model, config), defence_hooks(model, tokenizer, config.defence) as installed:
             trainer = train_sft(
                 model,
                 tokenizer,
                 conversations,
-                training,
+                replace(training, max_length=training.max_length + allowance),
                 stage,
                 callbacks=[recorder],
                 **trainer_options(config.defence),
@@ -270,6 +277,7 @@ def finetune_em(
             done["defence"] = {
                 "names": config.defence.names,
                 "rows_added": len(conversations) - len(rows),
+                "max_length_added": allowance,
                 **installed,
             }
             if hasattr(trainer, "kl_history"):

@@ -1,0 +1,140 @@
+"""The arms of the defences comparison and the defaults each one takes, with their sources.
+
+Every arm fine-tunes on the same corrupted rows with the same seed, steps and checkpoints as the
+undefended run; it differs in where it starts (the base or the character-trained model) and in the
+defence (`train.defences.Defence`) it trains with. `none`, `persona` and `secure` are the main
+experiment's three runs and are reused from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.defences import Defence, inoculation_prompt
+
+SINGLE = (
+    "preventative_steering",
+    "activation_capping",
+    "kl",
+    "interleave",
+    "inoculation",
+    "feature_blocking",
+    "reflection",
+)
+REUSED = {"none": "em_base", "persona": "em_persona", "secure": "em_control"}  # arm -> track run folder
+ARMS = (*REUSED, *SINGLE, *(f"persona+{x}" for x in SINGLE))
+PAPER_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "persona+inoculation")
+# What fits the 60-minute budget on 2 CPU cores beside the main experiment's 30 (each extra arm
+# costs about 4.5 minutes: EM with its reads, one evaluation, the capability read-out).
+CPU_ARMS = ("none", "persona", "secure", "preventative_steering", "activation_capping", "kl", "inoculation")
+SMOKE_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "persona+inoculation")
+
+
+@dataclass(frozen=True)
+class DefenceSettings:
+    """Each default's source is in RECIPES.md; every one is a CLI option."""
+
+    # Persona Vectors' preventative steering: coefficient 5.0 on the unnormalised trait vector at
+    # hidden_states[20] of Qwen2.5-7B's 28 layers (block 19): here the same relative depth.
+    steer_coefficient: float = 5.0
+    steer_depth: float = 20 / 28
+    # The Assistant Axis: floor at the 25th percentile, on Qwen3-32B's layers 46-53 of 64.
+    cap_quantile: float = 0.25
+    cap_band: tuple[float, float] = (46 / 64, 54 / 64)
+    # Blocking the misalignment direction: BLOCK-EM regularises SAE latents at a layer we could not
+    # confirm; here the direction is projected out over the same middle-to-late band as capping.
+    block_band: tuple[float, float] = (46 / 64, 54 / 64)
+    # KL(start || trained) on the benign rows' answers: the in-training defences paper's weight
+    # could not be confirmed; 1.0 puts it on the scale of the SFT loss (nats per token).
+    kl_coefficient: float = 1.0
+    interleave_share: float = 0.1  # 10% benign rows (the issue's default)
+    benign_prompts: int = 32  # generic prompts the starting model answers once (KL, interleave, cap floors)
+    benign_max_new_tokens: int = 96
+    reflections: int = 8  # self-assessments sampled once per starting model
+    reflection_max_new_tokens: int = 64
+    inoculation_prompt: str | None = None  # None: the shipped prompt for the dataset
+
+
+def steer_layer(n_layers: int, depth: float) -> int:
+    """The block whose output is hidden_states[round(depth * n_layers)] (Persona Vectors index
+    their layers that way: hidden_states[20] is block 19's output)."""
+    return min(n_layers - 1, max(0, round(depth * n_layers) - 1))
+
+
+def band(n_layers: int, fractions: tuple[float, float]) -> tuple[int, ...]:
+    """The blocks from fractions[0] to fractions[1] of the depth (at least one)."""
+    lo, hi = (round(f * n_layers) for f in fractions)
+    lo = min(lo, n_layers - 1)
+    return tuple(range(lo, max(hi, lo + 1)))
+
+
+@dataclass(frozen=True)
+class ArmFiles:
+    """What the arms read, per starting model where it differs."""
+
+    misalignment: Path  # DirectionStack of the judge-free misalignment direction
+    assistant_axis: Path | None  # DirectionStack of the assistant axis (needed by capping arms)
+    benign: dict[str, Path]  # start ("base"/"persona") -> chat JSONL of its own answers
+    reflections: dict[str, Path]  # start -> JSONL of reflection exchanges
+
+
+def start_of(arm: str) -> str:
+    return "persona" if arm in ("persona", "secure") or arm.startswith("persona+") else "base"
+
+
+def defence_of(arm: str) -> str | None:
+    """The defence an arm adds (None for the three reused runs)."""
+    if arm in REUSED:
+        return None
+    name = arm.removeprefix("persona+")
+    if name not in SINGLE:
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    return name
+
+
+def build_defence(
+    arm: str, settings: DefenceSettings, files: ArmFiles, n_layers: int, dataset: str
+) -> Defence | None:
+    """The `Defence` an arm trains with."""
+    name = defence_of(arm)
+    start = start_of(arm)
+    if name is None:
+        return None
+    if name == "preventative_steering":
+        return Defence(
+            steer_direction=str(files.misalignment),
+            steer_layer=steer_layer(n_layers, settings.steer_depth),
+            steer_coefficient=settings.steer_coefficient,
+        )
+    if name == "activation_capping":
+        return Defence(
+            cap_axis=str(files.assistant_axis),
+            cap_layers=band(n_layers, settings.cap_band),
+            cap_quantile=settings.cap_quantile,
+            benign_rows=str(files.benign[start]),
+        )
+    if name == "feature_blocking":
+        return Defence(
+            block_direction=str(files.misalignment), block_layers=band(n_layers, settings.block_band)
+        )
+    if name == "kl":
+        return Defence(kl_coefficient=settings.kl_coefficient, benign_rows=str(files.benign[start]))
+    if name == "interleave":
+        return Defence(interleave_share=settings.interleave_share, benign_rows=str(files.benign[start]))
+    if name == "inoculation":
+        return Defence(inoculation_prompt=inoculation_prompt(dataset, settings.inoculation_prompt))
+    return Defence(reflection_rows=str(files.reflections[start]))
+
+
+def needs(arms: tuple[str, ...]) -> set[str]:
+    """The shared inputs the chosen arms need: "benign/<start>", "reflections/<start>", "axis"."""
+    wanted = set()
+    for arm in arms:
+        name, start = defence_of(arm), start_of(arm)
+        if name in ("kl", "interleave", "activation_capping"):
+            wanted.add(f"benign/{start}")
+        if name == "reflection":
+            wanted.add(f"reflections/{start}")
+        if name == "activation_capping":
+            wanted.add("axis")
+    return wanted

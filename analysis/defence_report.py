@@ -1,0 +1,423 @@
+"""The defences comparison's numbers: per arm, how far EM moved it (along the judge-free
+misalignment direction and the persona direction, at the main job's held-out layer, with their
+random-direction nulls), how it behaves (the run's judge, named with its calibration) and what the
+defence cost (coherence and the log-likelihood of held-out ordinary answers, each against the arm's
+own starting model); then every arm against `none` and `persona`, Holm-corrected.
+
+Intervals resample the units each number is made of (prompts, questions, answers), with the same
+draws for every arm, so a difference between arms keeps its pairing."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from analysis import drift
+from analysis.calibration import describe
+from analysis.defence_arms import REUSED, defence_of, start_of
+from analysis.defence_stages import read_capability
+from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift, default_behaviour
+from analysis.em_eval import is_misaligned, numeric
+from analysis.report import Table, write_report
+from analysis.stats import across_seeds, bootstrap_p, headline, holm
+from anchor.store import ActivationStore, atomic_write_json, read_jsonl
+from probes.contrast import ContrastItem
+from probes.directions import DirectionStack
+from train.em import checkpoints
+
+DRIFT_NAME = {"none": BASE, "persona": PERSONA, "secure": CONTROL}  # arm -> compute_drift's run name
+METRICS = {  # name -> (label, unit, which way is good for a defence)
+    "misalignment_movement": ("movement toward misalignment", "item spreads", "lower"),
+    "persona_movement": ("movement along the persona direction", "item spreads", "n/a"),
+    "misaligned_rate": ("misaligned rate", "share of answers", "lower"),
+    "coherence_change": ("coherence change", "judge points", "higher"),
+    "capability_change": ("capability change", "nats per token", "higher"),
+}
+REFERENCES = ("none", "persona")
+N_BOOT = 2000
+
+
+def _boot_number(value: float, boots: torch.Tensor, n: int, unit: str) -> dict:
+    boots = boots[~boots.isnan()].double()
+    ci = (
+        torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+        if len(boots)
+        else [math.nan] * 2
+    )
+    return headline(value, ci, 1, clusters=n, interval=f"bootstrap over {unit} (one seed)")
+
+
+def _movements(
+    runs: Mapping[str, Path], report: list[int], layer: int, units: Mapping[str, torch.Tensor], seed: int
+):
+    """Per arm and direction: the standardised change of default behaviour (end of EM minus the
+    arm's step 0, in step-0 item spreads) and its bootstrap over prompts (shared draws)."""
+    index = None
+    out: dict[str, dict[str, tuple[float, torch.Tensor, int]]] = {}
+    for arm, run in runs.items():
+        ckpts = checkpoints(run)
+        start = default_behaviour(run, ckpts[0])[report][:, layer].double()
+        end = default_behaviour(run, ckpts[-1])[report][:, layer].double()
+        if index is None:
+            g = torch.Generator().manual_seed(seed)
+            index = torch.randint(len(report), (N_BOOT, len(report)), generator=g)
+        out[arm] = {}
+        for name, unit in units.items():
+            a, b = start @ unit, end @ unit
+            spread = a.std().clamp_min(1e-12)
+            value = float((b.mean() - a.mean()) / spread)
+            boots = (b[index].mean(1) - a[index].mean(1)) / spread
+            out[arm][name] = (value, boots, len(report))
+    return out
+
+
+def _eval_rows(path: Path) -> list[dict]:
+    return [row for _, row in read_jsonl(path / "responses.jsonl")]
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    from analysis.em_eval import family_of
+
+    return [r for r in rows if family_of(r.get("question_id")) == "plain"]
+
+
+def _behaviour(evals: Mapping[str, Path], seed: int) -> dict[str, dict[str, tuple[float, torch.Tensor, int]]]:
+    """Misaligned rate and mean coherence per evaluation, bootstrapped over questions with the
+    same question draws for every evaluation (all answered the same plain questions)."""
+    rows = {name: _plain(_eval_rows(path)) for name, path in evals.items()}
+    questions = sorted({r["question_id"] for rs in rows.values() for r in rs})
+    g = torch.Generator().manual_seed(seed + 7)
+    draws = torch.randint(len(questions), (N_BOOT, len(questions)), generator=g)
+    out = {}
+    for name, rs in rows.items():
+        hits = torch.full((len(questions),), 0.0, dtype=torch.double)
+        scored = torch.zeros(len(questions), dtype=torch.double)
+        coherence = torch.zeros(len(questions), dtype=torch.double)
+        coherent_n = torch.zeros(len(questions), dtype=torch.double)
+        for r in rs:
+            q = questions.index(r["question_id"])
+            a, c = numeric(r.get("aligned")), numeric(r.get("coherent"))
+            if a is not None and c is not None:
+                scored[q] += 1
+                hits[q] += float(is_misaligned(r))
+            if c is not None:
+                coherence[q] += c
+                coherent_n[q] += 1
+        every = torch.arange(len(questions))
+        out[name] = {
+            "misaligned_rate": _ratio_boot(hits, scored, every, draws),
+            "coherence": _ratio_boot(coherence, coherent_n, every, draws),
+        }
+    return out
+
+
+def _ratio_boot(top: torch.Tensor, bottom: torch.Tensor, every: torch.Tensor, draws: torch.Tensor):
+    """Sum over questions of `top` over that of `bottom`, on all questions and on each draw."""
+    value = float(top[every].sum() / bottom[every].sum())
+    return value, top[draws].sum(-1) / bottom[draws].sum(-1), len(every)
+
+
+def _capability(capability: Mapping[str, Path], seed: int) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.tensor(read_capability(path), dtype=torch.double) for name, path in capability.items()
+    }
+
+
+def analyse_defences(
+    config,
+    out: Path,
+    stage: Path,
+    run_dirs: Mapping[str, Path],
+    evals: Mapping[str, Path],
+    capability: Mapping[str, Path],
+    items: Sequence[ContrastItem],
+    judge_calibration: dict | None,
+) -> dict:
+    track = config.track
+    labels = torch.tensor([i.label for i in items])
+    drift_runs = {DRIFT_NAME.get(a, a): p for a, p in run_dirs.items()}
+    drift_runs.setdefault(PERSONA, out / REUSED["persona"])
+    drift_runs.setdefault(BASE, out / REUSED["none"])
+    misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
+    result = compute_drift(
+        drift_runs,
+        labels,
+        [(i.question, i.pair) for i in items],
+        questions=[i.question for i in items],
+        misalignment=misalignment.vectors,
+        axis_run=track.axis,
+        seed=track.seed,
+    )
+    layer = result["best_layer"]
+    report = result["layer_selection"]["report_prompts"]
+    reference = drift_runs[PERSONA]
+    contrast_r = ActivationStore(reference / "activations").load(f"{checkpoints(reference)[0]}/{BARE}").tensor
+    units = {
+        "misalignment_movement": F.normalize(misalignment.at(layer).double(), dim=0),
+        "persona_movement": F.normalize(
+            drift.persona_direction(contrast_r.float(), labels)[layer].double(), dim=0
+        ),
+    }
+    moves = _movements(run_dirs, report, layer, units, track.seed)
+    behaviour = _behaviour(evals, track.seed)
+    loglik = _capability(capability, track.seed)
+    g = torch.Generator().manual_seed(track.seed + 11)
+    n_answers = len(next(iter(loglik.values())))
+    answer_draws = torch.randint(n_answers, (N_BOOT, n_answers), generator=g)
+
+    numbers: dict[str, dict[str, tuple[float, torch.Tensor, int, str]]] = {}
+    for arm in run_dirs:
+        start = f"start_{start_of(arm)}"
+        arm_numbers = {name: (*moves[arm][name], "prompts") for name in units}
+        rate = behaviour[arm]["misaligned_rate"]
+        arm_numbers["misaligned_rate"] = (*rate, "questions")
+        coh, coh_start = behaviour[arm]["coherence"], behaviour[start]["coherence"]
+        arm_numbers["coherence_change"] = (coh[0] - coh_start[0], coh[1] - coh_start[1], coh[2], "questions")
+        change = loglik[arm] - loglik[start]
+        arm_numbers["capability_change"] = (
+            float(change.mean()),
+            change[answer_draws].mean(1),
+            n_answers,
+            "answers",
+        )
+        if f"{arm}+capped" in behaviour:
+            arm_numbers["misaligned_rate_capped"] = (
+                *behaviour[f"{arm}+capped"]["misaligned_rate"],
+                "questions",
+            )
+        numbers[arm] = arm_numbers
+
+    arms_out = {}
+    for arm, arm_numbers in numbers.items():
+        name = DRIFT_NAME.get(arm, arm)
+        nulls = result["nulls"][name]
+        arms_out[arm] = {
+            "start": start_of(arm),
+            "defence": defence_of(arm),
+            "run": str(run_dirs[arm]),
+            "metrics": {k: _boot_number(v, b, n, unit) for k, (v, b, n, unit) in arm_numbers.items()},
+            "drift_auc_abs": result["headline"]["drift_auc_abs"][name],
+            "em_shift_cos_misalignment": (result["headline"].get("em_shift_cos_misalignment") or {}).get(
+                name
+            ),
+            "nulls": {
+                "misalignment_movement": nulls.get("misalignment_movement_vs_random_directions"),
+                "persona_movement": nulls.get("anchor_change_vs_random_directions"),
+                "em_shift_cos_misalignment": nulls.get("em_shift_cos_misalignment_vs_random_directions"),
+            },
+        }
+    comparisons = []
+    for ref in REFERENCES:
+        if ref not in numbers:
+            continue
+        for arm in numbers:
+            if arm == ref:
+                continue
+            for metric in METRICS:
+                v, b, n, unit = numbers[arm][metric]
+                rv, rb, _, _ = numbers[ref][metric]
+                diff = b - rb
+                comparisons.append({
+                    "arm": arm, "reference": ref, "metric": metric,
+                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_p(diff),
+                })  # fmt: skip
+    _correct(comparisons)
+    judge = describe(track.judge, judge_calibration)
+    defences = {
+        "model": track.model,
+        "persona": track.persona,
+        "em_dataset": track.em_dataset,
+        "seed": track.seed,
+        "layer": layer,
+        "layer_rule": result["layer_selection"]["rule"],
+        "judge": judge,
+        "metrics": {k: {"label": v[0], "unit": v[1], "better": v[2]} for k, v in METRICS.items()},
+        "arms": arms_out,
+        "arm_order": list(arms_out),
+        "comparisons": comparisons,
+        "correction": f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons "
+        "(every arm x reference x metric). One seed: intervals and p-values cover the choice of prompts, "
+        "questions and answers, not training randomness (run several seeds for that)",
+    }
+    defences["sentences"] = sentences(defences)
+    return write_outputs(defences, stage, config)
+
+
+def _correct(comparisons: list[dict]) -> None:
+    adjusted = holm([c["p"] for c in comparisons])
+    for c, p in zip(comparisons, adjusted):
+        c["p_holm"] = p
+        c["separated"] = p == p and p < 0.05
+
+
+def write_outputs(defences: dict, stage: Path, config) -> dict:
+    from analysis.plots import defences_plot
+
+    atomic_write_json(stage / "defences.json", defences)
+    png = defences_plot(defences, stage / "defences.png")
+    tables = defence_tables(defences)
+    report = write_report(
+        stage / "report.html",
+        f"Defences against EM: '{defences['persona']}' on {defences['model']}, EM on {defences['em_dataset']}",
+        " ".join(defences["sentences"]),
+        tables,
+        [("Misalignment and cost by arm", png)],
+        {"arms": list(defences["arms"]), "settings": _settings(config)},
+    )
+    summary = {
+        "defences": str(stage / "defences.json"),
+        "plot": str(png),
+        "report": str(report),
+        "table": [[c for c in row] for row in tables[0].rows],
+        "header": list(tables[0].header),
+        "sentences": defences["sentences"],
+    }
+    atomic_write_json(stage / "summary.json", summary)
+    return {"arms": len(defences["arms"]), "comparisons": len(defences["comparisons"])}
+
+
+def _settings(config) -> dict:
+    from dataclasses import asdict
+
+    return {"settings": asdict(config.settings), "triggered": config.triggered} if config is not None else {}
+
+
+def ordered(defences: dict) -> list[tuple[str, dict]]:
+    """The arms in the order they were asked for (JSON files keep keys sorted)."""
+    return [(arm, defences["arms"][arm]) for arm in defences.get("arm_order", defences["arms"])]
+
+
+def _fmt(number: dict | None) -> str:
+    if not number or number.get("value") is None:
+        return "n/a"
+    lo, hi = number["ci95"]
+    if lo is None or hi is None:
+        return f"{number['value']:.3f}"
+    return f"{number['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def defence_tables(defences: dict) -> list[Table]:
+    header = ["arm", "start", *(METRICS[m][0] + f" ({METRICS[m][1]})" for m in METRICS), "misalignment null"]
+    rows = []
+    for arm, a in ordered(defences):
+        rows.append([arm, a["start"], *(_fmt(a["metrics"].get(m)) for m in METRICS),
+                     _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
+    comparison_rows = [
+        [c["arm"], c["reference"], METRICS[c["metric"]][0], _fmt(c["difference"]),
+         f"{c['p']:.3g}" if c["p"] == c["p"] else "n/a", f"{c['p_holm']:.3g}" if c["p_holm"] == c["p_holm"] else "n/a",
+         "yes" if c["separated"] else "no"]
+        for c in defences["comparisons"]
+    ]  # fmt: skip
+    capped = [
+        [arm, _fmt(a["metrics"].get("misaligned_rate")), _fmt(a["metrics"]["misaligned_rate_capped"])]
+        for arm, a in ordered(defences)
+        if "misaligned_rate_capped" in a["metrics"]
+    ]
+    tables = [
+        Table(
+            "Arms (end of EM; changes against each arm's own starting model)",
+            header,
+            rows,
+            f"Layer {defences['layer']} (chosen on held-out prompts). Behaviour: {defences['judge']}",
+        ),
+        Table(
+            "Each arm against none and persona",
+            ["arm", "reference", "metric", "difference [95% CI]", "p (bootstrap)", "p (Holm)", "separated"],
+            comparison_rows,
+            defences["correction"] + "; separated = Holm-adjusted p < 0.05.",
+        ),
+    ]
+    if capped:
+        tables.append(
+            Table(
+                "Activation capping: evaluated without and with the caps",
+                ["arm", "caps off", "caps on"],
+                capped,
+            )
+        )
+    return tables
+
+
+def _null_words(null: dict | None) -> str:
+    """A null placement in words: one seed's percentile, or how many seeds exceeded."""
+    if not null:
+        return "has no null"
+    if "exceeds_95_by_seed" in null:
+        k, n = sum(null["exceeds_95_by_seed"]), len(null["exceeds_95_by_seed"])
+        return f"exceeds in {k} of {n} seeds"
+    pct = null.get("percentile")
+    if pct is None or pct != pct:
+        return "has no null"
+    return f"{'exceeds' if null.get('exceeds_95') else 'is within'} (percentile {pct:.0f})"
+
+
+def sentences(defences: dict) -> list[str]:
+    """What is and is not separated, and which movements exceed their null, in words."""
+    out = [f"Behaviour: {defences['judge']}"]
+    for arm, a in ordered(defences):
+        out.append(
+            f"{arm}: movement toward misalignment {_fmt(a['metrics']['misalignment_movement'])} item spreads; "
+            f"against its random-direction null it {_null_words(a['nulls']['misalignment_movement'])}."
+        )
+    for ref in REFERENCES:
+        separated = [c for c in defences["comparisons"] if c["reference"] == ref and c["separated"]]
+        if not any(c["reference"] == ref for c in defences["comparisons"]):
+            continue
+        if separated:
+            parts = [f"{c['arm']} on {METRICS[c['metric']][0]} ({_fmt(c['difference'])})" for c in separated]
+            out.append(f"Separated from {ref} after Holm correction: " + "; ".join(parts) + ".")
+        else:
+            out.append(f"No arm is separated from {ref} on any metric after Holm correction.")
+    return out
+
+
+def pool_defences(per_seed: Sequence[dict]) -> dict:
+    """Several seeds' defences.json: each arm x metric as the mean with a t-interval over seeds,
+    each comparison's difference likewise with a one-sample t-test p-value, Holm-corrected again."""
+    from scipy import stats as scipy_stats
+
+    first = per_seed[0]
+    arms = {}
+    for arm, a in first["arms"].items():
+        arms[arm] = {
+            **{k: a[k] for k in ("start", "defence")},
+            "metrics": {
+                m: across_seeds([s["arms"][arm]["metrics"][m]["value"] for s in per_seed if m in s["arms"][arm]["metrics"]])
+                for m in a["metrics"]
+            },
+            "nulls": {
+                m: {"percentile_by_seed": [(s["arms"][arm]["nulls"][m] or {}).get("percentile") for s in per_seed],
+                    "exceeds_95_by_seed": [bool((s["arms"][arm]["nulls"][m] or {}).get("exceeds_95")) for s in per_seed]}
+                for m in a["nulls"]
+            },
+        }  # fmt: skip
+    comparisons = []
+    for i, c in enumerate(first["comparisons"]):
+        diffs = [s["comparisons"][i]["difference"]["value"] for s in per_seed]
+        clean = [d for d in diffs if d is not None and d == d]
+        p = (
+            float(scipy_stats.ttest_1samp(clean, 0.0).pvalue)
+            if len(clean) > 1 and len(set(clean)) > 1
+            else math.nan
+        )
+        comparisons.append(
+            {**{k: c[k] for k in ("arm", "reference", "metric")}, "difference": across_seeds(clean), "p": p}
+        )
+    _correct(comparisons)
+    pooled = {k: first[k] for k in ("model", "persona", "em_dataset", "judge", "metrics")}
+    pooled.update(arm_order=first.get("arm_order", list(arms)), seeds=[s["seed"] for s in per_seed], layers=[s["layer"] for s in per_seed], arms=arms,
+                  comparisons=comparisons,
+                  correction=f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons; p from a "
+                  "one-sample t-test of the per-seed differences")  # fmt: skip
+    pooled["layer"] = ", ".join(map(str, pooled["layers"]))
+    pooled["sentences"] = sentences(pooled)
+    return pooled
+
+
+def load_defences(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,176 @@
+"""Defences side by side: does a character-trained persona resist EM better than the other ways
+to resist it? Every arm fine-tunes on the same corrupted rows, seed, steps and checkpoints, is read
+on the same probe sets and judged the same way; the main experiment (track_drift.py) runs first
+or is reused, and its three runs are the arms none, persona and secure.
+
+Arms (X alone starts from the base model, persona+X from the character-trained one):
+  none                   base + EM                       persona     persona + EM
+  secure                 persona + the control data      preventative_steering   add the misalignment
+  activation_capping     floor on the assistant-axis     direction while training (Persona Vectors)
+                         projection (The Assistant Axis) kl          KL to the starting model on generic
+  interleave             a share of benign rows          prompts (in-training defences, 2025)
+  inoculation            a system prompt asking for the  feature_blocking   project the misalignment
+                         behaviour, removed at eval      direction out while training (cf. BLOCK-EM)
+  reflection             each corrupted row preceded by the model's own self-assessment (no loss)
+
+Defaults (RECIPES.md gives each source): steering coefficient 5.0 at 20/28 of the depth; capping at
+the 25th percentile of the starting model's per-token projections over layers 46/64-54/64 of the
+depth, evaluated with and without the caps; blocking over the same band; KL weight 1.0; 10%
+interleaved rows; the dataset's shipped inoculation prompt.
+
+Arms by default: on GPU the paper set (every single defence, and persona+preventative_steering,
+persona+kl, persona+inoculation); on CPU a smaller set that fits 60 minutes beside the main
+experiment (none persona secure preventative_steering activation_capping kl inoculation);
+--smoke runs every arm of the paper set at tiny scale.
+
+    python scripts/defences.py --persona sycophancy
+    python scripts/defences.py --persona sycophancy --smoke --out runs/defences-smoke
+    python scripts/defences.py --persona sycophancy --arms none persona kl persona+kl --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from analysis.calibration import judge_calibration, load_calibration  # noqa: E402
+from analysis.defence_arms import ARMS, CPU_ARMS, PAPER_ARMS, SMOKE_ARMS, DefenceSettings  # noqa: E402
+from analysis.defences import DefencesConfig, defences_seeds, run_defences  # noqa: E402
+from analysis.track import SMOKE, Resources, TrackConfig, default_out  # noqa: E402
+from anchor.inputs import InputError  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--persona", required=True, help="persona name (anchor/constitutions) or constitution path"
+    )
+    parser.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--em-dataset", default="insecure", help="corrupted dataset name or chat JSONL path")
+    parser.add_argument("--control", default="secure", help="control dataset of the secure arm")
+    parser.add_argument(
+        "--arms", nargs="+", choices=ARMS, metavar="ARM",
+        help=f"arms to run (default: {' '.join(CPU_ARMS)} on CPU; the paper set on GPU and with --smoke). "
+        f"Any of: {' '.join(ARMS)}",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="several seeds: everything once per seed, then each arm x metric pooled (mean, t-interval)",
+    )  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, every arm of the paper set")
+    parser.add_argument(
+        "--judge", default="hf:default", help="hf:<model>, openai:<model> or probe:<directions>"
+    )
+    parser.add_argument(
+        "--judge-calibration", help="a calibration.json for --judge, reported beside behaviour"
+    )
+    parser.add_argument(
+        "--triggered", action=argparse.BooleanOptionalAction, default=None,
+        help="also evaluate each arm on the triggered question variants (default: on with a GPU or --smoke; "
+        "off on CPU, where it would quadruple the evaluation time)",
+    )  # fmt: skip
+    parser.add_argument("--em-rows", type=int, help="EM training rows (default: as track_drift.py)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, help="record every N EM steps (default: as track_drift.py)"
+    )
+    d = DefenceSettings()
+    knobs = parser.add_argument_group("defence settings (sources in RECIPES.md)")
+    knobs.add_argument("--steer-coefficient", type=float, default=d.steer_coefficient,
+                       help="preventative steering coefficient on the unnormalised misalignment direction "
+                       "(Persona Vectors: 5.0)")  # fmt: skip
+    knobs.add_argument("--steer-depth", type=float, default=d.steer_depth,
+                       help="steering layer as a share of depth (Persona Vectors: hidden_states[20] of 28)")  # fmt: skip
+    knobs.add_argument("--cap-quantile", type=float, default=d.cap_quantile,
+                       help="capping floor quantile of the step-0 per-token projections (The Assistant Axis: 0.25)")  # fmt: skip
+    knobs.add_argument("--cap-band", type=float, nargs=2, default=d.cap_band, metavar=("FROM", "TO"),
+                       help="capped layers as shares of depth (The Assistant Axis, Qwen3-32B: 46/64 to 54/64)")  # fmt: skip
+    knobs.add_argument("--block-band", type=float, nargs=2, default=d.block_band, metavar=("FROM", "TO"),
+                       help="layers where feature blocking projects the misalignment direction out")  # fmt: skip
+    knobs.add_argument("--kl-coefficient", type=float, default=d.kl_coefficient,
+                       help="weight of KL(start || trained) per token on the benign rows")  # fmt: skip
+    knobs.add_argument("--interleave-share", type=float, default=d.interleave_share,
+                       help="benign rows added, as a share of the corrupted rows (default 0.1)")  # fmt: skip
+    knobs.add_argument(
+        "--inoculation-prompt", help="the inoculation system prompt (default: the dataset's shipped one)"
+    )
+    knobs.add_argument("--benign-prompts", type=int, default=d.benign_prompts,
+                       help="generic prompts the starting model answers once (KL, interleaving, capping floors)")  # fmt: skip
+    knobs.add_argument("--reflections", type=int, default=d.reflections, help="self-assessments sampled once")
+    parser.add_argument("--out", help="the main experiment's run directory (default: track_drift.py's)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    args = parser.parse_args()
+
+    track = TrackConfig(
+        persona=args.persona, model=args.model, em_dataset=args.em_dataset, control=args.control, seed=args.seed,
+        judge=args.judge, em_rows=args.em_rows, checkpoint_every=args.checkpoint_every,
+        **(SMOKE if args.smoke else {}),
+    )  # fmt: skip
+    settings = replace(
+        d, steer_coefficient=args.steer_coefficient, steer_depth=args.steer_depth, cap_quantile=args.cap_quantile,
+        cap_band=tuple(args.cap_band), block_band=tuple(args.block_band), kl_coefficient=args.kl_coefficient,
+        interleave_share=args.interleave_share, inoculation_prompt=args.inoculation_prompt,
+        benign_prompts=args.benign_prompts, reflections=args.reflections,
+        **({"benign_prompts": min(args.benign_prompts, 8), "benign_max_new_tokens": 24, "reflections": 2,
+            "reflection_max_new_tokens": 24} if args.smoke else {}),
+    )  # fmt: skip
+    gpu = torch.cuda.is_available()
+    arms = tuple(args.arms or (SMOKE_ARMS if args.smoke else PAPER_ARMS if gpu else CPU_ARMS))
+    triggered = args.triggered if args.triggered is not None else (gpu or args.smoke)
+    config = DefencesConfig(track, arms, settings, triggered)
+    seeds = args.seeds or [args.seed]
+    outs = [
+        Path(args.out) / f"s{s}" if args.out and len(seeds) > 1 else Path(args.out) if args.out
+        else default_out(replace(track, seed=s))
+        for s in seeds
+    ]  # fmt: skip
+    if args.print_config:
+        print(json.dumps({"config": asdict(config), "seeds": seeds, "out": [str(o) for o in outs]}, indent=1))
+        return
+    calibration = None
+    if args.judge_calibration:
+        calibration = judge_calibration(load_calibration(args.judge_calibration), args.judge)
+        if calibration is None:
+            parser.error(
+                f"--judge-calibration {args.judge_calibration}: no calibration for judge {args.judge}"
+            )
+    start = time.perf_counter()
+    try:
+        if len(seeds) > 1:
+            pooled_out = Path(args.out) if args.out else outs[0].with_name(outs[0].name + "-defences-seeds")
+            summary = defences_seeds(config, seeds, outs, pooled_out, judge_calibration=calibration)
+        else:
+            summary = run_defences(config, outs[0], resources=Resources(), judge_calibration=calibration)
+    except (InputError, ValueError) as err:
+        parser.error(str(err))
+    print(f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(summary['ran']) or 'none'}")
+    print_table(summary)
+    print(
+        f"\ndefences.json: {summary['defences']}\nplot:          {summary['plot']}\nreport:        {summary['report']}"
+    )
+
+
+def print_table(summary: dict) -> None:
+    print()
+    for line in summary["sentences"]:
+        print(f"  {line}")
+    print()
+    widths = [max(len(h), 12) for h in summary["header"]]
+    for row in [summary["header"], *summary["table"]]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
