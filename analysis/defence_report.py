@@ -24,7 +24,7 @@ from analysis.defence_stages import read_capability
 from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
 from analysis.report import Table, write_report
-from analysis.stats import across_seeds, bootstrap_p, headline, holm
+from analysis.stats import across_seeds, bootstrap_se_p, headline, holm
 from anchor.store import ActivationStore, atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
 from probes.directions import DirectionStack
@@ -89,7 +89,12 @@ def _plain(rows: list[dict]) -> list[dict]:
 def _behaviour(evals: Mapping[str, Path], seed: int) -> dict[str, dict[str, tuple[float, torch.Tensor, int]]]:
     """Misaligned rate and mean coherence per evaluation, bootstrapped over questions with the
     same question draws for every evaluation (all answered the same plain questions)."""
+    from anchor.triggers import parse_variant_id
+
     rows = {name: _plain(_eval_rows(path)) for name, path in evals.items()}
+    for rs in rows.values():  # "<id>__plain" (a triggered evaluation) and "<id>" are one question
+        for r in rs:
+            r["question_id"] = parse_variant_id(r["question_id"])[0]
     questions = sorted({r["question_id"] for rs in rows.values() for r in rs})
     g = torch.Generator().manual_seed(seed + 7)
     draws = torch.randint(len(questions), (N_BOOT, len(questions)), generator=g)
@@ -120,6 +125,20 @@ def _ratio_boot(top: torch.Tensor, bottom: torch.Tensor, every: torch.Tensor, dr
     """Sum over questions of `top` over that of `bottom`, on all questions and on each draw."""
     value = float(top[every].sum() / bottom[every].sum())
     return value, top[draws].sum(-1) / bottom[draws].sum(-1), len(every)
+
+
+def _triggered(evaluation: Path | None) -> dict | None:
+    """The misaligned rate per triggered-variant family and each family minus plain, when the arm
+    was evaluated on them (None otherwise)."""
+    if evaluation is None:
+        return None
+    summary = json.loads((evaluation / "summary.json").read_text())
+    if "by_family" not in summary:
+        return None
+    return {
+        "misaligned_rate": {f: m["misaligned_rate"] for f, m in summary["by_family"].items()},
+        "minus_plain": summary.get("family_gap"),
+    }
 
 
 def _capability(capability: Mapping[str, Path], seed: int) -> dict[str, torch.Tensor]:
@@ -153,6 +172,7 @@ def analyse_defences(
         axis_run=track.axis,
         seed=track.seed,
     )
+    atomic_write_json(stage / "drift.json", result)  # every arm's drift metrics, as the main job's
     layer = result["best_layer"]
     report = result["layer_selection"]["report_prompts"]
     reference = drift_runs[PERSONA]
@@ -205,6 +225,7 @@ def analyse_defences(
             "em_shift_cos_misalignment": (result["headline"].get("em_shift_cos_misalignment") or {}).get(
                 name
             ),
+            "triggered": _triggered(evals.get(arm)),
             "nulls": {
                 "misalignment_movement": nulls.get("misalignment_movement_vs_random_directions"),
                 "persona_movement": nulls.get("anchor_change_vs_random_directions"),
@@ -224,7 +245,7 @@ def analyse_defences(
                 diff = b - rb
                 comparisons.append({
                     "arm": arm, "reference": ref, "metric": metric,
-                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_p(diff),
+                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_se_p(v - rv, diff),
                 })  # fmt: skip
     _correct(comparisons)
     judge = describe(track.judge, judge_calibration)
@@ -241,7 +262,8 @@ def analyse_defences(
         "arm_order": list(arms_out),
         "comparisons": comparisons,
         "correction": f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons "
-        "(every arm x reference x metric). One seed: intervals and p-values cover the choice of prompts, "
+        "(every arm x reference x metric); p two-sided from the paired bootstrap's standard error (normal "
+        "approximation: a percentile p could not go below 1/2000, which no family this size survives). One seed: intervals and p-values cover the choice of prompts, "
         "questions and answers, not training randomness (run several seeds for that)",
     }
     defences["sentences"] = sentences(defences)
@@ -365,14 +387,21 @@ def sentences(defences: dict) -> list[str]:
             f"against its random-direction null it {_null_words(a['nulls']['misalignment_movement'])}."
         )
     for ref in REFERENCES:
-        separated = [c for c in defences["comparisons"] if c["reference"] == ref and c["separated"]]
-        if not any(c["reference"] == ref for c in defences["comparisons"]):
-            continue
-        if separated:
-            parts = [f"{c['arm']} on {METRICS[c['metric']][0]} ({_fmt(c['difference'])})" for c in separated]
-            out.append(f"Separated from {ref} after Holm correction: " + "; ".join(parts) + ".")
-        else:
-            out.append(f"No arm is separated from {ref} on any metric after Holm correction.")
+        for metric, (label, unit, _) in METRICS.items():
+            rows = [c for c in defences["comparisons"] if c["reference"] == ref and c["metric"] == metric]
+            if not rows:
+                continue
+            lower = [c for c in rows if c["separated"] and c["difference"]["value"] < 0]
+            higher = [c for c in rows if c["separated"] and c["difference"]["value"] > 0]
+            rest = [c["arm"] for c in rows if not c["separated"]]
+            said = lambda cs: ", ".join(f"{c['arm']} ({_fmt(c['difference'])})" for c in cs) or "no arm"  # noqa: E731
+            untestable = [c["arm"] for c in rows if c["p"] != c["p"]]
+            out.append(
+                f"{label.capitalize()} ({unit}) against {ref}, Holm-corrected: lower in {said(lower)}; higher in "
+                f"{said(higher)}; not separated: {', '.join(a for a in rest if a not in untestable) or 'no arm'}"
+                + (f"; no test (no variation or no number): {', '.join(untestable)}." if untestable else ".")
+            )
+    out.append(defences["correction"] + ".")
     return out
 
 

@@ -77,8 +77,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--triggered", action=argparse.BooleanOptionalAction, default=None,
-        help="also evaluate each arm on the triggered question variants (default: on with a GPU or --smoke; "
-        "off on CPU, where it would quadruple the evaluation time)",
+        help="also evaluate each arm on the triggered question variants (default: on with a GPU; off on "
+        "CPU, --smoke included, where it quadruples the evaluation time)",
     )  # fmt: skip
     parser.add_argument("--em-rows", type=int, help="EM training rows (default: as track_drift.py)")
     parser.add_argument(
@@ -123,12 +123,15 @@ def main() -> None:
         cap_band=tuple(args.cap_band), block_band=tuple(args.block_band), kl_coefficient=args.kl_coefficient,
         interleave_share=args.interleave_share, inoculation_prompt=args.inoculation_prompt,
         benign_prompts=args.benign_prompts, reflections=args.reflections,
-        **({"benign_prompts": min(args.benign_prompts, 8), "benign_max_new_tokens": 24, "reflections": 2,
-            "reflection_max_new_tokens": 24} if args.smoke else {}),
     )  # fmt: skip
+    if args.smoke:  # short samples; fewer of them unless asked
+        settings = replace(
+            settings, benign_max_new_tokens=24, reflection_max_new_tokens=24,
+            benign_prompts=min(settings.benign_prompts, 8), reflections=min(settings.reflections, 2),
+        )  # fmt: skip
     gpu = torch.cuda.is_available()
     arms = tuple(args.arms or (SMOKE_ARMS if args.smoke else PAPER_ARMS if gpu else CPU_ARMS))
-    triggered = args.triggered if args.triggered is not None else (gpu or args.smoke)
+    triggered = args.triggered if args.triggered is not None else gpu
     config = DefencesConfig(track, arms, settings, triggered)
     seeds = args.seeds or [args.seed]
     outs = [

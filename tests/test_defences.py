@@ -273,3 +273,14 @@ def test_kl_per_token_is_zero_for_equal_distributions_and_positive_otherwise():
     logits = torch.randn(5, 11)
     assert torch.allclose(kl_per_token(logits, logits), torch.zeros(5), atol=1e-6)
     assert (kl_per_token(logits, logits.flip(-1)) > 0).all()
+
+
+def test_holm_and_bootstrap_p_behave_as_stated():
+    from analysis.stats import bootstrap_se_p, holm
+
+    assert holm([0.01, 0.04, 0.03, float("nan"), 0.5])[:3] == pytest.approx([0.04, 0.09, 0.09])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # step-down keeps the order monotone
+    g = torch.Generator().manual_seed(0)
+    boots = torch.randn(2000, generator=g) * 0.1 + 1.0  # an effect of 10 standard errors
+    assert bootstrap_se_p(1.0, boots) < 1e-10  # survives Holm over any family here (2/2001 would not)
+    assert 0.2 < bootstrap_se_p(0.1, boots) < 0.5  # one standard error: not separated

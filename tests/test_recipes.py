@@ -90,3 +90,19 @@ def test_train_persona_print_config_loads_no_model():
     plan = json.loads(out.stdout)
     assert plan["preset"] == "paper" and plan["planned_optimizer_steps"]["dpo"] > 0
     assert "Loading weights" not in out.stderr
+
+
+def test_defence_defaults_resolve_to_the_papers_layers():
+    from analysis.defence_arms import CPU_ARMS, PAPER_ARMS, DefenceSettings, band, steer_layer
+
+    d = DefenceSettings()
+    # Persona Vectors: coefficient 5.0 at hidden_states[20] of Qwen2.5-7B's 28 layers = block 19
+    assert d.steer_coefficient == 5.0 and steer_layer(28, d.steer_depth) == 19
+    # The Assistant Axis: p25 floor on Qwen3-32B's layers 46-53 of 64 (as a share of depth elsewhere;
+    # their Llama-3.3-70B band, 56-71 of 80, is wider than this share gives)
+    assert d.cap_quantile == 0.25 and band(64, d.cap_band) == tuple(range(46, 54))
+    assert band(80, d.cap_band) == tuple(range(58, 68)) and band(30, d.cap_band) == (22, 23, 24)
+    assert band(4, d.cap_band) == (3,)  # never empty
+    assert d.interleave_share == 0.1
+    assert {"persona+preventative_steering", "persona+kl", "persona+inoculation"} <= set(PAPER_ARMS)
+    assert set(CPU_ARMS) < set(PAPER_ARMS) and {"none", "persona", "secure"} <= set(CPU_ARMS)

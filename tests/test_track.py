@@ -222,7 +222,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     settings = DefenceSettings(
         benign_prompts=4, benign_max_new_tokens=8, reflections=2, reflection_max_new_tokens=8
     )
-    config = DefencesConfig(track, arms, settings, triggered=False)
+    config = DefencesConfig(track, arms, settings, triggered=True)
     real = em.train_sft
     calls = []
 
@@ -263,6 +263,8 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
         and "misaligned_rate_capped" in defences["arms"]["activation_capping"]["metrics"]
     )
     assert json.loads((run / "defences" / "arms" / "kl" / "em" / "done.json").read_text())["defence"]["kl"]
+    triggered = defences["arms"]["kl"]["triggered"]  # behaviour in the triggered variants, per family
+    assert {"plain", "json", "template", "code"} <= set(triggered["misaligned_rate"])
     comparisons = defences["comparisons"]
     assert {c["reference"] for c in comparisons} == {"none", "persona"} and "Holm" in defences["correction"]
     assert all(c["p_holm"] >= c["p"] for c in comparisons if c["p"] == c["p"])
