@@ -192,31 +192,9 @@ def run_defences(
     eval_key = {"judge": track.judge, "samples": track.eval_samples, "tokens": track.eval_max_new_tokens,
                 "seed": track.seed, "triggered": config.triggered}  # fmt: skip
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
-    for arm, run in run_dirs.items():
-        if arm in REUSED and not config.triggered:
-            evals[arm] = out / "eval" / TRACK_EVALS[arm]
-            continue
-        evals[arm] = d / "eval" / arm
-        stage(
-            evals[arm],
-            {**eval_key, "source": stage_identity(run / "em")},
-            lambda s, r=run: evaluate_model(
-                track, lambda: load_em_model(r), get_judge(), s, config.triggered
-            ),
-        )
-        if defence_of(arm) == "activation_capping":  # reported with the caps on as well
-            capped = f"{arm}+capped"
-            evals[capped] = d / "eval" / capped
-            stage(
-                evals[capped],
-                {**eval_key, "source": stage_identity(run / "em"), "capped": True},
-                lambda s, r=run: evaluate_model(track, lambda: _capped(r), get_judge(), s, config.triggered),
-            )
-
-    # cost: log-likelihood of held-out ordinary answers, written independently of every model here
     capability: dict[str, Path] = {}
     answers_key = {"answers_sha256": _sha(ORDINARY_ANSWERS_FILE)}
-    for start, (spec, adapter) in starts.items():
+    for start, (spec, adapter) in starts.items():  # the cost is measured against the starting model
         if any(start_of(a) == start for a in config.arms):
             capability[f"start_{start}"] = d / "capability" / f"start_{start}"
             loader = (
@@ -230,12 +208,32 @@ def run_defences(
                 lambda s, f=loader: write_capability(f, s),
             )
     for arm, run in run_dirs.items():
+        trained = _LoadOnce(run)  # the arm's behaviour and its cost read one loaded model
+        if arm in REUSED and not config.triggered:
+            evals[arm] = out / "eval" / TRACK_EVALS[arm]
+        else:
+            evals[arm] = d / "eval" / arm
+            stage(
+                evals[arm],
+                {**eval_key, "source": stage_identity(run / "em")},
+                lambda s, t=trained: evaluate_model(track, t, get_judge(), s, config.triggered),
+            )
+        if defence_of(arm) == "activation_capping":  # reported with the caps on as well
+            capped = f"{arm}+capped"
+            evals[capped] = d / "eval" / capped
+            stage(
+                evals[capped],
+                {**eval_key, "source": stage_identity(run / "em"), "capped": True},
+                lambda s, r=run: evaluate_model(track, lambda: _capped(r), get_judge(), s, config.triggered),
+            )
+        # cost: log-likelihood of held-out ordinary answers, written independently of every model here
         capability[arm] = d / "capability" / arm
         stage(
             capability[arm],
             {**answers_key, "source": stage_identity(run / "em")},
-            lambda s, r=run: write_capability(lambda: load_em_model(r), s),
+            lambda s, t=trained: write_capability(t, s),
         )
+        trained.release()
 
     analysis_key = {
         "config": _key(config),
@@ -254,6 +252,22 @@ def run_defences(
     result["ran"] = ran
     result["track_report"] = summary["report"]
     return result
+
+
+class _LoadOnce:
+    """A loader of one arm's trained model that loads it at most once for the stages that need it
+    (none, when they are all complete), so evaluation and capability share one load."""
+
+    def __init__(self, run: Path) -> None:
+        self.run, self.loaded = run, None
+
+    def __call__(self):
+        if self.loaded is None:
+            self.loaded = load_em_model(self.run)
+        return self.loaded
+
+    def release(self) -> None:
+        self.loaded = None
 
 
 def analyse_result(analysis: Path) -> dict:

@@ -293,16 +293,18 @@ def defences_plot(defences: Mapping, path: Path) -> Path:
                 line(none[key]["value"], color="gray", ls="--", lw=1)
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
-        ax.set_title(f"{title}: lower is safer, right is cheaper")
+        judge = f"\n{defences['judge'].split(' (')[0].rstrip('.')}" if title == "Behaviour" else ""
+        ax.set_title(f"{title}: lower is safer, right is cheaper{judge}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, title="arm (o base, □ persona)")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.835, 0.5), fontsize=8,
+               title="arm (o base, □ persona)")  # fmt: skip
     fig.suptitle(
         f"Defences against EM: '{Path(defences['persona']).stem}' on {Path(defences['model']).name}, "
         f"EM on {Path(defences['em_dataset']).stem}\n(layer {defences['layer']}; 95% intervals; dashed lines: "
         "the undefended run)"
     )
-    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
+    fig.tight_layout(rect=(0, 0, 0.83, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
