@@ -53,6 +53,7 @@ class DefenceSettings:
     reflections: int = 8  # self-assessments sampled once per starting model
     reflection_max_new_tokens: int = 64
     inoculation_prompt: str | None = None  # None: the shipped prompt for the dataset
+    capability_answers: int | None = None  # the first N held-out ordinary answers (None: all 40)
 
 
 def steer_layer(n_layers: int, depth: float) -> int:

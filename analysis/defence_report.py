@@ -323,6 +323,13 @@ def _fmt(number: dict | None) -> str:
     return f"{number['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _p(p: float) -> str:
+    """A p-value for reading: below 1e-6 the normal tail says only "far beyond 0"."""
+    if p != p:
+        return "n/a"
+    return "< 1e-6" if p < 1e-6 else f"{p:.2g}"
+
+
 def defence_tables(defences: dict) -> list[Table]:
     header = ["arm", "start", *(METRICS[m][0] + f" ({METRICS[m][1]})" for m in METRICS), "misalignment null"]
     rows = []
@@ -331,7 +338,7 @@ def defence_tables(defences: dict) -> list[Table]:
                      _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
     comparison_rows = [
         [c["arm"], c["reference"], METRICS[c["metric"]][0], _fmt(c["difference"]),
-         f"{c['p']:.3g}" if c["p"] == c["p"] else "n/a", f"{c['p_holm']:.3g}" if c["p_holm"] == c["p_holm"] else "n/a",
+         _p(c["p"]), _p(c["p_holm"]),
          "yes" if c["separated"] else "no"]
         for c in defences["comparisons"]
     ]  # fmt: skip

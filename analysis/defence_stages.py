@@ -68,10 +68,10 @@ def write_reflections(
     return {"rows": len(rows)}
 
 
-def write_capability(loader, stage: Path) -> dict:
-    """Mean per-token log-likelihood of each held-out ordinary answer under one model."""
+def write_capability(loader, stage: Path, limit: int | None = None) -> dict:
+    """Mean per-token log-likelihood of each held-out ordinary answer (the first `limit`) under one model."""
     model, tokenizer = loader()
-    items = load_ordinary_answers()
+    items = load_ordinary_answers()[:limit]
     values = answer_log_likelihoods(model, tokenizer, items)
     atomic_write_json(
         stage / "log_likelihoods.json", {"ids": [i["id"] for i in items], "values": values.tolist()}

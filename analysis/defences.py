@@ -193,7 +193,8 @@ def run_defences(
                 "seed": track.seed, "triggered": config.triggered}  # fmt: skip
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
     capability: dict[str, Path] = {}
-    answers_key = {"answers_sha256": _sha(ORDINARY_ANSWERS_FILE)}
+    limit = settings.capability_answers
+    answers_key = {"answers_sha256": _sha(ORDINARY_ANSWERS_FILE), **({"answers": limit} if limit else {})}
     for start, (spec, adapter) in starts.items():  # the cost is measured against the starting model
         if any(start_of(a) == start for a in config.arms):
             capability[f"start_{start}"] = d / "capability" / f"start_{start}"
@@ -205,7 +206,7 @@ def run_defences(
             stage(
                 capability[f"start_{start}"],
                 {**answers_key, "source": sources[start]},
-                lambda s, f=loader: write_capability(f, s),
+                lambda s, f=loader: write_capability(f, s, limit),
             )
     for arm, run in run_dirs.items():
         trained = _LoadOnce(run)  # the arm's behaviour and its cost read one loaded model
@@ -231,7 +232,7 @@ def run_defences(
         stage(
             capability[arm],
             {**answers_key, "source": stage_identity(run / "em")},
-            lambda s, t=trained: write_capability(t, s),
+            lambda s, t=trained: write_capability(t, s, limit),
         )
         trained.release()
 

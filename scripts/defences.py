@@ -124,10 +124,11 @@ def main() -> None:
         interleave_share=args.interleave_share, inoculation_prompt=args.inoculation_prompt,
         benign_prompts=args.benign_prompts, reflections=args.reflections,
     )  # fmt: skip
-    if args.smoke:  # short samples; fewer of them unless asked
+    if args.smoke:  # short samples, fewer of them, 10 of the 40 held-out answers
         settings = replace(
             settings, benign_max_new_tokens=24, reflection_max_new_tokens=24,
             benign_prompts=min(settings.benign_prompts, 8), reflections=min(settings.reflections, 2),
+            capability_answers=10,
         )  # fmt: skip
     gpu = torch.cuda.is_available()
     arms = tuple(args.arms or (SMOKE_ARMS if args.smoke else PAPER_ARMS if gpu else CPU_ARMS))
