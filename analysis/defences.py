@@ -101,7 +101,8 @@ def run_defences(
         "base": (track.model, None),
         "persona": (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter")),
     }
-    sources = {"base": "base", "persona": stage_identity(persona_dir / "sft")}
+    # what each starting model is, for the keys of the stages that sample or score it
+    sources = {"base": f"base:{track.model}", "persona": stage_identity(persona_dir / "sft")}
     settings = config.settings
     wanted = needs(config.arms)
 
