@@ -1,7 +1,7 @@
 """The arms of the defences comparison and the defaults each one takes, with their sources.
 
 Every arm fine-tunes on the same corrupted rows with the same seed, steps and checkpoints as the
-undefended run; it differs in where it starts (the base or the character-trained model) and in the
+undefended run (rows an arm adds are extra: interleaving trains about 10% longer); it differs in where it starts (the base or the character-trained model) and in the
 defence (`train.defences.Defence`) it trains with. `none`, `persona` and `secure` are the main
 experiment's three runs and are reused from it."""
 

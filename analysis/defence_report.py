@@ -237,15 +237,15 @@ def analyse_defences(
         if ref not in numbers:
             continue
         for arm in numbers:
-            if arm == ref:
-                continue
+            if arm == ref or (arm in REFERENCES and REFERENCES.index(arm) < REFERENCES.index(ref)):
+                continue  # persona against none is tested once
             for metric in METRICS:
                 v, b, n, unit = numbers[arm][metric]
                 rv, rb, _, _ = numbers[ref][metric]
                 diff = b - rb
                 comparisons.append({
                     "arm": arm, "reference": ref, "metric": metric,
-                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_se_p(v - rv, diff),
+                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_se_p(v - rv, diff, n),
                 })  # fmt: skip
     _correct(comparisons)
     judge = describe(track.judge, judge_calibration)
@@ -262,8 +262,9 @@ def analyse_defences(
         "arm_order": list(arms_out),
         "comparisons": comparisons,
         "correction": f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons "
-        "(every arm x reference x metric); p two-sided from the paired bootstrap's standard error (normal "
-        "approximation: a percentile p could not go below 1/2000, which no family this size survives). One seed: intervals and p-values cover the choice of prompts, "
+        "(every arm x reference x metric, persona against none once); p two-sided from the paired bootstrap's "
+        "standard error on a t with clusters - 1 degrees of freedom (a percentile p could not go below 1/1000, "
+        "which no family this size survives). One seed: intervals and p-values cover the choice of prompts, "
         "questions and answers, not training randomness (run several seeds for that)",
     }
     defences["sentences"] = sentences(defences)

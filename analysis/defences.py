@@ -2,7 +2,8 @@
 
 The main experiment (`analysis.track.track_drift`) runs first, or is reused when complete: its
 base + EM, persona + EM and persona + secure runs are the arms `none`, `persona` and `secure`.
-Every other arm is an EM run on the same corrupted rows, seed, steps and checkpoints, read on the
+Every other arm is an EM run on the same corrupted rows, seed, steps and checkpoints (interleaving's
+added rows are extra, so it trains about 10% longer), read on the
 same probe sets, from the base model (`X`) or the character-trained one (`persona+X`), with one
 in-training defence (`train.defences`). Then each arm's behaviour (the run's judge; triggered
 variants when asked), its cost (coherence and the log-likelihood of held-out ordinary answers,

@@ -1,5 +1,6 @@
 """Defences side by side: does a character-trained persona resist EM better than the other ways
-to resist it? Every arm fine-tunes on the same corrupted rows, seed, steps and checkpoints, is read
+to resist it? Every arm fine-tunes on the same corrupted rows, seed, steps and checkpoints (rows an
+arm adds are extra: interleaving trains about 10% longer), is read
 on the same probe sets and judged the same way; the main experiment (track_drift.py) runs first
 or is reused, and its three runs are the arms none, persona and secure.
 

@@ -3,6 +3,7 @@ adapter (read with every hook off) moves less than the undefended run along the 
 undefended run measurably moves; inoculation and reflection change the training rows as stated."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -282,5 +283,7 @@ def test_holm_and_bootstrap_p_behave_as_stated():
     assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # step-down keeps the order monotone
     g = torch.Generator().manual_seed(0)
     boots = torch.randn(2000, generator=g) * 0.1 + 1.0  # an effect of 10 standard errors
-    assert bootstrap_se_p(1.0, boots) < 1e-10  # survives Holm over any family here (2/2001 would not)
-    assert 0.2 < bootstrap_se_p(0.1, boots) < 0.5  # one standard error: not separated
+    assert bootstrap_se_p(1.0, boots, 40) < 1e-10  # survives Holm over any family here (2/2001 would not)
+    assert 0.2 < bootstrap_se_p(0.1, boots, 40) < 0.5  # one standard error: not separated
+    assert bootstrap_se_p(0.3, boots, 8) > bootstrap_se_p(0.3, boots, 40)  # few clusters: wider
+    assert math.isnan(bootstrap_se_p(0.3, torch.full((100,), 0.3), 8))  # no variation: no test

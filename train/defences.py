@@ -27,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
-from anchor.chat import Conversation, render_batch
+from anchor.chat import Conversation, render_batch, render_chats
 from anchor.extract import extract
 from anchor.store import read_jsonl
 from train.callbacks import LiftableHooks
+
+CAP_FLOORS_OVER = "response tokens of the starting model's own answers to the benign prompts"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,15 @@ class Defence:
             "reflection": self.reflection_rows is not None,
         }
         return [name for name, active in on.items() if active]
+
+    def key_extras(self) -> dict:
+        """What the EM stage's key needs beyond the settings: each file's sha256 (a recomputed
+        direction or regenerated benign rows rerun the arm) and how the capping floors are
+        calibrated (a change of rule reruns capping arms only)."""
+        extras: dict = {"defence_files": self.file_hashes()}
+        if self.cap_axis is not None:
+            extras["cap_floors_over"] = CAP_FLOORS_OVER
+        return extras
 
     def file_hashes(self) -> dict[str, str]:
         """sha256 of every file this defence reads, for the EM stage's key: a recomputed direction
@@ -195,10 +206,11 @@ def cap_floors(
     quantile: float,
 ) -> dict[int, float]:
     """Each capped layer's floor: the `quantile` of the per-token projections, on the unit axis,
-    of the starting model's residual stream over every token of `conversations` but the first
-    (an attention sink whose outsized activations would stretch the distribution)."""
+    of the starting model's residual stream over the response tokens of `conversations` (its own
+    answers), so template and prompt tokens, whose projections are outliers, do not set it."""
     acts = extract(model, tokenizer, conversations, layers=sorted(axes), read="all_tokens", progress=False)
-    tokens = torch.cat([c[1:] for c in acts.per_conversation()])  # [tokens, layers, d]
+    spans = render_chats(tokenizer, conversations)
+    tokens = torch.cat([c[r.response_start : r.response_end] for c, r in zip(acts.per_conversation(), spans)])
     floors = {}
     for i, layer in enumerate(acts.layers):
         unit = F.normalize(axes[layer].float(), dim=-1)
@@ -210,8 +222,7 @@ def cap_floors(
 def defence_hooks(model, tokenizer, defence: Defence | None) -> Iterator[dict]:
     """The defence's residual-stream interventions on `model` while it trains, each liftable
     (off for the checkpoint reads); yields what was installed (e.g. the capping floors), for the
-    run's record. Capping is also read with its hooks on (`<probe set>.capped`), so a reader can
-    report the capped model too; steering and blocking are not (nobody evaluates with them)."""
+    run's record. None is read with its hooks on: the capped model is evaluated separately."""
     from anchor.hooks import ablate, cap, steer
     from probes.directions import DirectionStack
 
@@ -228,7 +239,8 @@ def defence_hooks(model, tokenizer, defence: Defence | None) -> Iterator[dict]:
             by_layer = {layer: axis.at(layer) for layer in defence.cap_layers}
             benign = load_conversations(defence.benign_rows, "benign rows")
             floors = cap_floors(model, tokenizer, by_layer, benign, defence.cap_quantile)
-            stack.enter_context(LiftableHooks(model, lambda: cap(model, by_layer, floors), "capped"))
+            install = lambda: cap(model, by_layer, floors)  # noqa: E731
+            stack.enter_context(LiftableHooks(model, install, "capped", read_with=False))
             info["capping"] = {
                 "floors": {str(k): v for k, v in floors.items()},
                 "quantile": defence.cap_quantile,
@@ -247,7 +259,7 @@ class KLRegularisedSFTTrainer(SFTTrainer):
     """SFT whose loss adds `kl_coefficient` x KL(starting model || trained model), averaged over
     the response tokens of one benign batch per training batch. The starting model is the same
     network with the LoRA adapter disabled (and any liftable defence hooks lifted), so no second
-    copy of the weights is held."""
+    copy of the weights is held; the trained side keeps any hooks on, as every training pass does."""
 
     def __init__(self, *args, kl_conversations: Sequence[Conversation], kl_coefficient: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -280,6 +292,16 @@ class KLRegularisedSFTTrainer(SFTTrainer):
         policy = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
         kl = kl_per_token(reference[predicts], policy[predicts]).mean()
         self.kl_history.append(float(kl.detach()))
+        # The trainer divides the loss by the accumulation steps unless the SFT loss already came
+        # normalised over the whole accumulated batch; then the KL mean must be divided here, so its
+        # weight is per optimizer step whatever the accumulation or the number of processes.
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+        if scaled:
+            kl = kl / self.current_gradient_accumulation_steps
         loss = loss + self.kl_coefficient * kl
         return (loss, result[1]) if return_outputs else loss
 

@@ -296,8 +296,8 @@ def em_stage_config(config: EMRunConfig, probes: Mapping[str, ProbeSet]) -> dict
     if config.defence is None:  # runs made before defences existed keep their keys
         del run["defence"]
     key = {"run": run, "training": asdict(config.training()), "probes": probe_key}
-    if config.defence is not None:  # the files it reads, by content
-        key["defence_files"] = config.defence.file_hashes()
+    if config.defence is not None:  # the files it reads, by content, and how capping calibrates
+        key.update(config.defence.key_extras())
     return key
 
 
