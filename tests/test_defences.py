@@ -287,3 +287,43 @@ def test_holm_and_bootstrap_p_behave_as_stated():
     assert 0.2 < bootstrap_se_p(0.1, boots, 40) < 0.5  # one standard error: not separated
     assert bootstrap_se_p(0.3, boots, 8) > bootstrap_se_p(0.3, boots, 40)  # few clusters: wider
     assert math.isnan(bootstrap_se_p(0.3, torch.full((100,), 0.3), 8))  # no variation: no test
+
+
+def test_pooling_seeds_gives_t_intervals_and_holm_on_the_per_seed_differences(tmp_path):
+    from analysis.defence_report import pool_defences, write_outputs
+
+    def seed(s: int, shift: float) -> dict:
+        number = lambda v: {"value": v, "ci95": [v - 0.1, v + 0.1], "n": 1}  # noqa: E731
+        arms = {
+            arm: {
+                "start": "base", "defence": None,
+                "metrics": {m: number(base + shift) for m in ("misalignment_movement", "persona_movement",
+                            "misaligned_rate", "coherence_change", "capability_change")},
+                "nulls": {"misalignment_movement": {"percentile": 99.0 if arm == "none" else 50.0,
+                          "exceeds_95": arm == "none"}, "persona_movement": None},
+            }
+            for arm, base in (("none", 1.0), ("kl", 0.2))
+        }  # fmt: skip
+        comparisons = [
+            {
+                "arm": "kl",
+                "reference": "none",
+                "metric": m,
+                "difference": number(-0.8 + shift / 10),
+                "p": 0.01,
+            }
+            for m in ("misalignment_movement", "capability_change")
+        ]
+        return {"model": "m", "persona": "p", "em_dataset": "insecure", "judge": "Judge: x.", "metrics": {},
+                "seed": s, "layer": 3, "arms": arms, "arm_order": ["none", "kl"], "comparisons": comparisons}  # fmt: skip
+
+    pooled = pool_defences([seed(0, 0.0), seed(1, 0.1), seed(2, -0.1)])
+    movement = pooled["arms"]["kl"]["metrics"]["misalignment_movement"]
+    assert movement["n"] == 3 and movement["value"] == pytest.approx(0.2)
+    assert movement["ci95"][0] < 0.2 < movement["ci95"][1]  # a t-interval over seeds, not the seeds' range
+    assert pooled["arms"]["none"]["nulls"]["misalignment_movement"]["exceeds_95_by_seed"] == [True] * 3
+    assert all(c["p_holm"] >= c["p"] and c["separated"] for c in pooled["comparisons"])  # -0.8 in every seed
+    write_outputs(pooled, tmp_path, None)
+    assert (tmp_path / "defences.png").stat().st_size > 10_000 and "exceeds in 3 of 3 seeds" in (
+        tmp_path / "report.html"
+    ).read_text()
