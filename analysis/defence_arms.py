@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS
 from train.defences import Defence, inoculation_prompt
 
 SINGLE = (
@@ -21,7 +22,8 @@ SINGLE = (
     "feature_blocking",
     "reflection",
 )
-REUSED = {"none": "em_base", "persona": "em_persona", "secure": "em_control"}  # arm -> track run folder
+MAIN_RUNS = {"none": BASE, "persona": PERSONA, "secure": CONTROL}  # arm -> the main job's run name
+REUSED = {arm: RUNS[run] for arm, run in MAIN_RUNS.items()}  # arm -> its folder in the main job
 ARMS = (*REUSED, *SINGLE, *(f"persona+{x}" for x in SINGLE))
 PAPER_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "persona+inoculation")
 # What fits the 60-minute budget on 2 CPU cores beside the main experiment's 30 (each extra arm

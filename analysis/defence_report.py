@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from analysis import drift
 from analysis.calibration import describe
-from analysis.defence_arms import REUSED, defence_of, start_of
+from analysis.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
 from analysis.defence_stages import read_capability
-from analysis.drift_report import BARE, BASE, CONTROL, PERSONA, compute_drift, default_behaviour
+from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bootstrap_se_p, headline, holm
@@ -30,7 +30,6 @@ from probes.contrast import ContrastItem
 from probes.directions import DirectionStack
 from train.em import checkpoints
 
-DRIFT_NAME = {"none": BASE, "persona": PERSONA, "secure": CONTROL}  # arm -> compute_drift's run name
 METRICS = {  # name -> (label, unit, which way is good for a defence)
     "misalignment_movement": ("movement toward misalignment", "item spreads", "lower"),
     "persona_movement": ("movement along the persona direction", "item spreads", "n/a"),
@@ -141,7 +140,7 @@ def _triggered(evaluation: Path | None) -> dict | None:
     }
 
 
-def _capability(capability: Mapping[str, Path], seed: int) -> dict[str, torch.Tensor]:
+def _capability(capability: Mapping[str, Path]) -> dict[str, torch.Tensor]:
     return {
         name: torch.tensor(read_capability(path), dtype=torch.double) for name, path in capability.items()
     }
@@ -159,7 +158,7 @@ def analyse_defences(
 ) -> dict:
     track = config.track
     labels = torch.tensor([i.label for i in items])
-    drift_runs = {DRIFT_NAME.get(a, a): p for a, p in run_dirs.items()}
+    drift_runs = {MAIN_RUNS.get(a, a): p for a, p in run_dirs.items()}
     drift_runs.setdefault(PERSONA, out / REUSED["persona"])
     drift_runs.setdefault(BASE, out / REUSED["none"])
     misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
@@ -185,7 +184,7 @@ def analyse_defences(
     }
     moves = _movements(run_dirs, report, layer, units, track.seed)
     behaviour = _behaviour(evals, track.seed)
-    loglik = _capability(capability, track.seed)
+    loglik = _capability(capability)
     g = torch.Generator().manual_seed(track.seed + 11)
     n_answers = len(next(iter(loglik.values())))
     answer_draws = torch.randint(n_answers, (N_BOOT, n_answers), generator=g)
@@ -214,7 +213,7 @@ def analyse_defences(
 
     arms_out = {}
     for arm, arm_numbers in numbers.items():
-        name = DRIFT_NAME.get(arm, arm)
+        name = MAIN_RUNS.get(arm, arm)
         nulls = result["nulls"][name]
         arms_out[arm] = {
             "start": start_of(arm),
@@ -454,7 +453,3 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
     pooled["layer"] = ", ".join(map(str, pooled["layers"]))
     pooled["sentences"] = sentences(pooled)
     return pooled
-
-
-def load_defences(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -24,12 +24,14 @@ Run directory (the main experiment's, so its runs are reused):
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from analysis.capability import ORDINARY_ANSWERS_FILE
 from analysis.defence_arms import (
+    MAIN_RUNS,
     REUSED,
     ArmFiles,
     DefenceSettings,
@@ -46,8 +48,10 @@ from analysis.track import (
     TrackConfig,
     _finetune_em,
     assistant_axis_key,
-    em_schedule,
+    em_run_config,
     persona_run_dir,
+    persona_start,
+    run_probe_sets,
     track_drift,
 )
 from analysis.track_stages import evaluate_model, load_items, write_assistant_axis
@@ -55,10 +59,8 @@ from anchor.constitution import load_persona
 from anchor.models import load_model, model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
 from train.defences import inoculation_prompt
-from train.em import EMRunConfig, em_probe_sets, load_em_model, load_starting_model
+from train.em import load_em_model, load_starting_model
 from train.stages import run_stage, stage_identity
-
-TRACK_EVALS = {"none": "base_end", "persona": "persona_end", "secure": "control_end"}
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,7 @@ def run_defences(
     summary = track_drift(track, out, log=tracked, resources=resources, judge_calibration=judge_calibration)
     d = out / "defences"
     persona_dir = persona_run_dir(track, out)
-    starts = {
-        "base": (track.model, None),
-        "persona": (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter")),
-    }
+    starts = {"base": (track.model, None), "persona": persona_start(persona_dir)}
     # what each starting model is, for the keys of the stages that sample or score it
     sources = {"base": f"base:{track.model}", "persona": stage_identity(persona_dir / "sft")}
     settings = config.settings
@@ -152,9 +151,7 @@ def run_defences(
 
     # the arms: EM runs on the same rows, seed, steps, checkpoints and probe sets as the main job's
     items = load_items(out / "contrast" / "contrast.jsonl")
-    held_out = [t.questions[-1] for t in load_persona(track.persona).traits]
-    probes = em_probe_sets(track.neutral_probes, items, held_out, track.probe_questions)
-    em_rows, every = em_schedule(track)
+    probes = run_probe_sets(track, load_persona(track.persona), items)
     n_layers = model_depth(track.model)
     run_dirs: dict[str, Path] = {}
     for arm in config.arms:
@@ -162,17 +159,12 @@ def run_defences(
             run_dirs[arm] = out / REUSED[arm]
             continue
         start = start_of(arm)
-        spec, adapter = starts[start]
-        em_config = EMRunConfig(
-            dataset=track.em_dataset,
-            model=spec,
-            adapter=adapter,
-            preset=track.em_preset,
-            seed=track.seed,
-            record_every=every,
-            max_rows=em_rows,
-            upstream=None if start == "base" else sources["persona"],
-            defence=build_defence(arm, settings, files, n_layers, track.em_dataset),
+        em_config = em_run_config(
+            track,
+            track.em_dataset,
+            starts[start],
+            None if start == "base" else sources["persona"],
+            build_defence(arm, settings, files, n_layers, track.em_dataset),
         )
         run_dirs[arm] = d / "arms" / arm
         _finetune_em(
@@ -213,7 +205,7 @@ def run_defences(
     for arm, run in run_dirs.items():
         trained = _LoadOnce(run)  # the arm's behaviour and its cost read one loaded model
         if arm in REUSED and not config.triggered:
-            evals[arm] = out / "eval" / TRACK_EVALS[arm]
+            evals[arm] = out / "eval" / f"{MAIN_RUNS[arm]}_end"
         else:
             evals[arm] = d / "eval" / arm
             stage(
@@ -274,8 +266,6 @@ class _LoadOnce:
 
 
 def analyse_result(analysis: Path) -> dict:
-    import json
-
     return json.loads((analysis / "summary.json").read_text())
 
 
@@ -293,8 +283,6 @@ def _persona_hash(persona: str) -> str:
 
 def _capped(run: Path):
     """The arm's trained model with its caps on (the floors it trained with), for evaluation."""
-    import json
-
     from anchor.hooks import cap
     from probes.directions import DirectionStack
     from train.em import read_run_config
@@ -323,8 +311,6 @@ def defences_seeds(
     """The whole comparison once per seed (each a resumable run in `runs[i]`), then every arm x
     metric and every comparison pooled over seeds in `<out>/defences.json` (mean, t-interval;
     Holm on one-sample t-tests of the per-seed differences)."""
-    import json
-
     from analysis.defence_report import pool_defences, write_outputs
 
     ran = []

@@ -44,9 +44,11 @@ from analysis.track_stages import (
     write_contrast_pairs,
     write_misalignment_direction,
 )
+from anchor.constitution import Persona
 from anchor.models import load_model
 from anchor.roles import ROLES_FILE
 from anchor.store import atomic_write_json
+from train.defences import Defence
 from train.em import (
     EMRunConfig,
     checkpoints,
@@ -235,7 +237,7 @@ def track_drift(
         gpu_memory_utilization=resources.gpu_memory_utilization,
     )
     _train_persona(persona_config, persona_dir, resources, track)
-    persona_model = (str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter"))
+    persona_model = persona_start(persona_dir)
 
     # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
     # read by every checkpoint
@@ -262,27 +264,15 @@ def track_drift(
     stage("misalignment", misalignment_key, lambda d: write_misalignment_direction(config, d))
     if config.monitor:
         stage("assistant_axis", assistant_axis_key(config), lambda d: write_assistant_axis(config, d))
-    held_out = [t.questions[-1] for t in persona.traits]
-    probes = em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
+    probes = run_probe_sets(config, persona, items)
 
     # 3. EM runs, activations at every checkpoint
-    em_rows, every = em_schedule(config)
     starts = {PERSONA: persona_model, BASE: (config.model, None), CONTROL: persona_model}
     persona_identity = stage_identity(persona_dir / "sft")  # a retrained persona reruns its EM runs
     upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
     datasets = {PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control}
     for name, folder in RUNS.items():
-        spec, adapter = starts[name]
-        em_config = EMRunConfig(
-            dataset=datasets[name],
-            model=spec,
-            adapter=adapter,
-            preset=config.em_preset,
-            seed=config.seed,
-            record_every=every,
-            max_rows=em_rows,
-            upstream=upstream[name],
-        )
+        em_config = em_run_config(config, datasets[name], starts[name], upstream[name])
         _finetune_em(
             em_config, out / folder, probes, resources, lambda m, f=folder: track(m.replace("em", f, 1))
         )
@@ -354,6 +344,42 @@ def track_drift(
     return summary
 
 
+def persona_start(persona_dir: Path) -> tuple[str, str]:
+    """(model, adapter) of the character-trained model: the DPO-merged weights with the SFT adapter."""
+    return str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter")
+
+
+def run_probe_sets(config: TrackConfig, persona: Persona, items: list) -> dict:
+    """The probe sets every EM run of the job reads at every checkpoint (defence arms included):
+    the contrast items, a held-out question per trait, neutral conversations, EM questions."""
+    held_out = [t.questions[-1] for t in persona.traits]
+    return em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
+
+
+def em_run_config(
+    config: TrackConfig,
+    dataset: str,
+    start: tuple[str, str | None],
+    upstream: str | None,
+    defence: Defence | None = None,
+) -> EMRunConfig:
+    """One EM run of the job: every run (and every defence arm) shares the preset, seed, rows and
+    checkpoint interval, so they differ only in data, starting model and defence."""
+    rows, every = em_schedule(config)
+    model, adapter = start
+    return EMRunConfig(
+        dataset=dataset,
+        model=model,
+        adapter=adapter,
+        preset=config.em_preset,
+        seed=config.seed,
+        record_every=every,
+        max_rows=rows,
+        upstream=upstream,
+        defence=defence,
+    )
+
+
 def em_schedule(config: TrackConfig) -> tuple[int | None, int | None]:
     """(training rows, checkpoint interval) of every EM run; None: the EM preset's."""
     cpu_default = not (config.smoke or torch.cuda.is_available())
@@ -364,7 +390,9 @@ def em_schedule(config: TrackConfig) -> tuple[int | None, int | None]:
 
 def _base_sample_key(config: TrackConfig) -> dict:
     """What a stage sampling the base model with the contrast settings depends on."""
-    return {k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")}
+    return {
+        k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")
+    }
 
 
 def assistant_axis_key(config: TrackConfig) -> dict:
