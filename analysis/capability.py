@@ -119,7 +119,9 @@ def answer_log_likelihoods(
             for lo in range(0, len(order), batch_size):
                 rows = order[lo : lo + batch_size]
                 batch = pad_chats([rendered[i] for i in rows], pad_id, "right")
-                scores[rows] = _batch_scores(model, batch.input_ids, batch.attention_mask, batch.response_mask, device)
+                scores[rows] = _batch_scores(
+                    model, batch.input_ids, batch.attention_mask, batch.response_mask, device
+                )
     finally:
         model.train(was_training)
     return scores
