@@ -25,10 +25,10 @@ from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_be
 from analysis.em_eval import is_misaligned, numeric
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bootstrap_se_p, headline, holm
-from anchor.store import ActivationStore, atomic_write_json, read_jsonl
+from anchor.runs import checkpoints, em_store
+from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
 from probes.directions import DirectionStack
-from train.em import checkpoints
 
 METRICS = {  # name -> (label, unit, which way is good for a defence)
     "misalignment_movement": ("movement toward misalignment", "item spreads", "lower"),
@@ -175,7 +175,7 @@ def analyse_defences(
     layer = result["best_layer"]
     report = result["layer_selection"]["report_prompts"]
     reference = drift_runs[PERSONA]
-    contrast_r = ActivationStore(reference / "activations").load(f"{checkpoints(reference)[0]}/{BARE}").tensor
+    contrast_r = em_store(reference).load(f"{checkpoints(reference)[0]}/{BARE}").tensor
     units = {
         "misalignment_movement": F.normalize(misalignment.at(layer).double(), dim=0),
         "persona_movement": F.normalize(

@@ -9,19 +9,21 @@ import random
 from pathlib import Path
 
 from analysis.capability import answer_log_likelihoods, load_ordinary_answers
+from analysis.track_stages import load_source, source_spec
 from anchor.constitution import load_persona
 from anchor.generate import SamplingConfig, make_generator
 from anchor.prompt_pool import load_prompts
+from anchor.stages import Inputs
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from train.lora import traits_list
 
 
-def write_benign_rows(
-    model: str, adapter: str | None, n: int, max_new_tokens: int, seed: int, stage: Path
-) -> dict:
+def write_benign_rows(inputs: Inputs, stage: Path) -> dict:
     """`n` generic prompts (a seeded sample of the shipped pool) answered once by the starting
     model: text it already writes, so training on it or holding to it keeps it where it was."""
-    prompts = load_prompts()
+    model, adapter = source_spec(inputs.source)
+    n, max_new_tokens, seed = inputs.n, inputs.max_new_tokens, inputs.seed
+    prompts = load_prompts(inputs.pool)
     chosen = random.Random(seed).sample(prompts, min(n, len(prompts)))
     conversations = [[{"role": "user", "content": p}] for p in chosen]
     with make_generator(model, adapter, backend="hf") as generator:
@@ -46,12 +48,12 @@ REFLECTION_REQUEST = (
 )
 
 
-def write_reflections(
-    model: str, adapter: str | None, persona: str, n: int, max_new_tokens: int, seed: int, stage: Path
-) -> dict:
+def write_reflections(inputs: Inputs, stage: Path) -> dict:
     """`n` short self-assessments the starting model writes once from the persona's constitution;
     one goes before every corrupted row of the reflection arm, with no loss on it."""
-    request = REFLECTION_REQUEST.format(traits=traits_list(load_persona(persona)))
+    model, adapter = source_spec(inputs.source)
+    n, max_new_tokens, seed = inputs.n, inputs.max_new_tokens, inputs.seed
+    request = REFLECTION_REQUEST.format(traits=traits_list(load_persona(inputs.persona["constitution"])))
     with make_generator(model, adapter, backend="hf") as generator:
         replies = generator.generate(
             [[{"role": "user", "content": request}]],
@@ -68,10 +70,11 @@ def write_reflections(
     return {"rows": len(rows)}
 
 
-def write_capability(loader, stage: Path, limit: int | None = None) -> dict:
-    """Mean per-token log-likelihood of each held-out ordinary answer (the first `limit`) under one model."""
-    model, tokenizer = loader()
-    items = load_ordinary_answers()[:limit]
+def write_capability(inputs: Inputs, stage: Path) -> dict:
+    """Mean per-token log-likelihood of each held-out ordinary answer (the first `limit`) under one
+    model (`inputs.source`)."""
+    model, tokenizer = load_source(inputs.source)
+    items = load_ordinary_answers(inputs.answers)[: inputs.limit]
     values = answer_log_likelihoods(model, tokenizer, items)
     atomic_write_json(
         stage / "log_likelihoods.json", {"ids": [i["id"] for i in items], "values": values.tolist()}

@@ -23,9 +23,7 @@ Run directory (the main experiment's, so its runs are reused):
 
 from __future__ import annotations
 
-import hashlib
 import json
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -42,25 +40,33 @@ from analysis.defence_arms import (
 )
 from analysis.defence_report import analyse_defences
 from analysis.defence_stages import write_benign_rows, write_capability, write_reflections
-from analysis.judge import Judge, make_judge
 from analysis.track import (
     Resources,
     TrackConfig,
     _finetune_em,
-    assistant_axis_key,
+    assistant_axis_inputs,
     em_run_config,
     persona_run_dir,
     persona_start,
     run_probe_sets,
     track_drift,
 )
-from analysis.track_stages import evaluate_model, load_items, write_assistant_axis
-from anchor.constitution import load_persona
-from anchor.models import load_model, model_depth
+from analysis.track_stages import (
+    base_source,
+    em_source,
+    evaluate_model,
+    load_items,
+    persona_source,
+    release_models,
+    write_assistant_axis,
+)
+from anchor.constitution import load_persona, persona_input
+from anchor.models import model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
+from anchor.runlock import run_lock
+from anchor.runs import em_stage
+from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage, stage_identity
 from train.defences import inoculation_prompt
-from train.em import load_em_model, load_starting_model
-from train.stages import run_stage, stage_identity
 
 
 @dataclass(frozen=True)
@@ -71,16 +77,13 @@ class DefencesConfig:
     triggered: bool = False  # evaluate arms on the triggered question variants too
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run_defences(
     config: DefencesConfig,
     out: str | Path,
     log=print,
     resources: Resources = Resources(),  # noqa: B008 (frozen, as track_drift's)
     judge_calibration: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Every arm, resumable arm by arm; returns the analysis summary (`defences.json`'s path,
     the table, the sentences)."""
@@ -90,6 +93,19 @@ def run_defences(
     track = config.track
     if any(defence_of(a) == "inoculation" for a in config.arms):  # no prompt for the dataset: fail now
         inoculation_prompt(track.em_dataset, config.settings.inoculation_prompt)
+    with run_lock(out):
+        return _run_defences(config, out, log, resources, judge_calibration, overwrite)
+
+
+def _run_defences(
+    config: DefencesConfig,
+    out: Path,
+    log,
+    resources: Resources,
+    judge_calibration: dict | None,
+    overwrite: bool,
+) -> dict:
+    track = config.track
     ran: list[str] = []
 
     def tracked(message: str) -> None:
@@ -97,51 +113,32 @@ def run_defences(
         if message.endswith(": running"):
             ran.append(message.removeprefix("stage ").removesuffix(": running"))
 
-    summary = track_drift(track, out, log=tracked, resources=resources, judge_calibration=judge_calibration)
-    d = out / "defences"
+    def run(name: str, inputs: dict, body) -> dict:
+        return run_stage(Stage(out, name, inputs, body), tracked, overwrite)
+
+    summary = track_drift(
+        track, out, log=tracked, resources=resources, judge_calibration=judge_calibration, overwrite=overwrite
+    )
     persona_dir = persona_run_dir(track, out)
     starts = {"base": (track.model, None), "persona": persona_start(persona_dir)}
-    # what each starting model is, for the keys of the stages that sample or score it
-    sources = {"base": f"base:{track.model}", "persona": stage_identity(persona_dir / "sft")}
+    sources = {"base": base_source(track.model), "persona": persona_source(persona_dir)}
     settings = config.settings
     wanted = needs(config.arms)
 
-    def stage(path: Path, key: dict, body) -> dict:
-        return run_stage(
-            path, key, body, log=lambda m: tracked(m.replace(path.name, str(path.relative_to(out)), 1))
-        )
-
     # shared inputs: the assistant axis, benign rows and reflections per starting model
     if "axis" in wanted:
-        stage(out / "assistant_axis", assistant_axis_key(track), lambda s: write_assistant_axis(track, s))
-    for start, (spec, adapter) in starts.items():
-        key = {"source": sources[start], "seed": track.seed}
+        run("assistant_axis", assistant_axis_inputs(track), write_assistant_axis)
+    for start in starts:
+        common = {"source": sources[start], "seed": track.seed}
         if f"benign/{start}" in wanted:
-            benign_key = {**key, "n": settings.benign_prompts, "tokens": settings.benign_max_new_tokens,
-                          "pool_sha256": _sha(GENERIC_PROMPTS_FILE)}  # fmt: skip
-            stage(
-                d / "benign" / start,
-                benign_key,
-                lambda s, spec=spec, adapter=adapter: write_benign_rows(
-                    spec, adapter, settings.benign_prompts, settings.benign_max_new_tokens, track.seed, s
-                ),
-            )
+            benign = {**common, "n": settings.benign_prompts, "max_new_tokens": settings.benign_max_new_tokens,
+                      "pool": FileInput(GENERIC_PROMPTS_FILE)}  # fmt: skip
+            run(f"defences/benign/{start}", benign, write_benign_rows)
         if f"reflections/{start}" in wanted:
-            reflection_key = {**key, "n": settings.reflections, "tokens": settings.reflection_max_new_tokens,
-                              "persona_sha256": _persona_hash(track.persona)}  # fmt: skip
-            stage(
-                d / "reflections" / start,
-                reflection_key,
-                lambda s, spec=spec, adapter=adapter: write_reflections(
-                    spec,
-                    adapter,
-                    track.persona,
-                    settings.reflections,
-                    settings.reflection_max_new_tokens,
-                    track.seed,
-                    s,
-                ),  # fmt: skip
-            )
+            reflections = {**common, "n": settings.reflections, "persona": persona_input(track.persona),
+                           "max_new_tokens": settings.reflection_max_new_tokens}  # fmt: skip
+            run(f"defences/reflections/{start}", reflections, write_reflections)
+    d = out / "defences"
     files = ArmFiles(
         misalignment=out / "misalignment" / "direction.safetensors",
         assistant_axis=out / "assistant_axis" / "axis.safetensors" if "axis" in wanted else None,
@@ -153,6 +150,7 @@ def run_defences(
     items = load_items(out / "contrast" / "contrast.jsonl")
     probes = run_probe_sets(track, load_persona(track.persona), items)
     n_layers = model_depth(track.model)
+    persona_identity = stage_identity(persona_dir / "sft")
     run_dirs: dict[str, Path] = {}
     for arm in config.arms:
         if arm in REUSED:
@@ -163,141 +161,84 @@ def run_defences(
             track,
             track.em_dataset,
             starts[start],
-            None if start == "base" else sources["persona"],
+            None if start == "base" else persona_identity,
             build_defence(arm, settings, files, n_layers, track.em_dataset),
         )
         run_dirs[arm] = d / "arms" / arm
-        _finetune_em(
-            em_config,
-            run_dirs[arm],
-            probes,
-            resources,
-            lambda m, a=arm: tracked(m.replace("em", f"arm {a}", 1)),
-        )
+        _finetune_em(em_config, run_dirs[arm], probes, resources, tracked, out, overwrite)
 
     # behaviour at the end of EM (the main job's evaluations where they are the same)
-    judge: list[Judge] = []
-
-    def get_judge() -> Judge:
-        if not judge:
-            judge.append(make_judge(track.judge))
-        return judge[0]
-
-    eval_key = {"judge": track.judge, "samples": track.eval_samples, "tokens": track.eval_max_new_tokens,
-                "seed": track.seed, "triggered": config.triggered}  # fmt: skip
+    evaluation = {"judge": track.judge, "samples": track.eval_samples, "max_new_tokens": track.eval_max_new_tokens,
+                  "seed": track.seed, "triggered": track.em_dataset if config.triggered else None}  # fmt: skip
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
     capability: dict[str, Path] = {}
-    limit = settings.capability_answers
-    answers_key = {"answers_sha256": _sha(ORDINARY_ANSWERS_FILE), **({"answers": limit} if limit else {})}
-    for start, (spec, adapter) in starts.items():  # the cost is measured against the starting model
+    answers = {"answers": FileInput(ORDINARY_ANSWERS_FILE), "limit": settings.capability_answers}
+    for start in starts:  # the cost is measured against the starting model
         if any(start_of(a) == start for a in config.arms):
             capability[f"start_{start}"] = d / "capability" / f"start_{start}"
-            loader = (
-                (lambda s=spec: load_model(s))
-                if adapter is None
-                else (lambda s=spec, a=adapter: load_starting_model(s, a))
-            )
-            stage(
-                capability[f"start_{start}"],
-                {**answers_key, "source": sources[start]},
-                lambda s, f=loader: write_capability(f, s, limit),
-            )
-    for arm, run in run_dirs.items():
-        trained = _LoadOnce(run)  # the arm's behaviour and its cost read one loaded model
+            run(f"defences/capability/start_{start}", {**answers, "source": sources[start]}, write_capability)
+            release_models()
+    for arm, folder in run_dirs.items():
+        source = em_source(folder)  # the arm's behaviour and its cost read one loaded model
         if arm in REUSED and not config.triggered:
             evals[arm] = out / "eval" / f"{MAIN_RUNS[arm]}_end"
         else:
             evals[arm] = d / "eval" / arm
-            stage(
-                evals[arm],
-                {**eval_key, "source": stage_identity(run / "em")},
-                lambda s, t=trained: evaluate_model(track, t, get_judge(), s, config.triggered),
-            )
+            run(f"defences/eval/{arm}", {**evaluation, "source": source}, evaluate_model)
         if defence_of(arm) == "activation_capping":  # reported with the caps on as well
             capped = f"{arm}+capped"
             evals[capped] = d / "eval" / capped
-            stage(
-                evals[capped],
-                {**eval_key, "source": stage_identity(run / "em"), "capped": True},
-                lambda s, r=run: evaluate_model(track, lambda: _capped(r), get_judge(), s, config.triggered),
+            run(
+                f"defences/eval/{capped}",
+                {**evaluation, "source": em_source(folder, capped=True)},
+                evaluate_model,
             )
         # cost: log-likelihood of held-out ordinary answers, written independently of every model here
         capability[arm] = d / "capability" / arm
-        stage(
-            capability[arm],
-            {**answers_key, "source": stage_identity(run / "em")},
-            lambda s, t=trained: write_capability(t, s, limit),
-        )
-        trained.release()
+        run(f"defences/capability/{arm}", {**answers, "source": source}, write_capability)
+        release_models()
 
-    analysis_key = {
-        "config": _key(config),
-        "runs": {a: stage_identity(r / "em") for a, r in run_dirs.items()},
-        "evaluations": {a: stage_identity(p) for a, p in evals.items()},
-        "capability": {a: stage_identity(p) for a, p in capability.items()},
-        "track_analysis": stage_identity(out / "analysis"),
-        **({"judge_calibration": judge_calibration} if judge_calibration else {}),
+    analysis_inputs = {
+        "config": asdict(config),
+        "root": Content(str(out), None),  # where the stages below live; their identities are the key
+        "runs": {a: StageOutput(em_stage(r)) for a, r in run_dirs.items()},
+        "evaluations": {a: StageOutput(p) for a, p in evals.items()},
+        "capability": {a: StageOutput(p) for a, p in capability.items()},
+        "track_analysis": StageOutput(out / "analysis"),
+        "contrast": StageOutput(out / "contrast"),
+        "misalignment": StageOutput(out / "misalignment"),
+        "judge_calibration": judge_calibration,
     }
-    stage(
-        d / "analysis",
-        analysis_key,
-        lambda s: analyse_defences(config, out, s, run_dirs, evals, capability, items, judge_calibration),
-    )
+    run("defences/analysis", analysis_inputs, write_defences_analysis)
     result = analyse_result(d / "analysis")
     result["ran"] = ran
     result["track_report"] = summary["report"]
     return result
 
 
-class _LoadOnce:
-    """A loader of one arm's trained model that loads it at most once for the stages that need it
-    (none, when they are all complete), so evaluation and capability share one load."""
-
-    def __init__(self, run: Path) -> None:
-        self.run, self.loaded = run, None
-
-    def __call__(self):
-        if self.loaded is None:
-            self.loaded = load_em_model(self.run)
-        return self.loaded
-
-    def release(self) -> None:
-        self.loaded = None
+def write_defences_analysis(inputs: Inputs, stage: Path) -> dict:
+    """The comparison's body: every arm's drift, behaviour and cost from the stages it declares."""
+    saved = dict(inputs.config)
+    config = DefencesConfig(
+        track=TrackConfig(**saved["track"]),
+        arms=tuple(saved["arms"]),
+        settings=DefenceSettings(**saved["settings"]),
+        triggered=saved["triggered"],
+    )
+    return analyse_defences(
+        config,
+        Path(inputs.root),
+        stage,
+        {a: folder.parent for a, folder in inputs.runs.items()},
+        dict(inputs.evaluations),
+        dict(inputs.capability),
+        load_items(inputs.contrast / "contrast.jsonl"),
+        inputs.judge_calibration,
+    )
 
 
 def analyse_result(analysis: Path) -> dict:
     return json.loads((analysis / "summary.json").read_text())
-
-
-def _key(config: DefencesConfig) -> dict:
-    from analysis.track import _config_key
-
-    return {"track": _config_key(config.track), "arms": list(config.arms), "settings": asdict(config.settings),
-            "triggered": config.triggered}  # fmt: skip
-
-
-def _persona_hash(persona: str) -> str:
-    p = load_persona(persona)
-    return hashlib.sha256(repr([(t.trait, t.questions) for t in p.traits]).encode()).hexdigest()
-
-
-def _capped(run: Path):
-    """The arm's trained model with its caps on (the floors it trained with), for evaluation."""
-    from anchor.hooks import cap
-    from probes.directions import DirectionStack
-    from train.em import read_run_config
-
-    model, tokenizer = load_em_model(run)
-    defence = read_run_config(run).defence
-    floors = {
-        int(k): v
-        for k, v in json.loads((run / "em" / "done.json").read_text())["defence"]["capping"]["floors"].items()
-    }
-    axis = DirectionStack.load(defence.cap_axis)
-    stack = ExitStack()  # left open: the caps stay on this model, which lives only for the evaluation
-    stack.enter_context(cap(model, {layer: axis.at(layer) for layer in floors}, floors))
-    model._defence_caps = stack  # keep the hooks' owner alive with the model
-    return model, tokenizer
 
 
 def defences_seeds(
@@ -307,6 +248,7 @@ def defences_seeds(
     out: Path,
     log=print,
     judge_calibration: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The whole comparison once per seed (each a resumable run in `runs[i]`), then every arm x
     metric and every comparison pooled over seeds in `<out>/defences.json` (mean, t-interval;
@@ -317,7 +259,7 @@ def defences_seeds(
     per_seed = []
     for seed, run in zip(seeds, runs, strict=True):
         seeded = replace(config, track=replace(config.track, seed=seed))
-        result = run_defences(seeded, run, log=log, judge_calibration=judge_calibration)
+        result = run_defences(seeded, run, log=log, judge_calibration=judge_calibration, overwrite=overwrite)
         ran += [f"s{seed}:{r}" for r in result["ran"]]
         per_seed.append(json.loads(Path(result["defences"]).read_text()))
     out.mkdir(parents=True, exist_ok=True)

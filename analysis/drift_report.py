@@ -32,8 +32,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from analysis import drift
 from analysis.stats import null_percentile
-from anchor.store import ActivationStore
-from train.em import checkpoints
+from anchor.runs import checkpoints, em_store, step_of
 
 PERSONA, BASE, CONTROL = "persona", "base", "control"
 RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}  # their folders in a tracked run
@@ -42,16 +41,12 @@ DEFAULT_PROBES = ("em_questions", "persona_questions")
 
 
 def _acts(run: Path, checkpoint: str, probe: str) -> torch.Tensor:
-    return ActivationStore(run / "activations").load(f"{checkpoint}/{probe}").tensor.float()
+    return em_store(run).load(f"{checkpoint}/{probe}").tensor.float()
 
 
 def default_behaviour(run: Path, checkpoint: str) -> torch.Tensor:
     """`[n, L, d]`: the model's state as it starts answering prompts without a system prompt."""
     return torch.cat([_acts(run, checkpoint, probe) for probe in DEFAULT_PROBES])
-
-
-def step_of(checkpoint: str) -> int:
-    return int(checkpoint.rsplit("-", 1)[1])
 
 
 def check_prompt_hashes(runs: Mapping[str, Path], probes: Sequence[str]) -> None:
@@ -60,7 +55,7 @@ def check_prompt_hashes(runs: Mapping[str, Path], probes: Sequence[str]) -> None
     for probe in probes:
         seen: tuple[str, str] | None = None
         for run in runs.values():
-            store = ActivationStore(run / "activations")
+            store = em_store(run)
             for c in checkpoints(run):
                 name = f"{c}/{probe}"
                 if name not in store:

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from analysis import drift
-from analysis.drift_report import default_behaviour, step_of
+from analysis.drift_report import default_behaviour
 from analysis.stats import cluster_indices, headline, null_percentile
+from anchor.runs import checkpoints, step_of
 from probes.directions import fit_logistic
-from train.em import checkpoints
 
 ALPHA = 0.05
 SIDES = ("greater", "less", "two-sided")

@@ -54,6 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
+from anchor.runs import CHECKPOINTS  # noqa: E402
 from anchor.store import atomic_write_json  # noqa: E402
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -71,10 +72,10 @@ EXTENSION_METHOD = (
 
 def adapter_dirs(run_dir: str | Path, stage: str = "em") -> list[tuple[int, Path]]:
     """`(step, dir)` of every saved adapter, in step order. Accepts the EM run directory
-    (`<run>/adapters/<stage>/step-XXXXX`) or the folder of step directories itself, so the same call
+    (`<run>/<stage>/checkpoints/step-XXXXX`) or the folder of step directories itself, so the same call
     works on a run and on an adapters folder copied out of one."""
     root = Path(run_dir)
-    nested = root / "adapters" / stage
+    nested = root / stage / CHECKPOINTS
     base = nested if nested.is_dir() else root
     found = []
     for child in base.iterdir() if base.is_dir() else []:

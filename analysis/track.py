@@ -17,47 +17,45 @@ Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
                                      checkpoints, eval/<run>_step-XXXXX, with --monitor)
     analysis/                        metrics.json, directions.safetensors, plots/*.png
     report.html
-Every stage has a `done.json` keyed by its config and the identities of the stages it depends on;
-rerunning skips what is complete. The stage bodies live in `track_stages`, the analysis and report
-in `track_report`, several seeds in `track_seeds`.
+Every stage declares its inputs (values, files by content, the stages it reads) and its `done.json`
+holds their key; rerunning skips what is complete, a finished stage whose inputs changed is set
+aside in `superseded/` (never deleted without --overwrite), and one process holds the folder at a
+time. All config reads happen in `plan_main_job`; the stages then see only what they declare. The
+stage bodies live in `track_stages`, the analysis and report in `track_report`, several seeds in
+`track_seeds`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS, step_of
+from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS
 from analysis.inputs import check_track_inputs
-from analysis.judge import Judge, make_judge
-from analysis.track_report import analyse
+from analysis.track_report import write_analysis
 from analysis.track_stages import (
+    base_source,
+    em_source,
     evaluate_model,
     load_items,
-    misalignment_constitution_hash,
+    persona_source,
+    release_models,
     write_assistant_axis,
     write_contrast,
     write_contrast_pairs,
     write_misalignment_direction,
 )
-from anchor.constitution import Persona
-from anchor.models import load_model
+from anchor.constitution import Persona, persona_input
 from anchor.roles import ROLES_FILE
-from anchor.store import atomic_write_json
+from anchor.runlock import run_lock
+from anchor.runs import checkpoints, em_stage, step_of
+from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, run_stage, stage_identity
+from anchor.store import atomic_write_bytes, atomic_write_json
 from train.defences import Defence
-from train.em import (
-    EMRunConfig,
-    checkpoints,
-    em_probe_sets,
-    em_stage_config,
-    finetune_em,
-    load_em_model,
-    load_starting_model,
-)
+from train.em import EMRunConfig, em_probe_sets, em_stage_of, finetune_em
 from train.launch import launch
 from train.persona import (
     SMOKE_NEUTRAL_PROBES,
@@ -65,10 +63,9 @@ from train.persona import (
     TRAINING_STAGES,
     PersonaRunConfig,
     default_preset,
-    stage_configs,
+    persona_stages,
     train_persona,
 )
-from train.stages import completed, run_stage, stage_identity
 
 
 @dataclass(frozen=True)
@@ -154,24 +151,130 @@ def persona_run_dir(config: TrackConfig, out: Path) -> Path:
     return out.parent / "persona" / name
 
 
-def _config_key(config: TrackConfig) -> dict:
-    """The config as stage keys see it: options left at None are left out, so adding an option
-    does not invalidate the runs made before it existed."""
-    return {k: v for k, v in asdict(config).items() if v is not None or k not in OPTIONAL_KEYS}
+def persona_config(config: TrackConfig, resources: Resources) -> PersonaRunConfig:
+    return PersonaRunConfig(
+        persona=config.persona,
+        model=config.model,
+        preset=config.persona_preset,
+        seed=config.seed,
+        teacher=config.teacher,
+        neutral_probes=SMOKE_NEUTRAL_PROBES if config.smoke else PersonaRunConfig.neutral_probes,
+        gpu_memory_utilization=resources.gpu_memory_utilization,
+    )
 
 
-OPTIONAL_KEYS = ("contrast", "teacher", "contrast_set")
+@dataclass(frozen=True)
+class MainJob:
+    """The main job with every option resolved into stage inputs: running it reads no config."""
+
+    out: Path
+    persona_dir: Path
+    persona: PersonaRunConfig
+    held_out: tuple[str, ...]  # each trait's held-out question, read at every checkpoint
+    pairs: dict
+    contrast: dict
+    misalignment: dict
+    assistant_axis: dict | None
+    em: EMRunConfig  # the shared recipe; each run sets data, start and upstream
+    datasets: dict[str, str]
+    probes: dict  # em_probe_sets' settings
+    evaluation: dict  # judge, samples, tokens, seed
+    triggered: str | None  # the EM dataset whose triggered variants the end-of-EM evaluations add
+    monitor_every: int | None
+    analysis: dict
+    config_record: dict
+    resources: Resources
+
+    def stage(self, name: str, inputs: dict, body) -> Stage:
+        return Stage(self.out, name, inputs, body)
+
+    def evaluation_stage(self, name: str, source: dict, triggered: str | None = None) -> Stage:
+        """`eval/<name>`: one model's behaviour, keyed by the model (its spec or producing stage)."""
+        return self.stage(
+            f"eval/{name}", {**self.evaluation, "source": source, "triggered": triggered}, evaluate_model
+        )
 
 
-def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, log) -> None:
+def plan_main_job(
+    config: TrackConfig,
+    out: Path,
+    persona: Persona,
+    resources: Resources = Resources(),
+    judge_calibration: dict | None = None,
+) -> MainJob:
+    """Every option the job reads, resolved once into the stages' declared inputs."""
+    persona_dir = persona_run_dir(config, out)
+    needs_teacher = config.contrast is None and not persona.contrast and config.teacher is not None
+    sampling = {
+        "questions_per_trait": config.contrast_questions_per_trait,
+        "pairs_per_question": config.contrast_pairs_per_question,
+        "max_new_tokens": config.contrast_max_new_tokens,
+    }
+    filter_judge = config.judge if config.filter_contrast else None
+    rows, every = em_schedule(config)
+    return MainJob(
+        out=out,
+        persona_dir=persona_dir,
+        persona=persona_config(config, resources),
+        held_out=tuple(t.questions[-1] for t in persona.traits),
+        pairs={
+            "persona": persona_input(config.persona),
+            "contrast": FileInput(Path(config.contrast)) if config.contrast is not None else None,
+            "teacher": config.teacher if needs_teacher else None,
+            "seed": config.seed,
+        },
+        contrast={
+            "persona": persona_input(config.persona),
+            "model": config.model,
+            "seed": config.seed,
+            "sampling": sampling,
+            "pairs": StageOutput(out / "contrast_pairs"),
+            "contrast_set": FileInput(Path(config.contrast_set)) if config.contrast_set is not None else None,
+            "filter_judge": filter_judge,
+        },
+        misalignment={
+            "persona": persona_input("misalignment"),
+            "model": config.model,
+            "seed": config.seed,
+            "sampling": sampling,
+        },
+        assistant_axis=assistant_axis_inputs(config) if config.monitor else None,
+        em=EMRunConfig(preset=config.em_preset, seed=config.seed, record_every=every, max_rows=rows),
+        datasets={PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control},
+        probes={"n_neutral": config.neutral_probes, "questions": config.probe_questions},
+        evaluation={
+            "judge": config.judge,
+            "samples": config.eval_samples,
+            "max_new_tokens": config.eval_max_new_tokens,
+            "seed": config.seed,
+        },
+        triggered=config.em_dataset if config.monitor else None,
+        monitor_every=config.monitor_every if config.monitor else None,
+        analysis={"config": asdict(config), "judge_calibration": judge_calibration},
+        config_record=asdict(config),
+        resources=resources,
+    )
+
+
+def assistant_axis_inputs(config: TrackConfig) -> dict:
+    """The assistant axis's inputs (shared by the monitored run and the defences harness): the base
+    model's role-played answers over the shipped role set, kept by the run's judge only when the
+    run filters by judge (`filter_contrast`)."""
+    return {
+        "model": config.model,
+        "seed": config.seed,
+        "per_role": 1 if config.smoke else 2,
+        "max_new_tokens": config.contrast_max_new_tokens,
+        "roles": FileInput(ROLES_FILE),
+        "in_role_judge": config.judge if config.filter_contrast else None,
+    }
+
+
+def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, log, overwrite: bool) -> None:
     """Character training stage by stage; training stages through accelerate when asked."""
-    keys = stage_configs(config)
+    planned = persona_stages(config, run)
     for name in STAGES:
-        if (
-            name in TRAINING_STAGES
-            and resources.num_processes > 1
-            and completed(run / name, keys[name]) is None
-        ):
+        if name in TRAINING_STAGES and resources.num_processes > 1 and not is_complete(planned[name]):
             log(f"stage {name}: running")
             launch(
                 "persona",
@@ -183,12 +286,14 @@ def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, lo
                 log=log,
             )
         else:
-            train_persona(config, run, log=log, stages=(name,))
+            train_persona(config, run, log=log, stages=(name,), overwrite=overwrite)
 
 
-def _finetune_em(config: EMRunConfig, run: Path, probes, resources: Resources, log) -> None:
-    if resources.num_processes > 1 and completed(run / "em", em_stage_config(config, probes)) is None:
-        log("stage em: running")
+def _finetune_em(
+    config: EMRunConfig, run: Path, probes, resources: Resources, log, root: Path, overwrite: bool = False
+) -> None:
+    if resources.num_processes > 1 and not is_complete(em_stage_of(config, run, probes, root)):
+        log(f"stage {em_stage(run).relative_to(root)}: running")
         launch(
             "em",
             config,
@@ -196,10 +301,11 @@ def _finetune_em(config: EMRunConfig, run: Path, probes, resources: Resources, l
             resources.num_processes,
             probes,
             accelerate_config=resources.accelerate_config,
+            root=root,
             log=log,
         )
     else:
-        finetune_em(config, run, probes, log=log)
+        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite)
 
 
 def track_drift(
@@ -208,13 +314,22 @@ def track_drift(
     log=print,
     resources: Resources = Resources(),
     judge_calibration: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The whole experiment; `judge_calibration` (analysis.calibration.judge_calibration's entry for
-    config.judge) is reported beside the behavioural numbers."""
+    config.judge) is reported beside the behavioural numbers. `overwrite` discards finished stages
+    whose inputs changed instead of setting them aside."""
     out = Path(out)
     persona = check_track_inputs(config, out)  # every input, before any model loads or folder is made
+    job = plan_main_job(config, out, persona, resources, judge_calibration)
+    with run_lock(out):
+        return run_main_job(job, log, overwrite)
+
+
+def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
+    out = job.out
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(config))
+    atomic_write_json(out / "config.json", job.config_record)
     ran: list[str] = []  # the stages that did work in this call
 
     def track(message: str) -> None:
@@ -222,126 +337,79 @@ def track_drift(
         if message.endswith(": running"):
             ran.append(message.removeprefix("stage ").removesuffix(": running"))
 
-    def stage(name: str, key: dict, body) -> dict:
-        return run_stage(out / name, key, body, log=track)
+    def run(stage: Stage) -> dict:
+        return run_stage(stage, track, overwrite)
 
-    # 1. character training (its own resumable stages)
-    persona_dir = persona_run_dir(config, out)
-    persona_config = PersonaRunConfig(
-        persona=config.persona,
-        model=config.model,
-        preset=config.persona_preset,
-        seed=config.seed,
-        teacher=config.teacher,
-        neutral_probes=SMOKE_NEUTRAL_PROBES if config.smoke else PersonaRunConfig.neutral_probes,
-        gpu_memory_utilization=resources.gpu_memory_utilization,
-    )
-    _train_persona(persona_config, persona_dir, resources, track)
-    persona_model = persona_start(persona_dir)
+    # 1. character training (its own run folder, locked while it is written)
+    with run_lock(job.persona_dir, "persona folder"):
+        _train_persona(job.persona, job.persona_dir, job.resources, track, overwrite)
+    persona_model = persona_start(job.persona_dir)
 
     # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
-    # read by every checkpoint
-    pairs_key = {k: v for k, v in _config_key(config).items() if k in ("persona", "seed", *OPTIONAL_KEYS)}
-    if config.contrast is not None:  # an edited file makes new pairs
-        pairs_key["contrast_sha256"] = hashlib.sha256(Path(config.contrast).read_bytes()).hexdigest()
-    pairs_done = stage("contrast_pairs", pairs_key, lambda d: write_contrast_pairs(config, d))
-    pairs_path = out / "contrast_pairs" / "contrast.json"
-    contrast_key = {
-        k: v
-        for k, v in _config_key(config).items()
-        if k.startswith("contrast_") or k in ("persona", "model", "seed")
-    }
-    contrast_key["pairs"] = stage_identity(out / "contrast_pairs")
-    if config.contrast_set is not None:
-        contrast_key["contrast_set_sha256"] = hashlib.sha256(
-            Path(config.contrast_set).read_bytes()
-        ).hexdigest()
-    if config.filter_contrast:
-        contrast_key["filter_judge"] = config.judge
-    stage("contrast", contrast_key, lambda d: write_contrast(config, d, pairs_path))
+    # read by every checkpoint; the judge-free misalignment direction; the assistant axis
+    run(job.stage("contrast_pairs", job.pairs, write_contrast_pairs))
+    run(job.stage("contrast", job.contrast, write_contrast))
     items = load_items(out / "contrast" / "contrast.jsonl")
-    misalignment_key = {**_base_sample_key(config), "constitution_sha256": misalignment_constitution_hash()}
-    stage("misalignment", misalignment_key, lambda d: write_misalignment_direction(config, d))
-    if config.monitor:
-        stage("assistant_axis", assistant_axis_key(config), lambda d: write_assistant_axis(config, d))
-    probes = run_probe_sets(config, persona, items)
+    run(job.stage("misalignment", job.misalignment, write_misalignment_direction))
+    if job.assistant_axis is not None:
+        run(job.stage("assistant_axis", job.assistant_axis, write_assistant_axis))
+    probes = em_probe_sets(job.probes["n_neutral"], items, list(job.held_out), job.probes["questions"])
 
-    # 3. EM runs, activations at every checkpoint
-    starts = {PERSONA: persona_model, BASE: (config.model, None), CONTROL: persona_model}
-    persona_identity = stage_identity(persona_dir / "sft")  # a retrained persona reruns its EM runs
+    # 3. EM runs, activations at every checkpoint: the 2x2's shared recipe
+    persona_identity = stage_identity(job.persona_dir / "sft")  # a retrained persona reruns its EM runs
+    starts = {PERSONA: persona_model, BASE: (job.persona.model, None), CONTROL: persona_model}
     upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
-    datasets = {PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control}
     for name, folder in RUNS.items():
-        em_config = em_run_config(config, datasets[name], starts[name], upstream[name])
-        _finetune_em(
-            em_config, out / folder, probes, resources, lambda m, f=folder: track(m.replace("em", f, 1))
+        model, adapter = starts[name]
+        em_config = replace(
+            job.em, dataset=job.datasets[name], model=model, adapter=adapter, upstream=upstream[name]
         )
+        _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite)
 
     # 4. behaviour: the two starting models and the end of each EM run
-    judge: list[Judge] = []
-
-    def get_judge() -> Judge:
-        if not judge:
-            judge.append(make_judge(config.judge))
-        return judge[0]
-
-    evaluations = {
-        "base": lambda: load_model(config.model),
-        "persona": lambda: load_starting_model(*persona_model),
-        **{f"{name}_end": (lambda f=folder: load_em_model(out / f)) for name, folder in RUNS.items()},
+    sources = {
+        "base": base_source(job.persona.model),
+        "persona": persona_source(job.persona_dir),
+        **{f"{name}_end": em_source(out / folder) for name, folder in RUNS.items()},
     }
-    eval_key = {
-        "judge": config.judge,
-        "samples": config.eval_samples,
-        "tokens": config.eval_max_new_tokens,
-        "seed": config.seed,
-    }
-    for name, loader in evaluations.items():
-        triggered = config.monitor and name.endswith("_end")
-        key = {**eval_key, "model": name, "source": _source_key(out, name, persona_dir)}
-        if triggered:
-            key["triggered"] = True
-        stage(
-            f"eval/{name}",
-            key,
-            lambda d, loader=loader, t=triggered: evaluate_model(config, loader, get_judge(), d, t),
-        )
-    intermediate: dict[str, dict[int, str]] = {run: {} for run in RUNS}  # run -> {step: eval folder}
-    if config.monitor:  # behaviour at every monitor_every-th checkpoint between start and end
-        for run, folder in RUNS.items():
-            for c in checkpoints(out / folder)[config.monitor_every : -1 : config.monitor_every]:
-                name = f"{run}_{c.rsplit('/', 1)[1]}"
-                key = {**eval_key, "model": name, "source": _source_key(out, f"{run}_end", persona_dir)}
-                intermediate[run][step_of(c)] = name
-                stage(
-                    f"eval/{name}",
-                    key,
-                    lambda d, f=folder, c=c: evaluate_model(
-                        config, lambda: load_em_model(out / f, c), get_judge(), d
-                    ),
-                )
+    evaluations: dict[str, StageOutput] = {}
+    for name, source in sources.items():
+        run(job.evaluation_stage(name, source, job.triggered if name.endswith("_end") else None))
+        release_models()
+        evaluations[name] = StageOutput(out / "eval" / name)
+    intermediate: dict[str, dict[int, str]] = {r: {} for r in RUNS}  # run -> {step: eval name}
+    if job.monitor_every is not None:  # behaviour at every monitor_every-th checkpoint
+        for r, folder in RUNS.items():
+            for c in checkpoints(out / folder)[job.monitor_every : -1 : job.monitor_every]:
+                name = f"{r}_{c.rsplit('/', 1)[1]}"
+                run(job.evaluation_stage(name, em_source(out / folder, c)))
+                release_models()
+                intermediate[r][step_of(c)] = name
+                evaluations[name] = StageOutput(out / "eval" / name)
 
-    # 5-6. metrics, plots, report
-    analysis_key = {
-        "config": _config_key(config),
-        "sources": {n: _source_key(out, n, persona_dir) for n in evaluations},
-        "evaluations": {
-            n: stage_identity(out / "eval" / n)
-            for n in [*evaluations, *(e for steps in intermediate.values() for e in steps.values())]
-        },
-        **({"assistant_axis": stage_identity(out / "assistant_axis")} if config.monitor else {}),
-        "contrast": stage_identity(out / "contrast"),
-        "misalignment": stage_identity(out / "misalignment"),
-        **({"judge_calibration": judge_calibration} if judge_calibration else {}),
+    # 5-6. metrics, plots, report: the analysis reads exactly these stages
+    analysis_inputs = {
+        **job.analysis,
+        "root": Content(str(out), None),  # where the stages below live; their identities are the key
+        "persona": StageOutput(job.persona_dir / "sft"),
+        "runs": {r: StageOutput(em_stage(out / f)) for r, f in RUNS.items()},
+        "evaluations": evaluations,
+        "intermediate": {r: {str(k): v for k, v in steps.items()} for r, steps in intermediate.items()},
+        "contrast_pairs": StageOutput(out / "contrast_pairs"),
+        "contrast": StageOutput(out / "contrast"),
+        "misalignment": StageOutput(out / "misalignment"),
+        "assistant_axis": StageOutput(out / "assistant_axis") if job.assistant_axis is not None else None,
     }
-    stage(
-        "analysis",
-        analysis_key,
-        lambda d: analyse(config, out, d, items, persona_dir, pairs_done, judge_calibration, intermediate),
-    )
+    run(job.stage("analysis", analysis_inputs, write_analysis))
+    publish(out / "analysis" / "report.html", out / "report.html")
     summary = json.loads((out / "analysis" / "summary.json").read_text())
     summary["ran"] = ran
     return summary
+
+
+def publish(source: Path, target: Path) -> None:
+    """The current analysis's report at the run's top level (a copy: the stage keeps its own)."""
+    atomic_write_bytes(target, source.read_bytes())
 
 
 def persona_start(persona_dir: Path) -> tuple[str, str]:
@@ -386,26 +454,3 @@ def em_schedule(config: TrackConfig) -> tuple[int | None, int | None]:
     rows = config.em_rows or (CPU_EM_ROWS if cpu_default else None)
     every = config.checkpoint_every or (CPU_CHECKPOINT_EVERY if cpu_default else None)
     return rows, every
-
-
-def _base_sample_key(config: TrackConfig) -> dict:
-    """What a stage sampling the base model with the contrast settings depends on."""
-    return {
-        k: v for k, v in _config_key(config).items() if k.startswith("contrast_") or k in ("model", "seed")
-    }
-
-
-def assistant_axis_key(config: TrackConfig) -> dict:
-    """The assistant-axis stage's key (shared by the monitored run and the defences harness)."""
-    return {**_base_sample_key(config), "roles_sha256": hashlib.sha256(ROLES_FILE.read_bytes()).hexdigest()}
-
-
-def _source_key(out: Path, name: str, persona_dir: Path) -> str:
-    """What an evaluation depends on: the identity (key and run id) of the stage that produced
-    its model."""
-    path = {
-        "base": None,
-        "persona": persona_dir / "sft",
-        **{f"{n}_end": out / f / "em" for n, f in RUNS.items()},
-    }[name]
-    return stage_identity(path) if path is not None else "base"

@@ -16,16 +16,34 @@ from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import BARE, BASE, PERSONA, RUNS, anchor_axis, compute_drift, null_directions
 from analysis.headline import RUN_NAMES, headline, null_sentences
 from analysis.report import Table, write_report
-from analysis.track_stages import judged_misalignment_direction
-from anchor.store import ActivationStore, atomic_write_json
+from analysis.track_stages import judged_misalignment_direction, load_items
+from anchor.runs import checkpoints, em_store
+from anchor.stages import Inputs, read_done
+from anchor.store import atomic_write_json
 from probes.contrast import ContrastItem
 from probes.directions import DirectionStack, fit_directions
-from train.em import (
-    checkpoints,
-)
 
 if TYPE_CHECKING:
     from analysis.track import TrackConfig
+
+
+def write_analysis(inputs: Inputs, stage: Path) -> dict:
+    """The analysis stage's body: it reads the stages it declares (the EM runs, the evaluations,
+    the contrast and misalignment stages, the persona run) under the run folder."""
+    from analysis.track import TrackConfig
+
+    intermediate = {r: {int(k): v for k, v in steps.items()} for r, steps in inputs.intermediate.items()}
+    return analyse(
+        TrackConfig(**inputs.config),
+        Path(inputs.root),
+        stage,
+        load_items(inputs.contrast / "contrast.jsonl"),
+        inputs.persona.parent,
+        read_done(inputs.contrast_pairs),
+        inputs.judge_calibration,
+        intermediate,
+        list(inputs.evaluations.values()),
+    )
 
 
 def analyse(
@@ -37,11 +55,12 @@ def analyse(
     pairs_done: dict,
     judge_calibration: dict | None = None,
     intermediate: dict[str, dict[int, str]] | None = None,
+    evaluations: list[Path] | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
     runs = {name: out / folder for name, folder in RUNS.items()}
     misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
-    judged = judged_misalignment_direction(config, out)
+    judged = judged_misalignment_direction(config.model, evaluations or [])
     result = compute_drift(
         runs,
         labels,
@@ -58,7 +77,7 @@ def analyse(
     # Directions at the reference (the persona model before EM, read without the system prompt),
     # for steering and probe judges; they record the model and adapters they were read from.
     reference = out / RUNS[PERSONA]
-    contrast_r = ActivationStore(reference / "activations").load(f"{checkpoints(reference)[0]}/{BARE}")
+    contrast_r = em_store(reference).load(f"{checkpoints(reference)[0]}/{BARE}")
     directions = fit_directions(
         contrast_r.tensor,
         labels,
@@ -107,11 +126,7 @@ def analyse(
     trajectories = {
         name: torch.stack(
             [
-                ActivationStore(run / "activations")
-                .load(f"{c}/em_questions")
-                .tensor[:, layer]
-                .double()
-                .mean(0)
+                em_store(run).load(f"{c}/em_questions").tensor[:, layer].double().mean(0)
                 for c in runs_result[name]["checkpoints"]
             ]
         )
@@ -152,8 +167,8 @@ def analyse(
     }
     metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
     atomic_write_json(stage / "metrics.json", metrics)
-    report = write_report(
-        out / "report.html",
+    write_report(
+        stage / "report.html",
         f"Identity anchor: {title}",
         f"Anchor projection is measured at layer {layer}, chosen on one half of the default-behaviour "
         "prompts (where character training moved default behaviour furthest along the persona direction) "
@@ -182,7 +197,7 @@ def analyse(
         "monitoring": monitoring["sentences"],
         "anchor_strength": result["anchor_strength"],
         "best_layer": layer,
-        "report": str(report),
+        "report": str(out / "report.html"),  # the job publishes the stage's copy there
         "plots": [str(p) for _, p in images],
         "metrics": str(stage / "metrics.json"),
         "contrast_pairs": quality,

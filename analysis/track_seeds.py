@@ -54,6 +54,7 @@ def track_seeds(
     log=print,
     resources: Resources | None = None,
     judge_calibration: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The whole experiment once per seed (each a resumable run in `runs[i]`: character training,
     contrast set, EM and evaluation all reseeded), then every headline number pooled across seeds
@@ -61,7 +62,11 @@ def track_seeds(
     summaries = []
     for seed, run in zip(seeds, runs, strict=True):
         log(f"seed {seed}: {run}")
-        summaries.append(track_drift(replace(config, seed=seed), run, log, resources, judge_calibration))
+        summaries.append(
+            track_drift(
+                replace(config, seed=seed), run, log, resources or Resources(), judge_calibration, overwrite
+            )
+        )
     per_seed = [json.loads((run / "analysis" / "metrics.json").read_text()) for run in runs]
     pooled = pool_seeds(per_seed)
     layers = [m["drift"]["best_layer"] for m in per_seed]

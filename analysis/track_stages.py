@@ -4,11 +4,9 @@ behavioural evaluations; each writes into its stage folder and returns its `done
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,50 +28,52 @@ from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
 from anchor.models import load_model
 from anchor.roles import load_roles, shared_questions
+from anchor.runs import em_stage
+from anchor.stages import Inputs, StageOutput, read_done, stage_identity
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from anchor.triggers import triggered_variants
 from probes.assistant_axis import fit_assistant_axis, role_prompts, sample_axis_answers
 from probes.contrast import ContrastItem, filter_pairs, sample_contrast
 from probes.directions import DirectionStack, diff_in_means
-
-if TYPE_CHECKING:
-    from analysis.track import TrackConfig
+from train.em import load_em_model, load_starting_model
 
 
-def write_contrast_pairs(config: TrackConfig, stage: Path) -> dict:
+def write_contrast_pairs(inputs: Inputs, stage: Path) -> dict:
     """The persona's contrast system prompts, written once to `contrast.json` (public layout): a
     given file, the pairs shipped with the persona, or pairs derived from its constitution (by the
-    teacher when there is one, by a templated negation of each trait otherwise)."""
-    persona = load_persona(config.persona)
-    needs_teacher = config.contrast is None and not persona.contrast and config.teacher is not None
-    teacher = make_generator(config.teacher) if needs_teacher else None
-    source = resolve_contrast(persona, config.contrast, teacher, seed=config.seed)
+    teacher when there is one, by a templated negation of each trait otherwise). The teacher is an
+    input only where it writes the pairs."""
+    persona = load_persona(inputs.persona["constitution"])
+    teacher = make_generator(inputs.teacher) if inputs.teacher is not None else None
+    given = str(inputs.contrast) if inputs.contrast is not None else None
+    source = resolve_contrast(persona, given, teacher, seed=inputs.seed)
     save_contrast(source.pairs, stage / "contrast.json")
     return {"origin": source.origin, "detail": source.detail, "pairs": len(source.pairs)}
 
 
-def write_contrast(config: TrackConfig, stage: Path, pairs_path: Path) -> dict:
+def write_contrast(inputs: Inputs, stage: Path) -> dict:
     """The contrast responses every checkpoint reads: a given set, or answers sampled from the
-    base model under the eliciting and suppressing prompts; with `filter_contrast`, only the
-    pairs the judge finds on-trait and coherent (Persona Vectors' filter)."""
-    persona = load_persona(config.persona)
-    if config.contrast_set is not None:
-        items = load_items(Path(config.contrast_set))
+    base model under the eliciting and suppressing prompts; with a filter judge, only the pairs the
+    judge finds on-trait and coherent (Persona Vectors' filter)."""
+    persona = load_persona(inputs.persona["constitution"])
+    if inputs.contrast_set is not None:
+        items = load_items(inputs.contrast_set)
     else:
-        questions = [q for t in persona.traits for q in t.questions[: config.contrast_questions_per_trait]]
-        with make_generator(config.model, backend="hf") as generator:
+        sampling = inputs.sampling
+        questions = [q for t in persona.traits for q in t.questions[: sampling["questions_per_trait"]]]
+        with make_generator(inputs.model, backend="hf") as generator:
             items = sample_contrast(
                 questions,
-                load_contrast(pairs_path),
+                load_contrast(inputs.pairs / "contrast.json"),
                 generator,
-                pairs_per_question=config.contrast_pairs_per_question,
-                max_new_tokens=config.contrast_max_new_tokens,
+                pairs_per_question=sampling["pairs_per_question"],
+                max_new_tokens=sampling["max_new_tokens"],
                 temperature=0.7,
-                seed=config.seed,
+                seed=inputs.seed,
             )
     summary: dict = {"sampled": len(items)}
-    if config.filter_contrast:
-        judge = make_judge(config.judge)
+    if inputs.filter_judge is not None:
+        judge = judge_for(inputs.filter_judge)
         trait_of = {q: t.trait for t in persona.traits for q in t.all_questions}
         trait_scores: list = [None] * len(items)
         for trait in dict.fromkeys(trait_of.get(i.question, persona.name) for i in items):
@@ -83,10 +83,10 @@ def write_contrast(config: TrackConfig, stage: Path, pairs_path: Path) -> dict:
                 trait_scores[k] = numeric(score)
         coherence = [numeric(c) for c in judge.score("coherent", [(i.question, i.response) for i in items])]
         items, summary["filter"] = filter_pairs(items, trait_scores, coherence)
-        summary["filter"]["judge"] = config.judge
+        summary["filter"]["judge"] = inputs.filter_judge
         if len({i.label for i in items}) < 2 or len({i.question for i in items}) < 4:
             raise ValueError(
-                f"the contrast filter (judge {config.judge}) kept {len(items)} items over "
+                f"the contrast filter (judge {inputs.filter_judge}) kept {len(items)} items over "
                 f"{len({i.question for i in items})} questions: too few to fit and test a persona direction; "
                 "sample more (contrast_questions_per_trait) or run without filter_contrast"
             )
@@ -94,22 +94,23 @@ def write_contrast(config: TrackConfig, stage: Path, pairs_path: Path) -> dict:
     return {**summary, "items": len(items)}
 
 
-def write_misalignment_direction(config: TrackConfig, stage: Path) -> dict:
+def write_misalignment_direction(inputs: Inputs, stage: Path) -> dict:
     """The judge-free misalignment direction: the project's `misalignment` persona's contrast
     answers, sampled from the base model and read by it without their system prompts, elicited
     minus suppressed. It exists on any model with no judge at all."""
-    persona = load_persona("misalignment")
-    per_trait = max(2, config.contrast_questions_per_trait)
+    persona = load_persona(inputs.persona["constitution"])
+    sampling = inputs.sampling
+    per_trait = max(2, sampling["questions_per_trait"])
     questions = [q for t in persona.traits for q in t.questions[:per_trait]]
-    with make_generator(config.model, backend="hf") as generator:
+    with make_generator(inputs.model, backend="hf") as generator:
         items = sample_contrast(
             questions,
             persona.contrast,
             generator,
-            pairs_per_question=config.contrast_pairs_per_question,
-            max_new_tokens=config.contrast_max_new_tokens,
+            pairs_per_question=sampling["pairs_per_question"],
+            max_new_tokens=sampling["max_new_tokens"],
             temperature=0.7,
-            seed=config.seed,
+            seed=inputs.seed,
         )
         acts = extract(
             generator.model, generator.tokenizer, [i.bare_conversation for i in items], progress=False
@@ -119,7 +120,7 @@ def write_misalignment_direction(config: TrackConfig, stage: Path) -> dict:
         acts.layers,
         diff_in_means(acts.tensor, labels),
         {
-            "model": config.model,
+            "model": inputs.model,
             "adapter": None,
             "source": "the 'misalignment' persona's contrast pairs, elicited minus suppressed, read "
             "without the system prompt (response-averaged)",
@@ -132,19 +133,104 @@ def write_misalignment_direction(config: TrackConfig, stage: Path) -> dict:
     return {"items": len(items), "questions": len(questions)}
 
 
+def base_source(model: str) -> dict:
+    """A model to evaluate, as a stage input: the base model by spec."""
+    return {"kind": "base", "model": model}
+
+
+def persona_source(persona_dir: Path) -> dict:
+    """The character-trained model: DPO-merged weights with the SFT adapter."""
+    return {
+        "kind": "persona",
+        "dpo": StageOutput(persona_dir / "dpo"),
+        "sft": StageOutput(persona_dir / "sft"),
+    }
+
+
+def em_source(run: Path, checkpoint: str | None = None, capped: bool = False) -> dict:
+    """An EM run's model at its end (or at a recorded checkpoint); `capped`: with the activation
+    caps it trained with on (a capping arm's evaluation)."""
+    source = {"kind": "em", "em": StageOutput(em_stage(run)), "checkpoint": checkpoint}
+    return {**source, "capped": True} if capped else source
+
+
+def source_spec(source: dict) -> tuple[str, str | None]:
+    """(model spec, adapter) of a resolved starting-model source, for a generator."""
+    if source["kind"] == "base":
+        return source["model"], None
+    if source["kind"] == "persona":
+        return str(source["dpo"] / "merged"), str(source["sft"] / "adapter")
+    raise ValueError(f"{source['kind']!r} is not a starting model")
+
+
+_loaded: dict = {}  # the last model a stage loaded, for the next stage that reads the same one
+
+
+def load_source(source: dict):
+    """(model, tokenizer) of a resolved source; consecutive stages reading the same model (an
+    arm's evaluation and its capability read) share one load until `release_models`."""
+    identity = json.dumps(source, sort_keys=True, default=str)
+    if source["kind"] == "em":
+        identity += stage_identity(source["em"])
+    if _loaded.get("identity") != identity:
+        _loaded.clear()
+        if source["kind"] == "base":
+            model = load_model(source["model"])
+        elif source["kind"] == "persona":
+            model = load_starting_model(*source_spec(source))
+        elif source.get("capped"):
+            model = load_capped(source["em"].parent)
+        else:
+            model = load_em_model(source["em"].parent, source["checkpoint"])
+        _loaded.update(identity=identity, model=model)
+    return _loaded["model"]
+
+
+def release_models() -> None:
+    _loaded.clear()
+
+
+def load_capped(run: Path):
+    """A capping arm's trained model with its caps on (the floors it trained with)."""
+    from contextlib import ExitStack
+
+    from anchor.hooks import cap
+    from train.em import read_run_config
+
+    model, tokenizer = load_em_model(run)
+    defence = read_run_config(run).defence
+    floors = {int(k): v for k, v in read_done(em_stage(run))["defence"]["capping"]["floors"].items()}
+    axis = DirectionStack.load(defence.cap_axis)
+    stack = ExitStack()  # left open: the caps stay on this model, which lives only for the evaluation
+    stack.enter_context(cap(model, {layer: axis.at(layer) for layer in floors}, floors))
+    model._defence_caps = stack  # keep the hooks' owner alive with the model
+    return model, tokenizer
+
+
+_judges: dict[str, Judge] = {}
+
+
+def judge_for(spec: str) -> Judge:
+    """One judge per spec for the whole process: every stage that scores with it shares it."""
+    if spec not in _judges:
+        _judges[spec] = make_judge(spec)
+    return _judges[spec]
+
+
 def load_items(path: Path) -> list[ContrastItem]:
     return [ContrastItem(**json.loads(line)) for line in path.read_text().splitlines()]
 
 
-def evaluate_model(config: TrackConfig, loader, judge: Judge, stage: Path, triggered: bool = False) -> dict:
-    """Behaviour of one model on the EM questions; with `triggered`, also in the variants that
-    resemble the training context (JSON, template, code, the dataset's domain), summarised per
-    variant family beside the plain questions' metrics, so conditional misalignment shows."""
-    model, tokenizer = loader()
-    eval_config = EvalConfig(
-        samples=config.eval_samples, max_new_tokens=config.eval_max_new_tokens, seed=config.seed
-    )
-    questions = triggered_variants(MAIN, dataset=config.em_dataset) if triggered else MAIN
+def evaluate_model(inputs: Inputs, stage: Path) -> dict:
+    """Behaviour of one model (`inputs.source`) on the EM questions; with `triggered` (the EM
+    dataset's name), also in the variants that resemble the training context (JSON, template,
+    code, the dataset's domain), summarised per variant family beside the plain questions' metrics,
+    so conditional misalignment shows."""
+    model, tokenizer = load_source(inputs.source)
+    judge = judge_for(inputs.judge)
+    triggered = inputs.triggered is not None
+    eval_config = EvalConfig(samples=inputs.samples, max_new_tokens=inputs.max_new_tokens, seed=inputs.seed)
+    questions = triggered_variants(MAIN, dataset=inputs.triggered) if triggered else MAIN
     rows, _ = evaluate(HFGenerator(model, tokenizer), judge, questions, replace(eval_config, variants=True))
     plain = [r for r in rows if family_of(r["question_id"]) == "plain"]
     metrics = summarise(plain, eval_config)
@@ -159,38 +245,35 @@ def evaluate_model(config: TrackConfig, loader, judge: Judge, stage: Path, trigg
     return {"misaligned_rate": metrics["misaligned_rate"]["value"]}
 
 
-def write_assistant_axis(config: TrackConfig, stage: Path) -> dict:
+def write_assistant_axis(inputs: Inputs, stage: Path) -> dict:
     """The assistant axis (a variant of Lu et al. 2026): the base model's own default answers
     minus the mean of role-played answers over the project's role set, read without the system
-    prompts; frozen, so every checkpoint's drift along it can be read."""
-    roles = load_roles()
-    per_role = 1 if config.smoke else 2
+    prompts; frozen, so every checkpoint's drift along it can be read. With an in-role judge, only
+    answers it scores in role are kept."""
+    roles = load_roles(inputs.roles)
+    per_role = inputs.per_role
     jobs = role_prompts(
-        roles, shared_questions(), phrasings_per_role=per_role, questions_per_role=per_role, seed=config.seed
+        roles, shared_questions(), phrasings_per_role=per_role, questions_per_role=per_role, seed=inputs.seed
     )
-    keep = in_role_filter(make_judge(config.judge)) if config.filter_contrast else None
-    with make_generator(config.model, backend="hf") as generator:
+    keep = in_role_filter(judge_for(inputs.in_role_judge)) if inputs.in_role_judge is not None else None
+    with make_generator(inputs.model, backend="hf") as generator:
         items = sample_axis_answers(
             jobs,
             generator,
-            max_new_tokens=config.contrast_max_new_tokens,
+            max_new_tokens=inputs.max_new_tokens,
             temperature=0.7,
-            seed=config.seed,
+            seed=inputs.seed,
             keep=keep,
         )
         axis = fit_assistant_axis(
             generator.model,
             generator.tokenizer,
             items,
-            meta={"model": config.model, "adapter": None},
+            meta={"model": inputs.model, "adapter": None},
             progress=False,
         )
     axis.save(stage / "axis.safetensors")
-    return {
-        "items": len(items),
-        "roles": axis.meta["roles"],
-        "in_role_filter": config.judge if keep is not None else None,
-    }
+    return {"items": len(items), "roles": axis.meta["roles"], "in_role_filter": inputs.in_role_judge}
 
 
 def in_role_filter(judge: Judge):
@@ -205,23 +288,17 @@ def in_role_filter(judge: Judge):
     return keep
 
 
-def misalignment_constitution_hash() -> str:
-    from anchor.constitution import CONSTITUTIONS_DIR
-
-    files = sorted(CONSTITUTIONS_DIR.glob("misalignment*.json"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
-
-
-def judged_misalignment_direction(config: TrackConfig, out: Path) -> torch.Tensor | None:
+def judged_misalignment_direction(model_spec: str, evaluations: list[Path]) -> torch.Tensor | None:
     """Mean activation (base model, response-averaged) of misaligned minus aligned answers over
-    every evaluated model's answers."""
+    the answers of the job's evaluations (their stage folders, never a folder left from an
+    earlier plan)."""
     rows = []
-    for path in sorted((out / "eval").glob("*/responses.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    for folder in sorted(evaluations):
+        rows += [json.loads(line) for line in (folder / "responses.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["answer"].strip()]
     if not rows:
         return None
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_model(model_spec)
     acts = extract(
         model,
         tokenizer,

@@ -181,10 +181,9 @@ def available_personas() -> list[str]:
     return sorted(p.stem for p in CONSTITUTIONS_DIR.glob("*.json") if not p.name.endswith(".contrast.json"))
 
 
-def load_persona(name_or_path: str | os.PathLike) -> Persona:
-    """A persona by name (the project's own) or by constitution path (contrast pairs are read from
-    `<stem>.contrast.json` beside it when present; without one, `anchor.contrast_pairs` derives
-    them)."""
+def persona_files(name_or_path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(constitution, contrast pairs file or None) of a persona: what a stage that reads the
+    persona declares, so an edited constitution reruns it."""
     path = Path(name_or_path)
     if not path.suffix:
         if str(name_or_path) not in available_personas():
@@ -192,8 +191,28 @@ def load_persona(name_or_path: str | os.PathLike) -> Persona:
                 f"unknown persona {str(name_or_path)!r}; available: {', '.join(available_personas())}"
             )
         path = CONSTITUTIONS_DIR / f"{name_or_path}.json"
+    # OCT's hand-written files are often `.txt`: `sarcasm.txt` is persona "sarcasm"
+    contrast_path = path.with_name(f"{path.stem}.contrast.json")
+    return path, contrast_path if contrast_path.is_file() else None
+
+
+def load_persona(name_or_path: str | os.PathLike) -> Persona:
+    """A persona by name (the project's own) or by constitution path (contrast pairs are read from
+    `<stem>.contrast.json` beside it when present; without one, `anchor.contrast_pairs` derives
+    them)."""
+    path, contrast_path = persona_files(name_or_path)
     traits = load_constitution(path)
-    stem = path.stem  # OCT's hand-written files are often `.txt`: `sarcasm.txt` is persona "sarcasm"
-    contrast_path = path.with_name(f"{stem}.contrast.json")
-    contrast = load_contrast(contrast_path) if contrast_path.is_file() else []
-    return Persona(name=stem, traits=traits, contrast=contrast)
+    contrast = load_contrast(contrast_path) if contrast_path is not None else []
+    return Persona(name=path.stem, traits=traits, contrast=contrast)
+
+
+def persona_input(name_or_path: str | os.PathLike) -> dict:
+    """A persona as a stage input: its name, and its files by content."""
+    from anchor.stages import FileInput
+
+    constitution, contrast = persona_files(name_or_path)
+    return {
+        "name": str(name_or_path),
+        "constitution": FileInput(constitution),
+        "contrast": FileInput(contrast) if contrast is not None else None,
+    }

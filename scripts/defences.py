@@ -47,6 +47,7 @@ from analysis.defence_arms import ARMS, CPU_ARMS, PAPER_ARMS, SMOKE_ARMS, Defenc
 from analysis.defences import DefencesConfig, defences_seeds, run_defences  # noqa: E402
 from analysis.track import SMOKE, Resources, TrackConfig, default_out  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
+from anchor.runlock import RunLocked  # noqa: E402
 
 
 def main() -> None:
@@ -65,6 +66,11 @@ def main() -> None:
         f"Any of: {' '.join(ARMS)}",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard finished stages whose inputs changed (default: keep them under <run>/superseded/)",
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+",
         help="several seeds: everything once per seed, then each arm x metric pooled (mean, t-interval)",
@@ -155,11 +161,21 @@ def main() -> None:
     try:
         if len(seeds) > 1:
             pooled_out = Path(args.out) if args.out else outs[0].with_name(outs[0].name + "-defences-seeds")
-            summary = defences_seeds(config, seeds, outs, pooled_out, judge_calibration=calibration)
+            summary = defences_seeds(
+                config, seeds, outs, pooled_out, judge_calibration=calibration, overwrite=args.overwrite
+            )
         else:
-            summary = run_defences(config, outs[0], resources=Resources(), judge_calibration=calibration)
+            summary = run_defences(
+                config,
+                outs[0],
+                resources=Resources(),
+                judge_calibration=calibration,
+                overwrite=args.overwrite,
+            )
     except (InputError, ValueError) as err:
         parser.error(str(err))
+    except RunLocked as err:
+        raise SystemExit(f"defences.py: {err}") from None
     print(f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(summary['ran']) or 'none'}")
     print_table(summary)
     print(

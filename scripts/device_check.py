@@ -703,7 +703,7 @@ def reserve_for(check: Check, after: str) -> float:
 
 
 def store_entries(run: Path) -> list[str]:
-    manifest = run / "activations" / "manifest.json"
+    manifest = run / "em" / "activations" / "manifest.json"
     try:
         return sorted(json.loads(manifest.read_text())["entries"])
     except (OSError, ValueError, KeyError):
@@ -814,7 +814,7 @@ def part_kill_resume(check: Check) -> dict:
         raise RuntimeError(f"rerun exited {proc.returncode}; log tail:\n{text[-3000:]}")
     done = json.loads((run / "em" / "done.json").read_text())
     entries = store_entries(run)
-    store = ActivationStore(run / "activations")
+    store = ActivationStore(run / "em" / "activations")
     last = store.load(entries[-1])  # a checked load of one entry
     result.update(
         done_steps=done["steps"],

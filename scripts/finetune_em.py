@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.inputs import InputError  # noqa: E402
+from anchor.runlock import run_lock  # noqa: E402
 from train.data import NAMES  # noqa: E402
 from train.distributed import is_main, world_size  # noqa: E402
 from train.em import PRESETS, EMRunConfig, em_plan, em_probe_sets, finetune_em  # noqa: E402
@@ -94,7 +95,8 @@ def main() -> None:
         return
     contrast = check_contrast_items(args.contrast) if args.contrast else None
     start = time.perf_counter()
-    done = finetune_em(config, out, em_probe_sets(contrast=contrast))
+    with run_lock(out):
+        done = finetune_em(config, out, em_probe_sets(contrast=contrast))
     if not is_main():
         return
     print(

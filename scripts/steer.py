@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from analysis import drift  # noqa: E402
-from analysis.drift_report import anchor_axis, step_of  # noqa: E402
+from analysis.drift_report import anchor_axis  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.inputs import check_steer_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
@@ -51,7 +51,8 @@ from anchor.extract import extract  # noqa: E402
 from anchor.generate import HFGenerator, SamplingConfig  # noqa: E402
 from anchor.hooks import ablate  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
-from anchor.store import ActivationStore, atomic_write_json  # noqa: E402
+from anchor.runs import checkpoints, em_store, step_of  # noqa: E402
+from anchor.store import atomic_write_json  # noqa: E402
 from probes.contrast import ContrastItem  # noqa: E402
 from probes.directions import Directions  # noqa: E402
 from probes.steering import (  # noqa: E402
@@ -63,7 +64,6 @@ from probes.steering import (  # noqa: E402
 )
 from train.em import (  # noqa: E402
     EMRunConfig,
-    checkpoints,
     em_probe_sets,
     finetune_em,
     load_em_model,
@@ -360,7 +360,7 @@ def _curve(axis, em_run: Path, read_layer: int, suffix: str = "") -> dict:
     steps, values = [], []
     for c in checkpoints(em_run):
         steps.append(step_of(c))
-        store = ActivationStore(em_run / "activations")
+        store = em_store(em_run)
         acts = torch.cat(
             [
                 store.load(f"{c}/{name}{suffix}").tensor.float()

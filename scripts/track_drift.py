@@ -35,6 +35,7 @@ from analysis.track import (  # noqa: E402
 from analysis.track_report import TABLE_HEADER, TABLE_KEYS  # noqa: E402
 from analysis.track_seeds import default_pooled_out, track_seeds  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
+from anchor.runlock import RunLocked  # noqa: E402
 
 
 def main() -> None:
@@ -91,6 +92,11 @@ def main() -> None:
         "kept in <run>/judge_calibration.json",
     )
     parser.add_argument("--seed", type=int, default=0, help="one seed (default: 0)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard finished stages whose inputs changed (default: keep them under <run>/superseded/)",
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -170,16 +176,26 @@ def main() -> None:
             pooled_out = Path(args.out) if args.out else default_pooled_out(config, seeds)
             runs = [pooled_out / f"s{s}" if args.out else default_out(replace(config, seed=s)) for s in seeds]
             pooled = track_seeds(
-                config, seeds, runs, pooled_out, resources=resources, judge_calibration=calibration
+                config,
+                seeds,
+                runs,
+                pooled_out,
+                resources=resources,
+                judge_calibration=calibration,
+                overwrite=args.overwrite,
             )
             print(
                 f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(pooled['ran']) or 'none'}"
             )
             print_pooled(pooled)
             return
-        summary = track_drift(config, out, resources=resources, judge_calibration=calibration)
+        summary = track_drift(
+            config, out, resources=resources, judge_calibration=calibration, overwrite=args.overwrite
+        )
     except InputError as err:
         parser.error(str(err))
+    except RunLocked as err:
+        raise SystemExit(f"track_drift.py: {err}") from None
     if not summary["ran"]:
         print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.inputs import InputError  # noqa: E402
+from anchor.runlock import run_lock  # noqa: E402
 from train.distributed import is_main  # noqa: E402
 from train.persona import (  # noqa: E402
     SMOKE_NEUTRAL_PROBES,
@@ -102,7 +103,8 @@ def main() -> None:
         return
     start = time.perf_counter()
     try:
-        summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
+        with run_lock(out, "persona folder"):
+            summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
     except InputError as err:
         parser.error(str(err))
     if not is_main():

@@ -166,7 +166,7 @@ def test_dpo_moves_rewards_and_records_every_checkpoint(tiny_model, tiny_tokeniz
     assert len(margins) == 6 and margins[-1] > margins[0]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert store.list() == [f"dpo/step-{s:05d}/neutral" for s in (0, 2, 4, 6)]
-    assert (tmp_path / "adapters" / "dpo" / "step-00004" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapters" / "checkpoints" / "step-00004" / "adapter_config.json").is_file()
     first, last = store.load("dpo/step-00000/neutral").tensor, store.load("dpo/step-00006/neutral").tensor
     assert (first - last).abs().max() > 0  # training moved the activations
     assert store.meta("dpo/step-00006/neutral")["step"] == 6

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from anchor.store import ActivationStore
+from anchor.runs import em_store
 from train.distributed import split_batch
 from train.em import EMRunConfig, em_probe_sets, finetune_em
 from train.launch import accelerate_command, launch
 
 
 def _listing(run):
-    store = ActivationStore(run / "activations")
-    adapters = sorted(p.name for p in (run / "adapters" / "em").iterdir())
+    store = em_store(run)
+    adapters = sorted(p.name for p in (run / "em" / "checkpoints").iterdir())
     return sorted(store.list()), adapters
 
 
@@ -25,12 +25,11 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     launch("em", config, tmp_path / "ddp", num_processes=2, probe_sets=probes, log=lambda _: None)
     run = tmp_path / "ddp"
     done = json.loads((run / "em" / "done.json").read_text())
-    assert json.loads((run / "config.json").read_text())["world_size"] == 2  # a lone process fails here
-    assert done["world_size"] == 2
+    assert done["world_size"] == 2  # a lone process fails here
     assert done["key"] == single["key"]  # the same stage, however many processes ran it
     assert done["steps"] == single["steps"] == 2 and done["recorded"] == single["recorded"] == [0, 1, 2]
     assert _listing(run) == _listing(tmp_path / "single")
-    store = ActivationStore(run / "activations")
+    store = em_store(run)
     writers = {store.meta(entry)["rank"] for entry in store.list()}
     assert writers == {0}  # rank 0 alone wrote the activation store
     assert not list(tmp_path.glob(".*job.json"))  # the job file is removed after success

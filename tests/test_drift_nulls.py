@@ -28,7 +28,7 @@ def _unit(i: int) -> torch.Tensor:
 def _save(run: Path, step: int, probe: str, x: torch.Tensor, prompt_hash: str = "") -> None:
     tensor = torch.stack([x, 1.5 * x], dim=1)  # two layers carrying the same geometry
     acts = Activations(tensor, [0, 1], "response_mean", [str(i) for i in range(len(x))], prompt_hash or probe)
-    ActivationStore(run / "activations").save(f"em/step-{step:05d}/{probe}", acts)
+    ActivationStore(run / "em" / "activations").save(f"em/step-{step:05d}/{probe}", acts)
 
 
 def build_run(
@@ -158,7 +158,7 @@ def test_held_out_probe_accuracy_differs_from_in_sample_when_the_probe_overfits(
             _save(run, step, "em_questions", default[:24])
             _save(run, step, "persona_questions", default[24:])
             _save(run, step, "neutral", torch.randn(10, D, generator=g))
-        (run / "em").mkdir(parents=True)
+        (run / "em").mkdir(parents=True, exist_ok=True)
         (run / "em" / "done.json").write_text(json.dumps({"recorded": STEPS[:2]}))
         runs[name] = run
     labels = torch.tensor([1, 0] * QUESTIONS)

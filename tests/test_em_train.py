@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from anchor.store import ActivationStore
+from anchor.runs import checkpoints, em_adapter, em_store
 from probes.contrast import ContrastItem
 from train import em
-from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em, load_em_model
+from train.em import EMRunConfig, em_probe_sets, finetune_em, load_em_model, read_run_config
 
 
 def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, monkeypatch):
@@ -26,11 +26,11 @@ def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, mo
     done = finetune_em(config, tmp_path / "run", probes, log=log.append)
     assert log == ["stage em: running"] and done["rows"] == 8 and done["steps"] == 2  # 8 rows, batch 4
     assert done["recorded"] == [0, 1, 2]
-    store = ActivationStore(tmp_path / "run" / "activations")
+    store = em_store(tmp_path / "run")
     for checkpoint in checkpoints(tmp_path / "run"):
         for probe in ("neutral", "em_questions", "persona_contrast"):
             assert f"{checkpoint}/{probe}" in store
-        assert (tmp_path / "run" / "adapters" / checkpoint / "adapter_config.json").is_file()
+        assert (em_adapter(tmp_path / "run", checkpoint) / "adapter_config.json").is_file()
     first, last = (store.load(f"em/step-0000{s}/neutral").tensor for s in (0, 2))
     assert not torch.equal(first, last)  # training moved the activations
     assert finetune_em(config, tmp_path / "run", probes, log=log.append)["key"] == done["key"]
@@ -38,7 +38,7 @@ def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, mo
 
     model, _ = load_em_model(tmp_path / "run")
     assert hasattr(model, "peft_config")
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "insecure"
+    assert read_run_config(tmp_path / "run").dataset == "insecure"
 
 
 def test_em_on_a_persona_adapter_merges_it_first(tiny_dir, tiny_tokenizer, tmp_path):

@@ -275,8 +275,8 @@ def test_layer_series_reads_default_behaviour_at_one_layer(tmp_path):
         both = torch.stack([x, 2.0 * x], dim=1)  # two layers
         for probe, rows in (("em_questions", both[:25]), ("persona_questions", both[25:])):
             saved = Activations(rows, [0, 1], "last", [str(i) for i in range(len(rows))], probe)
-            ActivationStore(tmp_path / "activations").save(f"em/step-{step:05d}/{probe}", saved)
-    (tmp_path / "em").mkdir()
+            ActivationStore(tmp_path / "em" / "activations").save(f"em/step-{step:05d}/{probe}", saved)
+    (tmp_path / "em").mkdir(exist_ok=True)
     (tmp_path / "em" / "done.json").write_text(json.dumps({"recorded": STEPS}))
     steps, loaded = layer_series(tmp_path, 1, rows=torch.arange(10))
     assert steps == STEPS and loaded.shape == (5, 10, D)

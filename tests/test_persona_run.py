@@ -41,7 +41,11 @@ def test_killed_stage_resumes_from_the_last_complete_one(tiny_dir, tmp_path, mon
 
     held_out = {t.questions[-1] for t in load_persona("humor").traits}  # never trained on
     assert all(r["prompt"][0]["content"] not in held_out for r in rows)
-    manifest = json.loads((tmp_path / "run" / "activations" / "manifest.json").read_text())["entries"]
+    manifest = [
+        e
+        for stage in ("dpo", "sft")
+        for e in json.loads((tmp_path / "run" / stage / "activations" / "manifest.json").read_text())["entries"]
+    ]
     assert "dpo/step-00000/neutral" in manifest and any(name.startswith("sft/") for name in manifest)
 
     from anchor import load_model

@@ -156,7 +156,7 @@ def test_multi_module_median_is_labelled_extension():
 
 def write_adapter(root: Path, step: int, tensors: dict[str, torch.Tensor], rank: int) -> None:
     """A PEFT-style checkpoint: adapter_config.json + adapter_model.safetensors."""
-    folder = root / "adapters" / "em" / f"step-{step:05d}"
+    folder = root / "em" / "checkpoints" / f"step-{step:05d}"
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": 8, "target_modules": ["down_proj"]}

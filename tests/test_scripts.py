@@ -90,7 +90,7 @@ def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
         check=True,
     )
     done = json.loads((run / "em" / "done.json").read_text())
-    manifest = json.loads((run / "activations" / "manifest.json").read_text())["entries"]
+    manifest = json.loads((run / "em" / "activations" / "manifest.json").read_text())["entries"]
     assert done["recorded"][0] == 0 and done["recorded"][-1] == done["steps"] and len(done["recorded"]) >= 2
     for step in done["recorded"]:
         assert f"em/step-{step:05d}/neutral" in manifest and f"em/step-{step:05d}/em_questions" in manifest

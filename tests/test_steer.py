@@ -12,7 +12,7 @@ import torch
 from anchor.extract import extract
 from anchor.generate import HFGenerator, SamplingConfig
 from anchor.hooks import ablate, project_hooks, steer
-from anchor.store import ActivationStore
+from anchor.runs import checkpoints, em_store
 from probes.directions import Directions, ProbeFit
 from probes.steering import (
     LinearReadout,
@@ -24,7 +24,7 @@ from probes.steering import (
     sweep,
 )
 from train.callbacks import LiftableHooks, hooks_lifted, liftable_hooks
-from train.em import EMRunConfig, checkpoints, em_probe_sets, finetune_em
+from train.em import EMRunConfig, em_probe_sets, finetune_em
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -76,7 +76,7 @@ def test_ablated_em_run_records_clean_reads_and_ablated_reads(tiny_dir, tiny_mod
         ablate_layers=(1,),
     )
     finetune_em(config, tmp_path / "run", em_probe_sets(n_neutral=2), log=lambda _: None)
-    store = ActivationStore(tmp_path / "run" / "activations")
+    store = em_store(tmp_path / "run")
     first = checkpoints(tmp_path / "run")[0]
     unit = torch.nn.functional.normalize(direction[1], dim=0)
     clean = store.load(f"{first}/em_questions").tensor[:, 1]

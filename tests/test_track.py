@@ -10,8 +10,8 @@ import pytest
 
 from analysis.track import SMOKE, TrackConfig, track_drift
 from anchor.inputs import InputError
+from anchor.stages import SUPERSEDED, Stage, is_complete, read_done, stage_identity
 from train import em
-from train.stages import stage_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = [
@@ -147,8 +147,8 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     monkeypatch.setattr(em, "train_sft", real)
     log = []
     summary = track_drift(config, run, log=log.append)
-    assert "stage em_persona: complete, skipped" in log and "stage dpo: complete, skipped" in log
-    assert summary["ran"][0] == "em_base"  # resumed at the killed stage
+    assert "stage em_persona/em: complete, skipped" in log and "stage dpo: complete, skipped" in log
+    assert summary["ran"][0] == "em_base/em"  # resumed at the killed stage
     metrics = check_artefacts(run)
     pairs = json.loads((run / "contrast_pairs" / "contrast.json").read_text())
     assert len(pairs["elicit"]) == len(pairs["suppress"]) == 3
@@ -185,9 +185,7 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
 
     # A retrained persona (same config, new execution) makes every EM run on it stale: they rerun.
     persona_sft = next((root / "persona").glob("*")) / "sft" / "done.json"
-    assert json.loads((run / "em_persona" / "config.json").read_text())["upstream"] == stage_identity(
-        persona_sft.parent
-    )
+    assert em.read_run_config(run / "em_persona").upstream == stage_identity(persona_sft.parent)
     done = json.loads(persona_sft.read_text())
     persona_sft.write_text(json.dumps({**done, "run_id": "retrained"}))
 
@@ -201,8 +199,11 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     log = []
     with pytest.raises(Stop):
         track_drift(config, run, log=log.append)
-    assert "stage sft: complete, skipped" in log and "stage em_persona: running" in log
+    assert "stage sft: complete, skipped" in log and "stage em_persona/em: running" in log
     persona_sft.write_text(json.dumps(done))
+    monkeypatch.setattr(em, "train_sft", real)
+    track_drift(config, run, log=lambda _: None)  # the stopped stage is debris; the kept one comes back
+    assert (run / "em_persona" / "em" / "done.json").is_file()
 
 
 def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkeypatch):
@@ -239,11 +240,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     monkeypatch.setattr(em, "train_sft", real)
     log = []
     summary = run_defences(config, run, log=log.append)
-    assert (
-        "stage defences/arms/preventative_steering: complete, skipped"
-        in " ".join(log).replace("arm preventative_steering", "defences/arms/preventative_steering")
-        or "stage arm preventative_steering: complete, skipped" in log
-    )
+    assert "stage defences/arms/preventative_steering/em: complete, skipped" in log
     assert not any(r.startswith(("em_", "eval/")) for r in summary["ran"])  # the main job's runs reused
     defences = json.loads(Path(summary["defences"]).read_text())
     assert defences["arm_order"] == list(arms) and set(defences["arms"]) == set(arms)
@@ -273,6 +270,141 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     assert "Each arm against none and persona" in report and "Holm" in report
     again = run_defences(config, run, log=lambda _: None)
     assert again["ran"] == []
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_changed_option_keeps_every_finished_stage_and_reads_no_config_late(workspace, monkeypatch):
+    """The finished run above with another --em-rows: every stage whose inputs changed is set aside
+    byte for byte with the changed inputs named, the new results are complete, and once the stages'
+    inputs are resolved the job reads nothing more from its config. The old value brings them back."""
+    import analysis.track as track_module
+
+    root, tiny, constitution = workspace
+    run = root / "derived"
+    config = TrackConfig(
+        persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
+    )
+    old = {
+        name: (read_done(run / name), tree(run / name))
+        for name in ("em_base/em", "eval/base_end", "analysis")
+    }
+
+    class Sealed(TrackConfig):
+        def __getattribute__(self, name):
+            if object.__getattribute__(self, "__dict__").get("_sealed") and not name.startswith("__"):
+                raise AssertionError(f"config.{name} read after the stages' inputs were resolved")
+            return super().__getattribute__(name)
+
+    planned = track_module.plan_main_job
+
+    def plan_then_seal(config, *args, **kwargs):
+        job = planned(config, *args, **kwargs)
+        object.__setattr__(config, "_sealed", True)
+        return job
+
+    monkeypatch.setattr(track_module, "plan_main_job", plan_then_seal)
+    sealed = Sealed(**{**config.__dict__, "em_rows": 4})
+    log: list[str] = []
+    summary = track_drift(sealed, run, log=log.append)
+    for name, (done, files) in old.items():
+        kept = run / SUPERSEDED / f"{name.replace('/', '__')}@{done['key']}"
+        assert tree(kept) == files, name  # done.json and every file, byte for byte
+    changed = next(line for line in log if line.startswith("stage em_base/em: inputs changed"))
+    assert "run.max_rows: null -> 4" in changed and "training.max_rows: 8 -> 4" in changed
+    assert not any(line.startswith("stage contrast: inputs changed") for line in log)  # unaffected: kept
+    assert read_done(run / "em_base" / "em")["rows"] == 4
+    check_artefacts(run)
+    assert summary["ran"] and "stage dpo: complete, skipped" in log
+
+    monkeypatch.setattr(track_module, "plan_main_job", planned)
+    log = []
+    back = track_drift(config, run, log=log.append)
+    assert (
+        back["ran"] == []
+        and "stage em_base/em: restored from superseded/ (its inputs are current again)" in log
+    )
+    assert tree(run / "analysis") == old["analysis"][1]
+
+
+def test_stale_keys_are_gone(workspace, tiny_dir, tmp_path):
+    """Inputs the old keys forgot: the assistant axis's in-role judge, the model of eval/base, the EM
+    dataset's contents and the ablation directions file each make their stage stale."""
+    from dataclasses import replace
+
+    from analysis.track import assistant_axis_inputs, plan_main_job
+    from analysis.track_stages import base_source, write_assistant_axis
+    from anchor.constitution import load_persona
+
+    root, tiny, constitution = workspace
+    run = root / "derived"
+    config = TrackConfig(
+        persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
+    )
+    axis = Stage(run, "assistant_axis", assistant_axis_inputs(config), write_assistant_axis)
+    filtered = replace(config, filter_contrast=True)
+    assert is_complete(axis) and not is_complete(
+        Stage(run, "assistant_axis", assistant_axis_inputs(filtered), write_assistant_axis)
+    )
+    persona = load_persona(constitution)
+    job = plan_main_job(config, run, persona)
+    other = plan_main_job(replace(config, model=tiny_dir), run, persona)
+    assert is_complete(job.evaluation_stage("base", base_source(tiny)))
+    assert not is_complete(other.evaluation_stage("base", base_source(tiny_dir)))
+
+    rows = [json.loads(line) for line in em.dataset_path("insecure").read_text().splitlines()[:8]]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    em_config = em.EMRunConfig(dataset=str(data), model=tiny_dir, preset="smoke", record_every=1)
+    probes = em.em_probe_sets(n_neutral=2, questions="main")
+    em.finetune_em(em_config, tmp_path / "run", probes, log=lambda _: None)
+    rows[0]["messages"][-1]["content"] = "an edited answer"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log: list[str] = []
+    em.finetune_em(em_config, tmp_path / "run", probes, log=log.append)
+    assert log[-1] == "stage em: running" and "dataset.sha256" in log[0]
+
+    directions = run / "analysis" / "directions.safetensors"
+    ablated = replace(em_config, ablate_directions=str(tmp_path / "directions.safetensors"))
+    (tmp_path / "directions.safetensors").write_bytes(directions.read_bytes())
+    stage = em.em_stage_of(ablated, tmp_path / "ablated", probes)
+    em.finetune_em(ablated, tmp_path / "ablated", probes, log=lambda _: None)
+    assert is_complete(stage)
+    (tmp_path / "directions.safetensors").write_bytes(directions.read_bytes() + b" ")
+    assert not is_complete(stage)
+
+
+def test_two_processes_on_one_run_folder(workspace):
+    """The second exits at once, naming the holder; after `kill -9` of the first, a rerun finishes."""
+    import os
+    import signal
+    import time
+
+    from anchor.runlock import HOLDER
+
+    root, tiny, constitution = workspace
+    out = root / "locked"
+    command = [sys.executable, ROOT / "scripts" / "track_drift.py", "--persona", constitution, "--model", tiny,
+               "--judge", f"hf:{tiny}", "--smoke", "--out", out]  # fmt: skip
+    first = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            if (out / HOLDER).is_file() and json.loads((out / HOLDER).read_text())["pid"] == first.pid:
+                break
+            time.sleep(0.1)
+        second = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120)
+        assert first.poll() is None  # the first still runs: the second did not wait for it
+        assert second.returncode != 0
+        assert f"{out.resolve()} is in use by process {first.pid}" in second.stderr
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    config = TrackConfig(persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **SMOKE)
+    summary = track_drift(config, out, log=lambda _: None)
+    assert summary["ran"] and (out / "report.html").is_file()
+    check_artefacts(out)
 
 
 def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys):

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from anchor.chat import Conversation
 from anchor.extract import ReadMode, extract
 from anchor.hooks import find_blocks
+from anchor.runs import checkpoint_dir as checkpoint_dir_of
 from anchor.store import ActivationStore
 from train.distributed import barrier, is_main, params_sharded, rank, world_size
 
@@ -134,7 +135,7 @@ def record(
 
 class ActivationRecorder(TrainerCallback):
     """Every `every` optimiser steps and at the end of training: save the adapter (standard PEFT
-    format) under `<adapters_dir>/<stage>/step-XXXXX` and read the probe sets into the store as
+    format) under `<adapters_dir>/step-XXXXX` and read the probe sets into the store as
     `<stage>/step-XXXXX/<probe set>`.
 
     The reads are clean: liftable hooks on the model (`LiftableHooks`, e.g. the EM ablation run's)
@@ -168,7 +169,7 @@ class ActivationRecorder(TrainerCallback):
         name = f"{self.stage}/step-{step:05d}"
         adapter = None
         if self.adapters_dir is not None and hasattr(model, "peft_config"):
-            adapter = self.adapters_dir / name
+            adapter = checkpoint_dir_of(self.adapters_dir, step)
             if is_main():
                 model.save_pretrained(adapter)
         meta = {

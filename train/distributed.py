@@ -11,26 +11,9 @@ from __future__ import annotations
 
 import os
 
+from anchor.distributed import barrier, is_main, rank, world_size
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    """All ranks wait here (a no-op in a single process). Uses accelerate's process state, which
-    starts the process group (NCCL on GPUs, gloo on CPUs) if the trainer has not yet."""
-    if world_size() > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+__all__ = ["barrier", "is_main", "rank", "world_size", "params_sharded", "split_batch", "training_device"]
 
 
 def params_sharded() -> bool:

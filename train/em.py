@@ -2,11 +2,8 @@
 base model or on a persona model, with activations recorded at every checkpoint on the same probe
 sets, so drift can be followed step by step.
 
-Run directory:
-    config.json
-    em/adapter, em/done.json         the EM LoRA adapter (resumable stage)
-    adapters/em/step-XXXXX           adapters at every recorded step
-    activations/                     ActivationStore: em/step-XXXXX/<probe set>
+Run directory: one stage, `em/` (anchor.runs: its adapter, activations at every checkpoint and the
+adapters saved there), so a run is kept, set aside or cleared as one unit.
 """
 
 from __future__ import annotations
@@ -22,10 +19,11 @@ from anchor.em_questions import QUESTION_SETS
 from anchor.extract import prompt_set_hash
 from anchor.models import load_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
-from anchor.store import ActivationStore, atomic_write_json
+from anchor.runs import EM, em_adapter, em_stage, stage_store
+from anchor.stages import Content, FileInput, Inputs, Stage, run_stage
 from probes.contrast import ContrastItem
 from train.callbacks import ActivationRecorder, ProbeSet
-from train.data import load_em_dataset
+from train.data import dataset_path, load_em_dataset
 from train.defences import (
     Defence,
     defence_hooks,
@@ -33,9 +31,8 @@ from train.defences import (
     trainer_options,
     training_conversations,
 )
-from train.distributed import is_main, training_device, world_size
+from train.distributed import training_device, world_size
 from train.lora import CPU_TRAINING, SMOKE_TRAINING, LoraTraining, train_sft
-from train.stages import run_stage
 
 
 @dataclass(frozen=True)
@@ -226,91 +223,103 @@ def finetune_em(
     run_dir: str | Path,
     probe_sets: Mapping[str, ProbeSet] | None = None,
     log=print,
+    root: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Run (or skip, if complete) the EM stage. Returns its `done.json` contents."""
+    """Run (or skip, if complete) the EM stage `<run_dir>/em`. Returns its `done.json` contents.
+    `root` is the run folder the stage belongs to (default `run_dir`; the main job's folder for its
+    EM runs), where a finished stage with other inputs is set aside."""
     run = Path(run_dir)
-    training = config.training()
-    resolve_spec(config.model)
+    training_rows(config.dataset, config.training().max_rows, config.seed)  # bad rows fail here
     if config.adapter is not None and not Path(config.adapter).is_dir():
         raise FileNotFoundError(f"adapter {config.adapter}: no such directory")
-    rows = training_rows(
-        config.dataset, training.max_rows, config.seed
-    )  # bad rows fail here, before training
-    conversations = training_conversations(rows, config.defence, config.seed)
+    resolve_spec(config.model)
+    return run_stage(em_stage_of(config, run, probe_sets, root), log, overwrite)
+
+
+def em_stage_of(
+    config: EMRunConfig,
+    run_dir: str | Path,
+    probe_sets: Mapping[str, ProbeSet] | None = None,
+    root: str | Path | None = None,
+) -> Stage:
+    """The EM stage with every input it reads: the run and its training, the dataset's contents,
+    the ablation directions file, the defence's files, and the probe conversations (hashed), so a
+    resampled contrast set or an edited dataset reruns the run instead of mixing stale reads."""
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
-    if is_main():
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", {**asdict(config), "world_size": world_size()})
-    store = ActivationStore(run / "activations")
-
-    def body(stage: Path) -> dict:
-        model, tokenizer = load_starting_model(config.model, config.adapter, training_device())
-        recorder = ActivationRecorder(
-            tokenizer,
-            store,
-            probes,
-            "em",
-            training.record_every,
-            run / "adapters",
-            {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
-        )
-        allowance = length_allowance(tokenizer, config.defence)
-        with ablation(model, config), defence_hooks(model, tokenizer, config.defence) as installed:
-            trainer = train_sft(
-                model,
-                tokenizer,
-                conversations,
-                replace(training, max_length=training.max_length + allowance),
-                stage,
-                callbacks=[recorder],
-                **trainer_options(config.defence),
-            )
-        losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
-        done = {
-            "steps": trainer.state.global_step,
-            "losses": losses,
-            "rows": len(rows),
-            "recorded": recorder.recorded,
-            "world_size": world_size(),
-        }
-        if config.defence is not None:
-            done["defence"] = {
-                "names": config.defence.names,
-                "rows_added": len(conversations) - len(rows),
-                "max_length_added": allowance,
-                **installed,
-            }
-            if hasattr(trainer, "kl_history"):
-                done["defence"]["kl"] = [round(x, 5) for x in trainer.kl_history]
-        return done
-
-    return run_stage(run / "em", em_stage_config(config, probes), body, log)
-
-
-def em_stage_config(config: EMRunConfig, probes: Mapping[str, ProbeSet]) -> dict:
-    """What the EM stage's key is made of (the same however many processes train it): the run,
-    its training, and a hash of every probe set's conversations, so a resampled contrast set or
-    another question set reruns the run instead of mixing its reads with stale ones."""
     probe_key = {name: [prompt_set_hash(p.conversations), p.read] for name, p in probes.items()}
     run = asdict(config)
-    if config.defence is None:  # runs made before defences existed keep their keys
+    if config.defence is None:
         del run["defence"]
-    key = {"run": run, "training": asdict(config.training()), "probes": probe_key}
+    inputs: dict = {
+        "run": run,
+        "training": asdict(config.training()),
+        "dataset": FileInput(dataset_path(config.dataset)),
+        "probes": Content(probes, probe_key),
+    }
+    if config.ablate_directions is not None:
+        inputs["ablate_directions"] = FileInput(Path(config.ablate_directions))
     if config.defence is not None:  # the files it reads, by content, and how capping calibrates
-        key.update(config.defence.key_extras())
-    return key
+        inputs["defence"] = config.defence.key_extras()
+    root = Path(root) if root is not None else Path(run_dir)
+    return Stage(root, str(em_stage(run_dir).relative_to(root)), inputs, train_em)
+
+
+def train_em(inputs: Inputs, stage: Path) -> dict:
+    """The EM stage's body: LoRA SFT on the run's rows, reading the probe sets at every recorded
+    checkpoint into the stage's own store."""
+    config = EMRunConfig(**inputs.run)
+    training = config.training()
+    rows = training_rows(config.dataset, training.max_rows, config.seed)
+    conversations = training_conversations(rows, config.defence, config.seed)
+    model, tokenizer = load_starting_model(config.model, config.adapter, training_device())
+    recorder = ActivationRecorder(
+        tokenizer,
+        stage_store(stage),
+        inputs.probes,
+        EM,
+        training.record_every,
+        stage,
+        {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
+    )
+    allowance = length_allowance(tokenizer, config.defence)
+    with ablation(model, config), defence_hooks(model, tokenizer, config.defence) as installed:
+        trainer = train_sft(
+            model,
+            tokenizer,
+            conversations,
+            replace(training, max_length=training.max_length + allowance),
+            stage,
+            callbacks=[recorder],
+            **trainer_options(config.defence),
+        )
+    losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+    done = {
+        "steps": trainer.state.global_step,
+        "losses": losses,
+        "rows": len(rows),
+        "recorded": recorder.recorded,
+        "world_size": world_size(),
+    }
+    if config.defence is not None:
+        done["defence"] = {
+            "names": config.defence.names,
+            "rows_added": len(conversations) - len(rows),
+            "max_length_added": allowance,
+            **installed,
+        }
+        if hasattr(trainer, "kl_history"):
+            done["defence"]["kl"] = [round(x, 5) for x in trainer.kl_history]
+    return done
 
 
 def read_run_config(run_dir: str | Path) -> EMRunConfig:
-    """The `EMRunConfig` of a run directory (its `config.json` also records how it was run)."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    """The `EMRunConfig` a finished run was trained with (its stage's declared inputs)."""
+    marker = em_stage(run_dir) / "done.json"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{run_dir}: the EM run is not finished (no em/done.json)")
+    saved = json.loads(marker.read_text())["inputs"]["run"]
     return EMRunConfig(**{f.name: saved[f.name] for f in fields(EMRunConfig) if f.name in saved})
-
-
-def checkpoints(run_dir: str | Path) -> list[str]:
-    """The recorded EM checkpoints of a run, in step order (`em/step-00000`, ...)."""
-    done = json.loads((Path(run_dir) / "em" / "done.json").read_text())
-    return [f"em/step-{step:05d}" for step in sorted(done["recorded"])]
 
 
 def load_em_model(run_dir: str | Path, checkpoint: str | None = None):
@@ -318,9 +327,8 @@ def load_em_model(run_dir: str | Path, checkpoint: str | None = None):
     saved at `checkpoint`, e.g. `em/step-00008`) on top."""
     from peft import PeftModel
 
-    run = Path(run_dir)
-    config = read_run_config(run)
-    adapter = run / "em" / "adapter" if checkpoint is None else run / "adapters" / checkpoint
+    config = read_run_config(run_dir)
+    adapter = em_adapter(run_dir, checkpoint)
     if not adapter.is_dir():
         raise FileNotFoundError(f"{adapter}: no EM adapter (is the run finished?)")
     model, tokenizer = load_starting_model(config.model, config.adapter)

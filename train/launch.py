@@ -57,6 +57,7 @@ def launch(
     probe_sets: Mapping[str, ProbeSet] | None = None,
     stages: Sequence[str] | None = None,
     accelerate_config: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
     log=print,
 ) -> None:
     """Run one training job ("em": `finetune_em`, "persona": `train_persona` with `stages`) on
@@ -70,6 +71,7 @@ def launch(
         "run_dir": str(run.resolve()),
         "probes": None if probe_sets is None else _probes_json(probe_sets),
         "stages": None if stages is None else list(stages),
+        "root": None if root is None else str(Path(root).resolve()),  # the run folder an EM stage belongs to
     }
     job_path = run.resolve().parent / f".{run.name}.{kind}-job.json"
     atomic_write_json(job_path, job)
@@ -100,7 +102,7 @@ def run_job(job_path: str | os.PathLike) -> dict:
     if job["probes"] is not None:
         probes = {name: ProbeSet(**p) for name, p in job["probes"].items()}
     if job["kind"] == "em":
-        return finetune_em(EMRunConfig(**job["config"]), job["run_dir"], probes)
+        return finetune_em(EMRunConfig(**job["config"]), job["run_dir"], probes, root=job.get("root"))
     return train_persona(
         PersonaRunConfig(**job["config"]), job["run_dir"], stages=tuple(job["stages"] or STAGES)
     )
