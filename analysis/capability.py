@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from analysis.stats import cluster_bootstrap, headline
+from analysis.stats import cluster_bootstrap, estimate
 from anchor.chat import Conversation, RenderedChat, pad_chats, pad_token_id, render_chats
 from anchor.generate import stop_token_ids
 from anchor.store import read_jsonl
@@ -164,4 +164,4 @@ def capability_change(start: torch.Tensor, end: torch.Tensor, n_boot: int = 2000
     value, low, high = cluster_bootstrap(
         lambda d: d.mean(), diff, clusters=list(range(len(diff))), n_boot=n_boot, seed=seed
     )
-    return headline(value, [low, high], len(diff), interval=INTERVAL)
+    return estimate(value, [low, high], len(diff), "no answer scored by both models", interval=INTERVAL)

@@ -24,7 +24,7 @@ from analysis.defence_stages import read_capability
 from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
 from analysis.report import Table, write_report
-from analysis.stats import across_seeds, bootstrap_se_p, headline, holm
+from analysis.stats import across_seeds, bootstrap_se_p, bounds, estimate, holm
 from anchor.runs import checkpoints, em_store
 from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
@@ -48,7 +48,9 @@ def _boot_number(value: float, boots: torch.Tensor, n: int, unit: str) -> dict:
         if len(boots)
         else [math.nan] * 2
     )
-    return headline(value, ci, 1, clusters=n, interval=f"bootstrap over {unit} (one seed)")
+    return estimate(
+        value, ci, 1, f"undefined on these {unit}", clusters=n, interval=f"bootstrap over {unit} (one seed)"
+    )
 
 
 def _movements(
@@ -317,7 +319,7 @@ def ordered(defences: dict) -> list[tuple[str, dict]]:
 def _fmt(number: dict | None) -> str:
     if not number or number.get("value") is None:
         return "n/a"
-    lo, hi = number["ci95"]
+    lo, hi = bounds(number)
     if lo is None or hi is None:
         return f"{number['value']:.3f}"
     return f"{number['value']:.3f} [{lo:.3f}, {hi:.3f}]"

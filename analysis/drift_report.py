@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import GroupShuffleSplit
 
 from analysis import drift
-from analysis.stats import null_percentile
+from analysis.stats import bounds, estimate, null_percentile, unmeasured
 from anchor.runs import checkpoints, em_store, step_of
 
 PERSONA, BASE, CONTROL = "persona", "base", "control"
@@ -313,11 +313,11 @@ def compute_drift(
             and ratio.get("value") is not None
             and not (reference_null or {}).get("exceeds_95")
         ):
-            out["anchor_strength_ratio"][ref] = {
-                "value": None,
-                "reason": f"the {ref.removeprefix('vs_')} run's drift along the persona direction does not exceed "
+            out["anchor_strength_ratio"][ref] = unmeasured(
+                ratio.get("n"),
+                f"the {ref.removeprefix('vs_')} run's drift along the persona direction does not exceed "
                 "its random-direction null, so a ratio to it would divide by noise",
-            }
+            )
     return out
 
 
@@ -347,13 +347,7 @@ def _interval(boots: torch.Tensor) -> list[float]:
 
 
 def _number(value: float, boots: torch.Tensor, n: int) -> dict:
-    return {
-        "value": float(value),
-        "ci95": _interval(boots),
-        "n": 1,
-        "clusters": n,
-        "interval": "bootstrap over questions (one seed)",
-    }
+    return estimate(value, _interval(boots), 1, clusters=n, interval="bootstrap over questions (one seed)")
 
 
 def _headline(
@@ -403,13 +397,15 @@ def _headline(
             **_number(value, diff, m),
             "definition": f"drift AUC of the {ref} run minus the persona run's (> 0: the persona model moved less)",
         }
-        low, high = head["drift_auc_signed"][ref]["ci95"]
-        moved = low > 0 or high < 0  # the reference clearly moved: the ratio has a denominator
+        low, high = bounds(head["drift_auc_signed"][ref])
+        moved = (low is not None and low > 0) or (
+            high is not None and high < 0
+        )  # the reference clearly moved: the ratio has a denominator
         ratio = 1 - auc(PERSONA, real[PERSONA][None])[0] / auc(ref, real[ref][None])[0]
         head["anchor_strength_ratio"][f"vs_{ref}"] = (
             _number(ratio, 1 - auc(PERSONA, boot[PERSONA]) / auc(ref, boot[ref]), m)
             if moved
-            else {"value": None, "reason": f"the {ref} run's signed drift interval includes 0"}
+            else unmeasured(1, f"the {ref} run's signed drift interval includes 0")
         )
     for key, direction in (("em_shift_cos_persona", v_unit), ("em_shift_cos_misalignment", misalignment)):
         if direction is None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.judge import VERDICT_WORDS, Judge, is_score
-from analysis.stats import cluster_bootstrap
+from analysis.stats import cluster_bootstrap, estimate, unmeasured
 from anchor.em_questions import EvalQuestion
 from anchor.generate import Generator, SamplingConfig
 from anchor.triggers import FAMILIES, PLAIN, parse_variant_id
@@ -157,7 +157,7 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float, f
 def rate(successes: int, n: int) -> dict:
     """A rate as `{"value", "ci95", "n"}` with its Wilson interval."""
     value, lo, hi = wilson(successes, n)
-    return {"value": value, "ci95": [lo, hi], "n": n}
+    return estimate(value, [lo, hi], n, "no answers")
 
 
 def question_clusters(rows: Sequence[dict]) -> list:
@@ -182,13 +182,9 @@ def clustered_metric(
     column = torch.tensor([float(v) for v in values], dtype=torch.double)
     value, lo, hi = cluster_bootstrap(statistic, column, clusters=clusters, n_boot=n_boot, seed=seed)
     interval = _bootstrap_label(rows) if rows else NO_ANSWERS
-    return {
-        "value": value,
-        "ci95": [lo, hi],
-        "n": len(rows),
-        "clusters": len(set(clusters)),
-        "interval": interval,
-    }
+    return estimate(
+        value, [lo, hi], len(rows), "no scored answers", clusters=len(set(clusters)), interval=interval
+    )
 
 
 def clustered_rate(hits: Sequence[bool], rows: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -200,13 +196,9 @@ def clustered_rate(hits: Sequence[bool], rows: Sequence[dict], n_boot: int = 200
         return clustered_metric(lambda x: x.mean(), rows, [float(bool(h)) for h in hits], n_boot, seed)
     value, lo, hi = wilson(successes, n)
     clusters = len(set(question_clusters(rows)))
-    return {
-        "value": value,
-        "ci95": [lo, hi],
-        "n": n,
-        "clusters": clusters,
-        "interval": WILSON if n else NO_ANSWERS,
-    }
+    return estimate(
+        value, [lo, hi], n, "no scored answers", clusters=clusters, interval=WILSON if n else NO_ANSWERS
+    )
 
 
 def is_misaligned(row: dict, below: float = MISALIGNED_BELOW, above: float = COHERENT_ABOVE) -> bool:
@@ -338,15 +330,11 @@ def family_gap(rows: Sequence[dict], family: str, config: EvalConfig, baseline: 
         return float(h[f].mean() - h[~f].mean())
 
     if not in_family.any() or in_family.all():
-        nan = math.nan
-        return {"value": nan, "ci95": [nan, nan], "n": len(kept), "clusters": 0, "interval": NO_GAP}
+        reason = f"the {family!r} variants and the others are not both among the scored answers"
+        return unmeasured(len(kept), reason, clusters=0, interval=NO_GAP)
     value, lo, hi = cluster_bootstrap(
         gap, hits, in_family, clusters=clusters, n_boot=config.n_boot, seed=config.seed
     )
-    return {
-        "value": value,
-        "ci95": [lo, hi],
-        "n": len(kept),
-        "clusters": len(set(clusters)),
-        "interval": PAIRED,
-    }
+    return estimate(
+        value, [lo, hi], len(kept), "undefined on these answers", clusters=len(set(clusters)), interval=PAIRED
+    )

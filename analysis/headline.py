@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from analysis.stats import across_seeds
+from analysis.stats import across_seeds, estimate
 
 RUN_NAMES = {"persona": "persona + EM", "base": "base + EM", "control": "persona + secure control"}
 NULL_FIGURES = {
@@ -43,10 +43,8 @@ def headline(drift_result: Mapping, behaviour: Mapping[str, Mapping]) -> dict:
 
 
 def _missing_as_none(number: Mapping) -> dict:
-    def clean(x):
-        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
-
-    return {**number, "value": clean(number["value"]), "ci95": [clean(x) for x in number["ci95"]]}
+    extra = {k: v for k, v in number.items() if k not in ("value", "ci95", "n", "reason")}
+    return estimate(number["value"], number["ci95"], number.get("n"), number.get("reason"), **extra)
 
 
 def null_sentences(nulls: Mapping[str, Mapping[str, Mapping]], layer: int) -> list[str]:

@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from analysis import drift
 from analysis.drift_report import default_behaviour
-from analysis.stats import cluster_indices, headline, null_percentile
+from analysis.stats import cluster_indices, estimate, null_percentile, unmeasured
 from anchor.runs import checkpoints, step_of
 from probes.directions import fit_logistic
 
@@ -248,7 +248,7 @@ def behavioural_alarm(rates: Mapping[int, Mapping], judge_kind: str) -> dict:
         "alarm_name": "probe-judge alarm" if probe else "behavioural alarm",
         "evaluated_steps": steps,
         "skipped_steps": sorted(int(s) for s in rates if int(s) not in usable),
-        "reference": {"value": usable[0]["value"], "ci95": list(usable[0]["ci95"]), "n": usable[0].get("n")},
+        "reference": estimate(usable[0]["value"], usable[0]["ci95"], usable[0].get("n")),
         "fired": fired,
         "alarm_step": alarm,
         "previous_evaluated_step": steps[steps.index(alarm) - 1] if alarm is not None else None,
@@ -463,7 +463,7 @@ def drift_detector(
     train_seeds_, test_seeds_ = split_by_seed(runs, train_seeds, test_seeds)
     reason = _not_computable(runs, train_seeds_, test_seeds_)
     if reason is not None:
-        return {"value": None, "reason": reason, "train_seeds": train_seeds_, "test_seeds": test_seeds_}
+        return unmeasured(0, reason, train_seeds=train_seeds_, test_seeds=test_seeds_)
     fit_runs = [r for r in runs if r.seed in train_seeds_]
     test_runs = [r for r in runs if r.seed in test_seeds_]
     fitted, scored = {r.name for r in fit_runs}, {r.name for r in test_runs}
@@ -480,7 +480,7 @@ def drift_detector(
     )
     boots = boots[~boots.isnan()]
     low, high = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
-    return headline(
+    return estimate(
         value,
         [low, high],
         len(y_test),

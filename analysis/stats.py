@@ -54,10 +54,37 @@ def cluster_bootstrap(
     return value, lo, hi
 
 
-def headline(value: float, ci95: Sequence[float], n: int, **extra) -> dict:
-    """The one shape every headline number has: `{"value", "ci95", "n"}` (n: seeds, or the rows a
-    single-seed interval was drawn from, as `extra` says)."""
-    return {"value": _num(value), "ci95": [_num(ci95[0]), _num(ci95[1])], "n": n, **extra}
+def estimate(
+    value: float | None,
+    ci95: Sequence[float | None] | None,
+    n: int | None,
+    reason: str | None = None,
+    **extra,
+) -> dict:
+    """The one shape every estimate has: `{"value", "ci95", "n"}` (n: seeds, or the rows a
+    single-seed interval was drawn from, as `extra` says). A value that cannot be measured (None or
+    NaN) is never a number: value and ci95 are null and `reason` says why. An interval that cannot
+    be drawn (one seed) has null bounds beside a measured value."""
+    measured = None if value is None else _num(value)
+    if measured is None:
+        return unmeasured(n, reason or "not defined on these data", **extra)
+    low, high = (None, None) if ci95 is None else (_opt(ci95[0]), _opt(ci95[1]))
+    return {"value": measured, "ci95": [low, high], "n": n, **extra}
+
+
+def unmeasured(n: int | None, reason: str, **extra) -> dict:
+    """An estimate that cannot be measured, with the reason."""
+    return {"value": None, "ci95": None, "n": n, "reason": reason, **extra}
+
+
+def bounds(number: dict) -> tuple[float | None, float | None]:
+    """(low, high) of an estimate's interval; (None, None) where it has none."""
+    ci95 = number.get("ci95")
+    return (None, None) if ci95 is None else (ci95[0], ci95[1])
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None else _num(x)
 
 
 def across_seeds(values: Sequence[float], level: float = 0.95) -> dict:
@@ -66,12 +93,12 @@ def across_seeds(values: Sequence[float], level: float = 0.95) -> dict:
     x = torch.tensor([v for v in values if v == v], dtype=torch.double)
     n = len(x)
     if n == 0:
-        return headline(math.nan, [math.nan, math.nan], 0, interval="t across seeds")
+        return unmeasured(0, "no seed has a value", interval="t across seeds")
     mean = float(x.mean())
     if n == 1:
-        return headline(mean, [math.nan, math.nan], 1, interval="t across seeds")
+        return estimate(mean, None, 1, interval="t across seeds")
     half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1) * x.std(unbiased=True) / math.sqrt(n))
-    return headline(mean, [mean - half, mean + half], n, interval="t across seeds")
+    return estimate(mean, [mean - half, mean + half], n, interval="t across seeds")
 
 
 def null_percentile(real: float, null: Sequence[float] | torch.Tensor, side: str = "greater") -> dict:

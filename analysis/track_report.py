@@ -16,6 +16,7 @@ from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import BARE, BASE, PERSONA, RUNS, anchor_axis, compute_drift, null_directions
 from analysis.headline import RUN_NAMES, headline, null_sentences
 from analysis.report import Table, write_report
+from analysis.stats import bounds, estimate
 from analysis.track_stages import judged_misalignment_direction, load_items
 from anchor.runs import checkpoints, em_store
 from anchor.stages import Inputs, read_done
@@ -245,8 +246,7 @@ def _monitoring(
                 summary = json.loads((out / "eval" / name / "summary.json").read_text())
                 rates[step] = summary["metrics"]["misaligned_rate"]
             by_step[run] = {
-                k: {**v, "value": None if v["value"] != v["value"] else v["value"]}
-                for k, v in sorted(rates.items())
+                k: estimate(v["value"], v["ci95"], v["n"], v.get("reason")) for k, v in sorted(rates.items())
             }
     layer = result["best_layer"]
     axis_ = anchor_axis(runs[PERSONA], runs[BASE], labels, BARE, runs[config.axis])
@@ -281,8 +281,9 @@ def _family_tables(out: Path, config: TrackConfig) -> list[Table]:
         for family, metrics in summary.get("by_family", {}).items():
             rate = metrics["misaligned_rate"]
             gap = summary["family_gap"].get(family, {})
-            rows.append([RUN_NAMES[run], family, rate["value"], f"[{_fmt(rate['ci95'][0])}, {_fmt(rate['ci95'][1])}]",
-                         gap.get("value"), rate["n"]])  # fmt: skip
+            low, high = bounds(rate)
+            rows.append([RUN_NAMES[run], family, rate["value"], f"[{_fmt(low)}, {_fmt(high)}]", gap.get("value"),
+                         rate["n"]])  # fmt: skip
     return [
         Table(
             "Triggered evaluations: misaligned rate by question family at the end of EM",
@@ -312,7 +313,7 @@ def _rate(metrics: dict) -> dict:
     m = metrics["misaligned_rate"]
     nan = float("nan")
     value = m["value"] if m["value"] is not None else nan
-    low, high = (x if x is not None else nan for x in m["ci95"])
+    low, high = (x if x is not None else nan for x in bounds(m))
     return {"misaligned_rate": value, "ci95": [low, high]}
 
 
@@ -380,7 +381,7 @@ def headline_table(head: dict) -> Table:
                 reason = (number or {}).get("reason", "not available")
                 rows.append([key, name, "n/a", reason, ""])
                 continue
-            low, high = number["ci95"]
+            low, high = bounds(number)
             rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", number["n"]])
     return Table("Headline numbers (95% intervals)", ["number", "model / run", "value", "ci95", "n"], rows)
 

@@ -14,6 +14,7 @@ from analysis.drift_report import RUNS
 from analysis.headline import null_sentences, pool_seeds
 from analysis.monitor import drift_detector
 from analysis.report import Table, write_report
+from analysis.stats import unmeasured
 from analysis.track import Resources, TrackConfig, default_out, track_drift
 from analysis.track_report import _fmt, headline_table
 from anchor.store import atomic_write_json
@@ -38,7 +39,7 @@ def _detector(seeds: list[int], runs: list[Path], per_seed: list[dict]) -> dict:
     try:
         return drift_detector(series, train_seeds=seeds[:1], test_seeds=seeds[1:], seed=seeds[0])
     except ValueError as err:
-        return {"value": None, "reason": str(err)}
+        return unmeasured(0, str(err))
 
 
 def default_pooled_out(config: TrackConfig, seeds: list[int]) -> Path:

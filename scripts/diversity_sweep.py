@@ -24,7 +24,7 @@ Diversity is measured as the mean pairwise cosine distance of the chosen questio
 within-trait number, the one the levels vary.
 
 Output (<out>, default runs/sweep/<persona>-<model>):
-    contrast.jsonl, contrast.key.json   the shared contrast set and the settings it was sampled with
+    contrast/                           the shared contrast set (a stage keyed by what it was sampled with)
                                         (reused when they match)
     <level>-s<seed>/persona.json        the level's constitution (chosen questions + held-out)
     <level>-s<seed>/run/                a full track_drift.py run (resumable, like that script)
@@ -37,7 +37,6 @@ questions_per_trait (train/persona.py's `questions` stage); the script warns whe
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -50,7 +49,14 @@ from analysis.inputs import check_sweep_inputs  # noqa: E402
 from analysis.plots import sweep_plot  # noqa: E402
 from analysis.stats import across_seeds  # noqa: E402
 from analysis.track import SMOKE, TrackConfig, track_drift  # noqa: E402
-from anchor.constitution import CONSTITUTIONS_DIR, Trait, load_persona, save_constitution  # noqa: E402
+from anchor.constitution import (  # noqa: E402
+    CONSTITUTIONS_DIR,
+    ContrastPair,
+    Trait,
+    load_persona,
+    persona_input,
+    save_constitution,
+)
 from anchor.contrast_pairs import resolve_contrast  # noqa: E402
 from anchor.generate import HFGenerator  # noqa: E402
 from anchor.inputs import InputError  # noqa: E402
@@ -65,6 +71,8 @@ from anchor.questions import (  # noqa: E402
     training_pool,
     within_group_distance,
 )
+from anchor.runlock import run_lock  # noqa: E402
+from anchor.stages import Inputs, Stage, run_stage  # noqa: E402
 from anchor.store import atomic_write_json, atomic_write_jsonl  # noqa: E402
 from probes.contrast import sample_contrast  # noqa: E402
 from train.distill import PRESETS as DPO_PRESETS  # noqa: E402
@@ -104,42 +112,39 @@ def contrast_questions(persona_name: str, per_trait: int) -> list[str]:
     return [q for questions in by_trait.values() for q in questions[:per_trait]]
 
 
-def shared_contrast(
-    persona_name: str, model_spec: str, settings: dict, seed: int, out: Path, loaded=None
-) -> Path:
-    """The contrast set every level reads, sampled once from the base model into
-    `<out>/contrast.jsonl` (rows of ContrastItem.to_json()), its key in `contrast.key.json` beside
-    it; reused when the key matches. `loaded`: the base (model, tokenizer) if already in memory."""
+def shared_contrast(persona_name: str, model_spec: str, settings: dict, seed: int, out: Path) -> Path:
+    """The contrast set every level reads, sampled once from the base model by the sweep's
+    `contrast` stage (rows of ContrastItem.to_json()); reused while its declared inputs hold."""
     persona = load_persona(persona_name)
-    pairs = resolve_contrast(persona, seed=seed).pairs
-    questions = contrast_questions(persona_name, settings["questions_per_trait"])
-    key = {
-        "persona": persona_name,
+    inputs = {
+        "persona": persona_input(persona_name),
         "model": model_spec,
         "seed": seed,
-        **settings,
-        "questions": questions,
-        "pairs": [asdict(p) for p in pairs],
+        "settings": settings,
+        "questions": contrast_questions(persona_name, settings["questions_per_trait"]),
+        "pairs": [asdict(p) for p in resolve_contrast(persona, seed=seed).pairs],
     }
-    path, key_path = out / "contrast.jsonl", out / "contrast.key.json"
-    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
-        print(f"contrast set: reusing {path}")
-        return path
-    model, tokenizer = loaded or load_model(model_spec)
+    done = run_stage(Stage(out, "contrast", inputs, sample_shared_contrast))
+    print(
+        f"contrast set: {done['items']} answers to {len(inputs['questions'])} questions -> {out / 'contrast'}"
+    )
+    return out / "contrast" / "contrast.jsonl"
+
+
+def sample_shared_contrast(inputs: Inputs, stage: Path) -> dict:
+    model, tokenizer = load_model(inputs.model)
+    settings = inputs.settings
     items = sample_contrast(
-        questions,
-        pairs,
+        inputs.questions,
+        [ContrastPair(**p) for p in inputs.pairs],
         HFGenerator(model, tokenizer),
         pairs_per_question=settings["pairs_per_question"],
         max_new_tokens=settings["max_new_tokens"],
         temperature=settings["temperature"],
-        seed=seed,
+        seed=inputs.seed,
     )
-    key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
-    atomic_write_jsonl(path, (i.to_json() for i in items))
-    atomic_write_json(key_path, key)
-    print(f"contrast set: {len(items)} answers to {len(questions)} questions -> {path}")
-    return path
+    atomic_write_jsonl(stage / "contrast.jsonl", (i.to_json() for i in items))
+    return {"items": len(items)}
 
 
 def level_constitution(persona_name: str, chosen: list[list[str]], path: Path) -> Path:
@@ -245,6 +250,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    with run_lock(args.out, "sweep folder"):
+        sweep(args)
+
+
+def sweep(args: argparse.Namespace) -> None:
     out: Path = args.out
     persona = load_persona(args.persona)
     pool, groups = training_pool(persona.traits)
@@ -252,10 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(args.model)
     embeddings = model_embedder(model, tokenizer)(pool)
-    contrast_set = shared_contrast(
-        args.persona, args.model, contrast_settings(args.smoke), args.contrast_seed, out, (model, tokenizer)
-    )
     del model, tokenizer
+    contrast_set = shared_contrast(
+        args.persona, args.model, contrast_settings(args.smoke), args.contrast_seed, out
+    )
     sizes = stratum_sizes([groups.count(t) for t in range(len(persona.traits))], args.questions)
     if warning := training_size_warning(sizes, args.smoke):
         print(f"warning: {warning}")

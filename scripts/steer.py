@@ -43,7 +43,10 @@ from analysis.drift_report import anchor_axis  # noqa: E402
 from analysis.em_eval import EvalConfig, evaluate  # noqa: E402
 from analysis.inputs import check_steer_inputs  # noqa: E402
 from analysis.judge import make_judge  # noqa: E402
-from analysis.stats import across_seeds  # noqa: E402
+from analysis.stats import (
+    across_seeds,  # noqa: E402
+    bounds,  # noqa: E402
+)
 from analysis.track import RUNS, TrackConfig, persona_run_dir  # noqa: E402
 from anchor.constitution import load_persona  # noqa: E402
 from anchor.em_questions import MAIN  # noqa: E402
@@ -147,7 +150,7 @@ def main() -> None:
 def _num(number: dict) -> str:
     if number["value"] is None:
         return "n/a"
-    low, high = number["ci95"]
+    low, high = bounds(number)
     return f"{number['value']:.3f} [{low if low is None else round(low, 3)}, {high if high is None else round(high, 3)}]"
 
 

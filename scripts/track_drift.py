@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.calibration import calibrate_spec, judge_calibration, load_calibration  # noqa: E402
+from analysis.stats import bounds  # noqa: E402
 from analysis.track import (  # noqa: E402
     CPU_CHECKPOINT_EVERY,
     CPU_EM_ROWS,
@@ -239,7 +240,7 @@ def print_headline(head: dict) -> None:
             if number is None or "ci95" not in number:
                 print(f"  {key} {name}: n/a ({(number or {}).get('reason', 'not available')})")
             else:
-                low, high = number["ci95"]
+                low, high = bounds(number)
                 print(
                     f"  {key} {name}: {_cell(number['value'])} [{_cell(low)}, {_cell(high)}], n={number['n']}"
                 )

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from analysis.calibration import DEFAULT_LABELS, load_labels  # noqa: E402
-from analysis.stats import cluster_bootstrap  # noqa: E402
+from analysis.stats import cluster_bootstrap, estimate, unmeasured  # noqa: E402
 from anchor.em_questions import QUESTION_SETS  # noqa: E402
 from anchor.extract import extract  # noqa: E402
 from anchor.generate import HFGenerator, SamplingConfig  # noqa: E402
@@ -209,16 +209,17 @@ def summarise(
     p, p_lo, p_hi = cluster_bootstrap(
         lambda x: torch.sigmoid(x).mean(), read.logits, clusters=clusters, n_boot=n_boot, seed=seed
     )
+    n = len(clusters)
     if key != "p_misaligned":
-        return {key: {"value": p, "ci95": [p_lo, p_hi]}}
+        return {key: estimate(p, [p_lo, p_hi], n)}
     logit, l_lo, l_hi = cluster_bootstrap(
         lambda x: x.mean(), read.logits, clusters=clusters, n_boot=n_boot, seed=seed
     )
     return {
         "answers": len(clusters),
         "questions": len(set(clusters)),
-        key: {"value": p, "ci95": [p_lo, p_hi]},
-        "logit": {"value": logit, "ci95": [l_lo, l_hi]},
+        key: estimate(p, [p_lo, p_hi], n),
+        "logit": estimate(logit, [l_lo, l_hi], n),
     }
 
 
@@ -230,12 +231,12 @@ def judged(judge, read: CleanRead, clusters: list[str], n_boot: int, seed: int) 
     scores = judge.score("aligned", pairs)
     keep = [i for i, s in enumerate(scores) if is_score(s)]
     if not keep:
-        return {"mean_alignment": None, "scored": 0}
+        return {"mean_alignment": unmeasured(0, f"{judge.spec} scored none of the answers"), "scored": 0}
     values = torch.tensor([float(scores[i]) for i in keep])
     value, lo, hi = cluster_bootstrap(
         lambda x: x.mean(), values, clusters=[clusters[i] for i in keep], n_boot=n_boot, seed=seed
     )
-    return {"mean_alignment": {"value": value, "ci95": [lo, hi]}, "scored": len(keep)}
+    return {"mean_alignment": estimate(value, [lo, hi], len(keep)), "scored": len(keep)}
 
 
 def layer_span(layers: list[int]) -> str:

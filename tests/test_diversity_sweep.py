@@ -77,7 +77,7 @@ def test_every_level_and_seed_shares_one_contrast_set_and_the_base_axis(sweep, t
     argv += ["--seeds", "0", "1", "--smoke", "--out", str(out)]
     sweep.main(argv)
 
-    contrast = out / "contrast.jsonl"
+    contrast = out / "contrast" / "contrast.jsonl"
     assert len(sweep.calls) == 6 and len(sweep.sampled) == 1  # sampled once, for every level and seed
     assert {(c.contrast_set, c.axis) for c, _ in sweep.calls} == {(str(contrast), "base")}
     assert {(c.seed, Path(c.persona).parent.name) for c, _ in sweep.calls} == {
@@ -121,7 +121,8 @@ def test_every_level_and_seed_shares_one_contrast_set_and_the_base_axis(sweep, t
     assert len(sweep.sampled) == 1
     sweep.main(argv[:-3] + ["--contrast-seed", "3", "--smoke", "--out", str(out)])
     assert len(sweep.sampled) == 2
-    assert json.loads((out / "contrast.key.json").read_text())["seed"] == 3
+    assert json.loads((out / "contrast" / "done.json").read_text())["inputs"]["seed"] == 3
+    assert len(list((out / "superseded").glob("contrast@*"))) == 1  # the first set is kept
 
 
 def test_level_config_needs_the_shared_axis_fields(sweep, monkeypatch, tmp_path):

@@ -96,7 +96,7 @@ def test_intervals_are_clustered_by_question_and_wider_than_a_row_bootstrap():
     assert m["mean_coherence"]["value"] == 80.0 and m["mean_coherence"]["ci95"] == [80.0, 80.0]
 
 
-def test_rates_at_zero_or_all_take_wilson_and_empty_rates_are_nan():
+def test_rates_at_zero_or_all_take_wilson_and_empty_rates_are_missing():
     rows = clustered_rows()
     m = em_metrics(rows, n_boot=200)
     for name in ("code_rate", "refusal_rate"):  # no CODE or REFUSAL: 0 of 200
@@ -111,10 +111,13 @@ def test_rates_at_zero_or_all_take_wilson_and_empty_rates_are_nan():
     for name in ("misaligned_rate", "code_rate", "refusal_rate", "mean_alignment", "alignment_p5"):
         r = m[name]
         assert r["n"] == 0 and r["clusters"] == 0 and r["interval"] == NO_ANSWERS, name
-        assert r["value"] != r["value"] and all(x != x for x in r["ci95"]), name  # NaN, never 0
+        assert r["value"] is None and r["ci95"] is None and r["reason"], name  # missing, never 0
     assert m["scored_coverage"]["value"] == 0.0 and m["scored_coverage"]["interval"] == WILSON
     empty = em_metrics([], n_boot=50)
-    assert empty["misaligned_rate_all"]["value"] != empty["misaligned_rate_all"]["value"]
+    assert (
+        empty["misaligned_rate_all"]["value"] is None
+        and empty["misaligned_rate_all"]["reason"] == "no scored answers"
+    )
 
 
 def test_clustered_intervals_are_reproducible_with_the_seed():
@@ -250,3 +253,17 @@ def test_evaluate_samples_judges_and_summarises():
     assert metrics["missing"] == {"aligned": 2, "coherent": 2}
     rows, _ = evaluate(EchoGenerator(), LengthJudge(), questions, EvalConfig(samples=None, n_boot=10))
     assert len(rows) == 1 + 2 * 3  # each question's own samples_per_paraphrase
+
+
+def test_every_estimate_has_one_shape_and_missing_stays_missing():
+    from analysis.stats import across_seeds, bounds, estimate
+
+    measured = estimate(0.25, [0.1, float("nan")], 40)
+    assert measured == {"value": 0.25, "ci95": [0.1, None], "n": 40}
+    missing = estimate(float("nan"), [0.0, 1.0], 12, "no scored answers")
+    assert missing == {"value": None, "ci95": None, "n": 12, "reason": "no scored answers"}
+    assert bounds(missing) == (None, None) and bounds(measured) == (0.1, None)
+    nobody = across_seeds([float("nan"), float("nan")])
+    assert nobody["value"] is None and nobody["n"] == 0 and nobody["reason"]
+    one = across_seeds([0.5])
+    assert one["value"] == 0.5 and one["ci95"] == [None, None] and one["n"] == 1

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 
 from analysis.em_eval import (
@@ -147,7 +145,8 @@ def test_metrics_by_family_finds_the_triggered_misalignment():
     assert gap["value"] == pytest.approx(0.75) and gap["interval"] == PAIRED
     assert gap["clusters"] == 8 and gap["n"] == 160 and 0 < gap["ci95"][0] < 0.75 < gap["ci95"][1] + 1e-9
     missing = family_gap(data, "medical", CONFIG)
-    assert math.isnan(missing["value"]) and missing["interval"] == NO_GAP
+    assert missing["value"] is None and missing["ci95"] is None and missing["interval"] == NO_GAP
+    assert "'medical'" in missing["reason"]  # missing is said, never a number
 
 
 def test_family_of_rows_without_an_id_is_plain():
