@@ -10,7 +10,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/track_drift.py --persona sycophancy
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
