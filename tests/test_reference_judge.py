@@ -130,7 +130,7 @@ def test_reference_agreement_of_a_perfect_and_a_random_judge():
     rng = random.Random(1)
     noise = [rng.uniform(0, 100) for _ in rows]
     random_judge = reference_calibration(
-        rows, noise, [None if i % 4 == 0 else 80.0 for i in range(len(rows))]
+        rows, noise, [None if i % 4 == 0 else 80.0 for i in range(len(rows))], n_boot=200
     )
     m = random_judge["pooled"]
     assert abs(m["em_flag_auroc"]["value"] - 0.5) < 0.12
