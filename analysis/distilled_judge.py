@@ -369,7 +369,18 @@ def cached_reads(
 # (n, sum x, sum x x^T, sum x y), so a fold costs one eigendecomposition per layer set, not a pass
 # over the reads.
 
-LAYER_SETS = ((2,), (4,), (6,), (8,), (10,), (12,), (6, 12), (4, 8, 12), (8, 10, 12), (2, 4, 6, 8, 10, 12))
+CANDIDATE_LAYERS = (2, 4, 6, 8, 10, 12)  # read once; the deepest sets the judge's cost per answer
+
+
+def layer_sets(layers: Sequence[int]) -> list[tuple[int, ...]]:
+    """The layer sets tried: each candidate layer alone, every run of 2 and of 3 neighbouring
+    candidates, and all of them."""
+    layers = sorted(layers)
+    runs = [tuple(layers[i : i + k]) for k in (1, 2, 3) for i in range(len(layers) - k + 1)]
+    return list(dict.fromkeys([*runs, tuple(layers)]))
+
+
+LAYER_SETS = tuple(layer_sets(CANDIDATE_LAYERS))
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 CS = (0.001, 0.01, 0.1)
 

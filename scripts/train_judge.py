@@ -24,11 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis import distilled_judge as distilled  # noqa: E402
 from analysis.distilled_judge import (  # noqa: E402
     ALPHAS,
+    CANDIDATE_LAYERS,
     CARD,
     CS,
-    LAYER_SETS,
     MAX_ANSWER_TOKENS,
     WEIGHTS,
     TrainingData,
@@ -88,8 +89,9 @@ def main() -> None:
     parser.add_argument(
         "--layers",
         type=parse_layers,
-        default=sorted({layer for ls in LAYER_SETS for layer in ls}),
-        help="candidate layers to read, comma-separated (the layer sets tried are those within them)",
+        default=list(CANDIDATE_LAYERS),
+        help="candidate layers to read, comma-separated; the deepest bounds the judge's cost per answer "
+        "(default: %(default)s)",
     )
     parser.add_argument("--cache", type=Path, default=Path("runs/cache/judge_reads"), help="cached reads")
     parser.add_argument("--max-answer-tokens", type=int, default=MAX_ANSWER_TOKENS)
@@ -113,7 +115,7 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     read_seconds = time.perf_counter() - start
-    layer_sets = [ls for ls in LAYER_SETS if set(ls) <= set(args.layers)] or [tuple(args.layers)]
+    layer_sets = distilled.layer_sets(args.layers)
     heads, card = train(
         data,
         files,
