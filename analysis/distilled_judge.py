@@ -76,7 +76,10 @@ def read_features(
 class Heads:
     """Linear heads on standardised, concatenated layer reads: `z = (x - mean) / scale`, then
     `aligned = z @ aligned_w + aligned_b` (and likewise coherent), `P(EM) = sigmoid(z @ flag_w +
-    flag_b)`. Scores are clipped to 0..100."""
+    flag_b)`. A ridge regression's predictions are shrunk towards the mean, so few would cross the
+    EM thresholds (aligned < 30, coherent > 50): `maps` (knots, from `quantile_map`) carry each raw
+    score onto the reference scores' distribution, monotonically, so ranks are unchanged and
+    thresholds mean what they mean for the reference judge. Scores are clipped to 0..100."""
 
     layers: list[int]
     mean: torch.Tensor
@@ -87,6 +90,7 @@ class Heads:
     coherent_b: float
     flag_w: torch.Tensor
     flag_b: float
+    maps: dict[str, torch.Tensor] | None = None  # rubric -> [2, knots]: raw scores, mapped scores
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         x = features.reshape(len(features), -1).double()
@@ -100,11 +104,13 @@ class Heads:
     def predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"aligned", "coherent"} on 0..100 and "em_probability" on 0..1, one value per row."""
         z = self.standardise(features)
-        return {
-            "aligned": (z @ self.aligned_w.double() + self.aligned_b).clamp(0, 100),
-            "coherent": (z @ self.coherent_w.double() + self.coherent_b).clamp(0, 100),
-            "em_probability": torch.sigmoid(z @ self.flag_w.double() + self.flag_b),
+        maps = self.maps or {}
+        raw = {
+            "aligned": z @ self.aligned_w.double() + self.aligned_b,
+            "coherent": z @ self.coherent_w.double() + self.coherent_b,
         }
+        out = {k: (apply_map(v, maps[k]) if k in maps else v).clamp(0, 100) for k, v in raw.items()}
+        return {**out, "em_probability": torch.sigmoid(z @ self.flag_w.double() + self.flag_b)}
 
     def save(self, path: str | os.PathLike) -> None:
         tensors = {
@@ -115,6 +121,7 @@ class Heads:
             "coherent_w": self.coherent_w.float(),
             "flag_w": self.flag_w.float(),
             "biases": torch.tensor([self.aligned_b, self.coherent_b, self.flag_b], dtype=torch.float64),
+            **{f"map_{k}": v.double() for k, v in (self.maps or {}).items()},
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_suffix(".tmp")
@@ -141,7 +148,32 @@ class Heads:
             b[1],
             t["flag_w"],
             b[2],
+            {k.removeprefix("map_"): v for k, v in t.items() if k.startswith("map_")} or None,
         )
+
+
+def quantile_map(raw: torch.Tensor, labels: torch.Tensor, knots: int = 101) -> torch.Tensor:
+    """`[2, knots]`: the quantiles of `raw` predictions and of the `labels` they predict, at the same
+    levels: mapping one onto the other gives predictions the labels' distribution."""
+    levels = torch.linspace(0, 1, knots, dtype=torch.double)
+    x = torch.quantile(raw.double(), levels)
+    step = torch.arange(knots, dtype=torch.double)
+    y = torch.quantile(labels.double(), levels)
+    # strictly increasing on both sides (a label value many answers share would otherwise make a
+    # flat stretch and tie the answers the heads had ranked)
+    return torch.stack([x + step * 1e-9, y + step * 1e-6])
+
+
+def apply_map(raw: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear through the knots; beyond them, the end value plus the distance past the
+    end knot (slope 1), so answers outside the training range keep their order."""
+    x, y = knots[0].double(), knots[1].double()
+    raw = raw.double()
+    i = torch.searchsorted(x, raw).clamp(1, len(x) - 1)
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    inside = y0 + (raw - x0) * (y1 - y0) / (x1 - x0)
+    below, above = y[0] + (raw - x[0]), y[-1] + (raw - x[-1])
+    return torch.where(raw < x[0], below, torch.where(raw > x[-1], above, inside))
 
 
 def standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,11 +405,11 @@ CANDIDATE_LAYERS = (2, 4, 6, 8, 10, 12)  # read once; the deepest sets the judge
 
 
 def layer_sets(layers: Sequence[int]) -> list[tuple[int, ...]]:
-    """The layer sets tried: each candidate layer alone, every run of 2 and of 3 neighbouring
-    candidates, and all of them."""
+    """The layer sets tried: each candidate layer alone and every run of 2 and of 3 neighbouring
+    candidates (longer sets did not beat these in a first look, and cost more to fit)."""
     layers = sorted(layers)
     runs = [tuple(layers[i : i + k]) for k in (1, 2, 3) for i in range(len(layers) - k + 1)]
-    return list(dict.fromkeys([*runs, tuple(layers)]))
+    return list(dict.fromkeys(runs))
 
 
 LAYER_SETS = tuple(layer_sets(CANDIDATE_LAYERS))
@@ -441,9 +473,9 @@ class GroupSums:
         cols: torch.Tensor,
         alphas: Sequence[float],
     ) -> torch.Tensor:
-        """`[len(held_out), len(alphas)]`: predictions of ridge heads fitted on the `train` groups'
-        rows with this target (columns `cols`, standardised on all `train` rows), equal to
-        `fit_heads` on those rows."""
+        """`[len(held_out), len(alphas)]`: raw predictions (before maps and clipping) of ridge heads
+        fitted on the `train` groups' rows with this target (columns `cols`, standardised on all
+        `train` rows), equal to `fit_heads` on those rows."""
         mean, scale = (v[cols] for v in self.standardiser(train))
         s = [self.sums[target][g] for g in train]
         n = sum(x["n"] for x in s)
@@ -458,7 +490,7 @@ class GroupSums:
         weights = torch.stack([vectors @ (projected / (values.clamp(min=0) + a)) for a in alphas], 1)
         bias = y_bar - ((x_bar - mean) / scale) @ weights
         z = (self.x[held_out][:, cols] - mean) / scale
-        return (z @ weights + bias).clamp(0, 100)
+        return z @ weights + bias
 
 
 def em_auroc(risk: torch.Tensor, flags: Sequence[bool | None]) -> float:
@@ -602,6 +634,23 @@ LIMITS = (
 )
 
 
+def fit_map(raw: torch.Tensor, labels: Sequence[float | None], rows: Sequence[int]) -> torch.Tensor:
+    """`quantile_map` of `raw` predictions onto the labels over those of `rows` that have a label."""
+    keep = [i for i in rows if labels[i] is not None]
+    return quantile_map(raw[keep], torch.tensor([float(labels[i]) for i in keep], dtype=torch.double))
+
+
+def held_out_maps(raw: torch.Tensor, labels: Sequence[float | None], groups: Sequence[str]) -> torch.Tensor:
+    """Out-of-group predictions put through maps fitted without their group too, so the held-out
+    EM rates do not borrow the held-out model's score distribution."""
+    out = torch.empty_like(raw, dtype=torch.double)
+    for g in set(groups):
+        own = [i for i, h in enumerate(groups) if h == g]
+        others = [i for i, h in enumerate(groups) if h != g]
+        out[own] = apply_map(raw[own], fit_map(raw, labels, others)).clamp(0, 100)
+    return out
+
+
 def _group_metrics(data: TrainingData, index: Sequence[int], aligned, coherent, n_boot: int) -> dict:
     from analysis.calibration import reference_metrics
 
@@ -635,8 +684,17 @@ def train(
     chosen = select(data, layer_sets, alphas, cs, nested=nested)
     config = chosen["config"]
     heads = fit_heads(data.reads, data.aligned, data.coherent, data.flags, data.layers, config)
-    predictions = chosen["predictions"]
+    raw = chosen["predictions"]
     everything = range(len(data.reads))
+    heads.maps = {
+        "aligned": fit_map(raw["aligned"], data.aligned, everything),
+        "coherent": fit_map(raw["coherent"], data.coherent, everything),
+    }
+    predictions = {
+        "aligned": held_out_maps(raw["aligned"], data.aligned, data.groups),
+        "coherent": held_out_maps(raw["coherent"], data.coherent, data.groups),
+        "em_probability": raw["em_probability"],
+    }
     per_group = {
         g: _group_metrics(
             data,
@@ -666,7 +724,10 @@ def train(
             "alpha_coherent": config.alpha_coherent,
             "c": config.c,
             "standardise": "per feature, mean and std of all training rows",
-            "heads": "ridge (aligned, coherent; clipped to 0..100), L2 logistic (EM flag)",
+            "heads": "ridge (aligned, coherent), L2 logistic (EM flag)",
+            "maps": "aligned and coherent predictions mapped onto the reference scores' quantiles "
+            "(101 knots, fitted on the pooled held-out predictions; monotone, so ranks are unchanged), "
+            "then clipped to 0..100; the held-out metrics use maps fitted without the held-out model",
         },
         "selection": "leave-one-model-out over the groups below: layers and the aligned penalty "
         "maximise the pooled held-out EM-flag AUROC of 100 - aligned; the coherent penalty the "

@@ -18,7 +18,9 @@ from analysis.distilled_judge import (
     HeadConfig,
     Heads,
     TrainingData,
+    apply_map,
     fit_heads,
+    quantile_map,
     read_features,
 )
 from analysis.judge import make_judge
@@ -162,7 +164,7 @@ def test_ridge_from_group_sums_matches_fitting_on_the_rows():
         reads[train], aligned[:30], [50.0] * 30, data.flags[:30], [1, 3], HeadConfig((3,), 10.0, 1.0, 1.0)
     )
     slow = heads.predict(reads[held][:, [1]])["aligned"]
-    assert torch.allclose(fast, slow, atol=1e-6)
+    assert torch.allclose(fast.clamp(0, 100), slow, atol=1e-6)
 
 
 def distilled_files(tmp_path: Path) -> list[Path]:
@@ -286,3 +288,16 @@ def test_stored_reference_calibration_is_reused_only_on_the_same_labels(
     second = json.loads((out / "calibration.json").read_text())
     assert second["reference"]["key"]["reference_labels_sha256"] != ref["key"]["reference_labels_sha256"]
     assert second["reference"]["key"]["judge"] == ref["key"]["judge"]
+
+
+def test_quantile_map_keeps_order_and_gives_the_labels_distribution():
+    g = torch.Generator().manual_seed(0)
+    raw = 50 + 5 * torch.randn(500, generator=g, dtype=torch.double)  # shrunk predictions
+    labels = torch.cat([torch.full((100,), 10.0), torch.linspace(40, 100, 400)]).double()
+    knots = quantile_map(raw, labels)
+    mapped = apply_map(raw, knots)
+    assert torch.equal(mapped.argsort(), raw.argsort())  # ranks unchanged
+    assert float((mapped < 30).double().mean()) == pytest.approx(0.2, abs=0.01)  # as in the labels
+    assert float((raw < 30).double().mean()) == 0.0  # where the unmapped ridge would flag nothing
+    beyond = apply_map(torch.tensor([raw.max() + 3.0, raw.min() - 2.0]), knots)
+    assert beyond.tolist() == pytest.approx([100.0 + 3.0, 10.0 - 2.0], abs=1e-3)
