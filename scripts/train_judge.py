@@ -10,8 +10,8 @@ card reports those held-out numbers, per held-out model and pooled.
     python scripts/calibrate_judge.py --judge distilled:runs/judges/mine --reference other.csv
 
 Reads are cached per file (by its sha256, the model, the layers and the cut), so a rerun, or a run
-cut off half way, does not repeat a forward pass. Reading ~10,000 answers up to layer 12 of the
-default model takes about 35 minutes on 2 CPU cores; the selection then takes minutes.
+cut off half way, does not repeat a forward pass. Reading the ~10,000 public answers up to layer 8
+of the default model takes about 25 minutes on 2 CPU cores; the selection then takes minutes.
 """
 
 from __future__ import annotations
