@@ -165,14 +165,18 @@ def quantile_map(raw: torch.Tensor, labels: torch.Tensor, knots: int = 101) -> t
 
 
 def apply_map(raw: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear through the knots; beyond them, the end value plus the distance past the
-    end knot (slope 1), so answers outside the training range keep their order."""
-    x, y = knots[0].double(), knots[1].double()
+    """Piecewise-linear through the knots. Beyond them the value approaches 0 (or 100)
+    exponentially, so it stays on the 0..100 scale while answers outside the training range keep
+    their order: clipping there would tie the most misaligned answers, exactly the ones an EM-flag
+    ranking needs to keep apart."""
+    x, y = knots[0].double(), knots[1].double().clamp(0.01, 99.99)
     raw = raw.double()
     i = torch.searchsorted(x, raw).clamp(1, len(x) - 1)
     x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
     inside = y0 + (raw - x0) * (y1 - y0) / (x1 - x0)
-    below, above = y[0] + (raw - x[0]), y[-1] + (raw - x[-1])
+    width = (x[-1] - x[0]).clamp(min=1e-6) / 10
+    below = y[0] * torch.exp((raw - x[0]).clamp(max=0) / width)
+    above = 100 - (100 - y[-1]) * torch.exp(-(raw - x[-1]).clamp(min=0) / width)
     return torch.where(raw < x[0], below, torch.where(raw > x[-1], above, inside))
 
 
@@ -207,7 +211,7 @@ def logistic(z: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, 
     labels = y.bool()
     if labels.all() or not labels.any():
         return torch.zeros(z.shape[1], dtype=torch.double), (10.0 if labels.all() else -10.0)
-    fit = LogisticRegression(C=c, max_iter=2000).fit(z.numpy(), labels.numpy())
+    fit = LogisticRegression(C=c, max_iter=500).fit(z.numpy(), labels.numpy())
     return torch.from_numpy(fit.coef_[0]).double(), float(fit.intercept_[0])
 
 

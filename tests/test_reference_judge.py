@@ -299,5 +299,10 @@ def test_quantile_map_keeps_order_and_gives_the_labels_distribution():
     assert torch.equal(mapped.argsort(), raw.argsort())  # ranks unchanged
     assert float((mapped < 30).double().mean()) == pytest.approx(0.2, abs=0.01)  # as in the labels
     assert float((raw < 30).double().mean()) == 0.0  # where the unmapped ridge would flag nothing
-    beyond = apply_map(torch.tensor([raw.max() + 3.0, raw.min() - 2.0]), knots)
-    assert beyond.tolist() == pytest.approx([100.0 + 3.0, 10.0 - 2.0], abs=1e-3)
+    # beyond the knots: still on 0..100 and still in order (clipping would tie the extremes)
+    far = torch.tensor(
+        [raw.min() - 50.0, raw.min() - 20.0, raw.min() - 1.0, raw.max() + 1.0, raw.max() + 50.0]
+    )
+    beyond = apply_map(far, knots)
+    assert torch.all(beyond[1:] > beyond[:-1]) and 0.0 < float(beyond[0]) and float(beyond[-1]) < 100.0
+    assert float(beyond[2]) < 10.0 < 100.0 - 1e-3 < float(beyond[3]) + 1.0
