@@ -658,18 +658,30 @@ def held_out_maps(raw: torch.Tensor, labels: Sequence[float | None], groups: Seq
     return out
 
 
-def _group_metrics(data: TrainingData, index: Sequence[int], aligned, coherent, n_boot: int) -> dict:
+RATE_METRICS = ("em_rate_judge", "em_rate_reference")
+
+
+def _group_metrics(data: TrainingData, index: Sequence[int], raw: dict, mapped: dict, n_boot: int) -> dict:
+    """`reference_metrics` of held-out predictions over `index`: the rank metrics (AUROC, Spearman)
+    from the raw scores, which rank answers as the shipped judge does (its one monotone map changes
+    no rank), the EM rates from scores mapped without the held-out model (`held_out_maps`), which
+    put the thresholds where the shipped judge puts them. Per-fold maps would re-rank answers of
+    different held-out models against each other, which the shipped judge never does."""
     from analysis.calibration import reference_metrics
 
-    return reference_metrics(
-        [data.flags[i] for i in index],
-        [data.aligned[i] for i in index],
-        [data.coherent[i] for i in index],
-        [float(aligned[i]) for i in index],
-        [float(coherent[i]) for i in index],
-        [data.clusters[i] for i in index],
-        n_boot=n_boot,
-    )
+    def metrics(scores: dict) -> dict:
+        return reference_metrics(
+            [data.flags[i] for i in index],
+            [data.aligned[i] for i in index],
+            [data.coherent[i] for i in index],
+            [float(scores["aligned"][i]) for i in index],
+            [float(scores["coherent"][i]) for i in index],
+            [data.clusters[i] for i in index],
+            n_boot=n_boot,
+        )
+
+    ranks, rates = metrics(raw), metrics(mapped)
+    return {**ranks, **{k: rates[k] for k in RATE_METRICS}}
 
 
 def train(
@@ -706,19 +718,21 @@ def train(
         g: _group_metrics(
             data,
             [i for i, h in enumerate(data.groups) if h == g],
-            predictions["aligned"],
-            predictions["coherent"],
+            raw,
+            predictions,
             n_boot,
         )
         for g in sorted(set(data.groups))
     }
     lomo = {
         "per_group": per_group,
-        "pooled": _group_metrics(data, everything, predictions["aligned"], predictions["coherent"], n_boot),
+        "pooled": _group_metrics(data, everything, raw, predictions, n_boot),
         "em_head_auroc": flag_auroc(predictions["em_probability"], data.flags, data.clusters, n_boot),
         "note": "each held-out model's answers scored by heads fitted on the other models; the "
         "layers and penalties were chosen on these pooled held-out predictions (see nested for a "
-        "check free of that choice)",
+        "check free of that choice); AUROC and Spearman from the heads' scores before the map (one "
+        "monotone map, as shipped, changes no rank), EM rates after maps fitted without the "
+        "held-out model",
     }
     card = {
         "model": model_spec,
