@@ -503,10 +503,14 @@ class ProbeJudge(Judge):
 
 
 def make_judge(spec: str, base_url: str | None = None, api_key: str | None = None, **kwargs) -> Judge:
-    """`hf:<model spec>`, `openai:<model>` or `probe:<directions file>`."""
+    """`hf:<model spec>`, `openai:<model>`, `probe:<directions file>` or `distilled:default|<folder>`
+    (heads fitted to a reference judge's labels, `analysis.distilled_judge`)."""
     kind, _, target = spec.partition(":")
     if not target:
-        raise ValueError(f"judge {spec!r}: expected hf:<model>, openai:<model> or probe:<directions file>")
+        raise ValueError(
+            f"judge {spec!r}: expected hf:<model>, openai:<model>, probe:<directions file> or "
+            "distilled:default|<folder>"
+        )
     if kind == "hf":
         return HFJudge.from_spec(target)
     if kind == "openai":
@@ -515,4 +519,8 @@ def make_judge(spec: str, base_url: str | None = None, api_key: str | None = Non
         if not Path(target).is_file():
             raise FileNotFoundError(f"judge {spec!r}: no directions file at {target}")
         return ProbeJudge(target)
-    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use hf:, openai: or probe:")
+    if kind == "distilled":
+        from analysis.distilled_judge import DistilledJudge
+
+        return DistilledJudge.from_spec(target)
+    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use hf:, openai:, probe: or distilled:")
