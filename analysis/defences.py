@@ -40,6 +40,7 @@ from analysis.defence_arms import (
 )
 from analysis.defence_report import analyse_defences
 from analysis.defence_stages import write_benign_rows, write_capability, write_reflections
+from analysis.inputs import check_track_inputs
 from analysis.track import (
     Resources,
     TrackConfig,
@@ -93,6 +94,7 @@ def run_defences(
     track = config.track
     if any(defence_of(a) == "inoculation" for a in config.arms):  # no prompt for the dataset: fail now
         inoculation_prompt(track.em_dataset, config.settings.inoculation_prompt)
+    check_track_inputs(track, out)  # every input, before the folder (and its lock) exists
     with run_lock(out):
         return _run_defences(config, out, log, resources, judge_calibration, overwrite)
 

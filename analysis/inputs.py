@@ -27,19 +27,27 @@ from train.inputs import check_dataset, check_em_run, check_persona_run
 if TYPE_CHECKING:
     from analysis.track import TrackConfig
 
-JUDGE_KINDS = "hf:<model spec>, openai:<model> or probe:<directions file>"
+JUDGE_KINDS = "hf:<model spec>, openai:<model>, probe:<directions file> or distilled:default|<folder>"
 
 
 def check_judge(
     spec: str, base_url: str | None = None, api_key: str | None = None, flag: str = "--judge"
 ) -> None:
     """`hf:` a resolvable model spec; `openai:` a server URL and a key (from the arguments or
-    OPENAI_BASE_URL / OPENAI_API_KEY); `probe:` a readable directions file."""
+    OPENAI_BASE_URL / OPENAI_API_KEY); `probe:` a readable directions file; `distilled:` the shipped
+    judge or a folder train_judge.py wrote."""
     kind, _, target = spec.partition(":")
-    if kind not in ("hf", "openai", "probe") or not target:
+    if kind not in ("hf", "openai", "probe", "distilled") or not target:
         raise InputError(f"{flag} {spec!r}: use {JUDGE_KINDS}")
     if kind == "hf":
         check_model_spec(target, f"{flag} {spec!r}: model")
+    elif kind == "distilled":
+        from analysis.distilled_judge import resolve_dir
+
+        try:
+            resolve_dir(target)
+        except FileNotFoundError as err:
+            raise InputError(f"{flag} {spec!r}: {err}") from None
     elif kind == "openai":
         url = base_url or os.environ.get("OPENAI_BASE_URL", "")
         if not url:

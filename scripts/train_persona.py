@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anchor.inputs import InputError  # noqa: E402
 from anchor.runlock import run_lock  # noqa: E402
 from train.distributed import is_main  # noqa: E402
+from train.inputs import check_persona_inputs  # noqa: E402
 from train.persona import (  # noqa: E402
     SMOKE_NEUTRAL_PROBES,
     STAGES,
@@ -103,6 +104,7 @@ def main() -> None:
         return
     start = time.perf_counter()
     try:
+        check_persona_inputs(config, out)  # every input, before the folder (and its lock) exists
         with run_lock(out, "persona folder"):
             summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
     except InputError as err:
