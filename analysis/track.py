@@ -355,7 +355,7 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         run(job.stage("assistant_axis", job.assistant_axis, write_assistant_axis))
     probes = em_probe_sets(job.probes["n_neutral"], items, list(job.held_out), job.probes["questions"])
 
-    # 3. EM runs, activations at every checkpoint: the 2x2's shared recipe
+    # 3. EM runs, activations at every checkpoint, all on one shared recipe
     persona_identity = stage_identity(job.persona_dir / "sft")  # a retrained persona reruns its EM runs
     starts = {PERSONA: persona_model, BASE: (job.persona.model, None), CONTROL: persona_model}
     upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
