@@ -47,6 +47,7 @@ from analysis.track import (
     _finetune_em,
     assistant_axis_inputs,
     em_run_config,
+    evaluation_inputs,
     persona_run_dir,
     persona_start,
     run_probe_sets,
@@ -170,8 +171,7 @@ def _run_defences(
         _finetune_em(em_config, run_dirs[arm], probes, resources, tracked, out, overwrite)
 
     # behaviour at the end of EM (the main job's evaluations where they are the same)
-    evaluation = {"judge": track.judge, "samples": track.eval_samples, "max_new_tokens": track.eval_max_new_tokens,
-                  "seed": track.seed, "triggered": track.em_dataset if config.triggered else None}  # fmt: skip
+    evaluation = {**evaluation_inputs(track), "triggered": track.em_dataset if config.triggered else None}
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
     capability: dict[str, Path] = {}
     answers = {"answers": FileInput(ORDINARY_ANSWERS_FILE), "limit": settings.capability_answers}

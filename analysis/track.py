@@ -211,12 +211,11 @@ def plan_main_job(
         "max_new_tokens": config.contrast_max_new_tokens,
     }
     filter_judge = config.judge if config.filter_contrast else None
-    rows, every = em_schedule(config)
     return MainJob(
         out=out,
         persona_dir=persona_dir,
         persona=persona_config(config, resources),
-        held_out=tuple(t.questions[-1] for t in persona.traits),
+        held_out=tuple(held_out_questions(persona)),
         pairs={
             "persona": persona_input(config.persona),
             "contrast": FileInput(Path(config.contrast)) if config.contrast is not None else None,
@@ -239,21 +238,31 @@ def plan_main_job(
             "sampling": sampling,
         },
         assistant_axis=assistant_axis_inputs(config) if config.monitor else None,
-        em=EMRunConfig(preset=config.em_preset, seed=config.seed, record_every=every, max_rows=rows),
+        em=em_run_config(config, config.em_dataset, (config.model, None), None),
         datasets={PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control},
         probes={"n_neutral": config.neutral_probes, "questions": config.probe_questions},
-        evaluation={
-            "judge": config.judge,
-            "samples": config.eval_samples,
-            "max_new_tokens": config.eval_max_new_tokens,
-            "seed": config.seed,
-        },
+        evaluation=evaluation_inputs(config),
         triggered=config.em_dataset if config.monitor else None,
         monitor_every=config.monitor_every if config.monitor else None,
         analysis={"config": asdict(config), "judge_calibration": judge_calibration},
         config_record=asdict(config),
         resources=resources,
     )
+
+
+def evaluation_inputs(config: TrackConfig) -> dict:
+    """What every behavioural evaluation of the job (defence arms included) shares, besides its model."""
+    return {
+        "judge": config.judge,
+        "samples": config.eval_samples,
+        "max_new_tokens": config.eval_max_new_tokens,
+        "seed": config.seed,
+    }
+
+
+def held_out_questions(persona: Persona) -> list[str]:
+    """Each trait's last hand-written question: never trained on, read at every checkpoint."""
+    return [t.questions[-1] for t in persona.traits]
 
 
 def assistant_axis_inputs(config: TrackConfig) -> dict:
@@ -420,8 +429,7 @@ def persona_start(persona_dir: Path) -> tuple[str, str]:
 def run_probe_sets(config: TrackConfig, persona: Persona, items: list) -> dict:
     """The probe sets every EM run of the job reads at every checkpoint (defence arms included):
     the contrast items, a held-out question per trait, neutral conversations, EM questions."""
-    held_out = [t.questions[-1] for t in persona.traits]
-    return em_probe_sets(config.neutral_probes, items, held_out, config.probe_questions)
+    return em_probe_sets(config.neutral_probes, items, held_out_questions(persona), config.probe_questions)
 
 
 def em_run_config(
