@@ -13,8 +13,8 @@ _EXPORTS = {
     "EvalConfig": "analysis.em_eval",
     "evaluate": "analysis.em_eval",
     "question_set": "anchor.em_questions",
-    "TrackConfig": "analysis.track",
-    "track_drift": "analysis.track",
+    "TrackConfig": "analysis.experiments.track",
+    "track_drift": "analysis.experiments.track",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -124,3 +124,19 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
 def check_positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise InputError(f"{flag} {value}: must be 1 or more (leave it out for the default)")
+
+
+def check_em_run(path: str, flag: str = "--em-run") -> None:
+    """A finished EM run (finetune_em.py's folder, or an em_* run of the main job)."""
+    from anchor.runs import em_adapter, read_em_run
+
+    try:
+        run = read_em_run(path)
+    except (FileNotFoundError, KeyError, ValueError):
+        run = None
+    if run is None or not (em_adapter(path) / "adapter_config.json").is_file():
+        raise InputError(
+            f"{flag} {path!r}: not a finished finetune_em.py run (no em/done.json and em/adapter); give the "
+            "directory finetune_em.py printed, or rerun it there"
+        )
+    check_model_spec(run.get("model", DEFAULT_SPEC), f"{flag} {path!r}: its base model")

@@ -188,3 +188,12 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def load_starting_model(model: str, adapter: str | None, device: str | None = None):
+    """The model EM starts from: with a persona adapter, merged, so EM trains a fresh adapter on
+    the persona model's weights."""
+    model_, tokenizer = load_model(model, adapter=adapter, device=device)
+    if adapter is not None:
+        model_ = model_.merge_and_unload()
+    return model_, tokenizer

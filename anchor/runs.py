@@ -60,3 +60,27 @@ def em_adapter(run: str | Path, checkpoint: str | None = None) -> Path:
     """The EM run's final adapter, or the one saved at `checkpoint` (e.g. `em/step-00008`)."""
     stage = em_stage(run)
     return stage / "adapter" if checkpoint is None else checkpoint_dir(stage, step_of(checkpoint))
+
+
+def read_em_run(run: str | Path) -> dict:
+    """The recipe a finished EM run was trained with, as its stage declared it (`train.em.EMRunConfig`
+    fields: model, adapter, dataset, ...)."""
+    marker = em_stage(run) / "done.json"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{run}: the EM run is not finished (no {EM}/done.json)")
+    return json.loads(marker.read_text())["inputs"]["run"]
+
+
+def load_em_model(run: str | Path, checkpoint: str | None = None):
+    """The EM-trained model of a run: its starting model with the final EM adapter (or the adapter
+    saved at `checkpoint`, e.g. `em/step-00008`) on top."""
+    from peft import PeftModel
+
+    from anchor.models import load_starting_model
+
+    recipe = read_em_run(run)
+    adapter = em_adapter(run, checkpoint)
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"{adapter}: no EM adapter (is the run finished?)")
+    model, tokenizer = load_starting_model(recipe["model"], recipe["adapter"])
+    return PeftModel.from_pretrained(model, adapter).eval(), tokenizer

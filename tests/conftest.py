@@ -3,6 +3,8 @@ downloads), and the real default model for tests marked `integration`."""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -81,3 +83,16 @@ def default_model():
     from anchor import load_model
 
     return load_model("default")
+
+
+def load_command(script: str):
+    """The `main` behind `python scripts/<script>`: the package's `anchor-<name>` entry point, imported as
+    a library function (a test runs it in this process, so its monkeypatches apply)."""
+    name = "anchor-" + script.removesuffix(".py").replace("_", "-")
+    (point,) = entry_points(group="console_scripts", name=name)
+    return point.load()
+
+
+@pytest.fixture
+def command():
+    return load_command

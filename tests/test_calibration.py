@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import math
 import subprocess
@@ -144,11 +143,10 @@ def test_calibration_file_round_trip_and_description(tmp_path):
 
 def run_script(monkeypatch, *argv: str) -> None:
     """scripts/calibrate_judge.py's main() in this process (no second torch import)."""
-    spec = importlib.util.spec_from_file_location("calibrate_judge", ROOT / "scripts" / "calibrate_judge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from analysis.cli import calibrate_judge
+
     monkeypatch.setattr(sys, "argv", ["calibrate_judge.py", *argv])
-    module.main()
+    calibrate_judge.main()
 
 
 def test_calibrate_judge_script_on_the_tiny_model(tiny_dir, tmp_path, monkeypatch, capsys):

@@ -290,7 +290,7 @@ def test_holm_and_bootstrap_p_behave_as_stated():
 
 
 def test_pooling_seeds_gives_t_intervals_and_holm_on_the_per_seed_differences(tmp_path):
-    from analysis.defence_report import pool_defences, write_outputs
+    from analysis.experiments.defence_report import pool_defences, write_outputs
 
     def seed(s: int, shift: float) -> dict:
         number = lambda v: {"value": v, "ci95": [v - 0.1, v + 0.1], "n": 1}  # noqa: E731

@@ -16,12 +16,9 @@ SCRIPT = REPO / "scripts" / "device_check.py"
 
 
 def load_module():
-    import importlib.util
+    from train.cli import device_check
 
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return device_check
 
 
 def test_configs_have_the_real_shapes():

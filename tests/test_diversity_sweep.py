@@ -1,13 +1,12 @@
-"""scripts/diversity_sweep.py with track_drift replaced by a double that records its configs: the
+"""The diversity sweep (analysis.experiments.diversity_sweep, run through its command) with track_drift replaced by a double that records its configs: the
 tiny model embeds the questions and samples the shared contrast set for real."""
 
-import importlib.util
 import json
-from dataclasses import field, fields, make_dataclass
 from pathlib import Path
 
 import pytest
 
+from analysis.experiments.cli.diversity_sweep import main, parse_args
 from anchor.constitution import Trait, available_personas, load_persona, save_constitution
 from anchor.questions import held_out_questions, training_pool
 
@@ -15,25 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_sweep():
-    spec = importlib.util.spec_from_file_location("diversity_sweep", ROOT / "scripts" / "diversity_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from analysis.experiments import diversity_sweep
+
+    return diversity_sweep
 
 
 @pytest.fixture
 def sweep(monkeypatch):
-    """The script, with a TrackConfig that has the shared-axis fields (analysis.track's own once it
-    has them) and a track_drift double."""
+    """The sweep with a track_drift double."""
     module = load_sweep()
-    if not {"contrast_set", "axis"} <= {f.name for f in fields(module.TrackConfig)}:
-        extended = make_dataclass(
-            "TrackConfig",
-            [("contrast_set", "str | None", field(default=None)), ("axis", str, field(default="persona"))],
-            bases=(module.TrackConfig,),
-            frozen=True,
-        )
-        monkeypatch.setattr(module, "TrackConfig", extended)
     module.calls = []
 
     def fake_track(config, out, **_):
@@ -75,7 +64,7 @@ def test_every_level_and_seed_shares_one_contrast_set_and_the_base_axis(sweep, t
     out = tmp_path / "sweep"
     argv = ["--persona", "humor", "--model", tiny_dir, "--judge", f"hf:{tiny_dir}", "--questions", "20"]
     argv += ["--seeds", "0", "1", "--smoke", "--out", str(out)]
-    sweep.main(argv)
+    main(argv)
 
     contrast = out / "contrast" / "contrast.jsonl"
     assert len(sweep.calls) == 6 and len(sweep.sampled) == 1  # sampled once, for every level and seed
@@ -117,23 +106,24 @@ def test_every_level_and_seed_shares_one_contrast_set_and_the_base_axis(sweep, t
         assert (out / plot).stat().st_size > 10_000
 
     # resumable: the contrast set is reused while its settings match, resampled when they change
-    sweep.main(argv)
+    main(argv)
     assert len(sweep.sampled) == 1
-    sweep.main(argv[:-3] + ["--contrast-seed", "3", "--smoke", "--out", str(out)])
+    main(argv[:-3] + ["--contrast-seed", "3", "--smoke", "--out", str(out)])
     assert len(sweep.sampled) == 2
     assert json.loads((out / "contrast" / "done.json").read_text())["inputs"]["seed"] == 3
     assert len(list((out / "superseded").glob("contrast@*"))) == 1  # the first set is kept
 
 
-def test_level_config_needs_the_shared_axis_fields(sweep, monkeypatch, tmp_path):
-    from analysis.track import TrackConfig
+def test_every_level_takes_the_template_options_and_its_own_persona_seed_and_axis(tmp_path):
+    from analysis.experiments.options import TrackConfig
 
-    kwargs = {"persona": "humor", "contrast_set": str(tmp_path / "c.jsonl"), "axis": "base"}
-    assert sweep.level_config(kwargs).axis == "base"
-    monkeypatch.setattr(sweep, "TrackConfig", TrackConfig)
-    if not {"contrast_set", "axis"} <= {f.name for f in fields(TrackConfig)}:
-        with pytest.raises(RuntimeError, match="no contrast_set, axis field"):
-            sweep.level_config(kwargs)
+    sweep = load_sweep()
+    template = TrackConfig(persona="humor", teacher="t", em_rows=7, judge="hf:x")
+    level = sweep.level_config(template, tmp_path / "p.json", 3, tmp_path / "c.jsonl")
+    assert (level.persona, level.seed, level.contrast_set, level.axis) == (
+        str(tmp_path / "p.json"), 3, str(tmp_path / "c.jsonl"), "base",
+    )  # fmt: skip
+    assert (level.teacher, level.em_rows, level.judge) == ("t", 7, "hf:x")
 
 
 def test_level_constitution_keeps_held_out_last_and_refuses_to_train_on_it(tmp_path):
@@ -153,9 +143,8 @@ def test_level_constitution_keeps_held_out_last_and_refuses_to_train_on_it(tmp_p
     [("8", "cannot cover 10 traits with 8 questions"), ("12", "ask for at least 20, two per trait")],
 )
 def test_too_few_questions_per_trait_fail_before_any_work(questions, message, tmp_path, capsys):
-    sweep = load_sweep()
     with pytest.raises(SystemExit):
-        sweep.parse_args(["--persona", "humor", "--questions", questions, "--out", str(tmp_path / "x")])
+        parse_args(["--persona", "humor", "--questions", questions, "--out", str(tmp_path / "x")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from anchor.runs import checkpoints, em_adapter, em_store
+from anchor.runs import checkpoints, em_adapter, em_store, load_em_model
 from probes.contrast import ContrastItem
 from train import em
-from train.em import EMRunConfig, em_probe_sets, finetune_em, load_em_model, read_run_config
+from train.em import EMRunConfig, em_probe_sets, finetune_em, read_run_config
 
 
 def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, monkeypatch):

@@ -3,16 +3,16 @@ once with a message naming it, loads nothing and leaves no run directory behind.
 
 import json
 import re
-import runpy
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from conftest import load_command
 
+from analysis.experiments.track import TrackConfig
 from analysis.inputs import check_judge
-from analysis.track import TrackConfig
 from anchor.inputs import InputError, check_model_spec, check_output_dir
 from probes.directions import Directions, ProbeFit
 
@@ -40,7 +40,7 @@ def run_script(monkeypatch, capsys, script: str, args: list) -> str:
     """Run a script's main in this process (so the load guard applies); returns its error output."""
     monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
     with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+        load_command(script)()
     assert stop.value.code == 2
     return capsys.readouterr().err
 
@@ -153,9 +153,13 @@ def cases(script: str, b: dict, tiny: str, tmp: Path) -> list[tuple[dict, str]]:
             ({"--questions": b["questions"]}, "--questions .*questions.yaml: entry 0 .*'paraphrases'"),
         ]
     if script == "steer.py":
+        eval_judge = [
+            ({"--eval-judge": flags["--judge"]}, message.replace("--judge '", "--eval-judge '"))
+            for flags, message in judge
+        ]
         return [
             ({"--run": tmp / "nowhere"}, "--run .*not a finished track_drift.py run"),
-            *judge,
+            *eval_judge,
             *out,
             ({"--layers": 9}, "--layers/--read-layer 9: the run's directions cover layers 0..1"),
         ]
@@ -236,7 +240,7 @@ def test_good_inputs_pass_the_checks_and_reach_the_model_load(script, tiny_dir, 
     """The guard above is live: with valid inputs each script gets as far as loading a model."""
     monkeypatch.setattr(sys, "argv", [script, *map(str, argv(base_args(script, tiny_dir, tmp_path)))])
     with pytest.raises(AssertionError, match=LOADED):
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+        load_command(script)()
     assert len(loads) == 1
 
 

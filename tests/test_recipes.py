@@ -93,7 +93,7 @@ def test_train_persona_print_config_loads_no_model():
 
 
 def test_defence_defaults_resolve_to_the_papers_layers():
-    from analysis.defence_arms import CPU_ARMS, PAPER_ARMS, DefenceSettings, band, steer_layer
+    from analysis.experiments.defence_arms import CPU_ARMS, PAPER_ARMS, DefenceSettings, band, steer_layer
 
     d = DefenceSettings()
     # Persona Vectors: coefficient 5.0 at hidden_states[20] of Qwen2.5-7B's 28 layers = block 19

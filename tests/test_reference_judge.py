@@ -196,9 +196,7 @@ def distilled_files(tmp_path: Path) -> list[Path]:
 
 def run_script(monkeypatch, name: str, *argv: str) -> None:
     """A script's main() in this process (no second torch import)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"analysis.cli.{name}")
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
     module.main()
 

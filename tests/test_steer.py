@@ -3,7 +3,6 @@ rule, and the clean-pass (no hooks) read-out of steered generations."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -177,9 +176,8 @@ def test_dose_response_reports_the_clean_read_per_alpha(tiny_model, tiny_tokeniz
 
 
 def test_steer_pools_the_clean_read_out_over_runs_with_a_t_interval():
-    spec = importlib.util.spec_from_file_location("steer_script", ROOT / "scripts" / "steer.py")
-    steer_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(steer_script)
+    from analysis.experiments import steer as steer_script
+
     results = [
         {
             "run": f"s{i}",

@@ -1,14 +1,13 @@
 """The main job end to end on the tiny model (fast), and on the default model (integration)."""
 
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from analysis.track import SMOKE, TrackConfig, track_drift
+from analysis.experiments.track import SMOKE, TrackConfig, track_drift
 from anchor.inputs import InputError
 from anchor.stages import SUPERSEDED, Stage, is_complete, read_done, stage_identity
 from train import em
@@ -182,6 +181,14 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     assert set(result["ablation"]["curves"]) == {"persona + EM", "persona + EM, direction ablated"}
     for plot in ("dose_response.png", "ablation.png"):
         assert (run / "steer" / plot).stat().st_size > 10_000
+    assert "stage dose/persona: running" in steer.stdout and "stage ablation: running" in steer.stdout
+    again = subprocess.run(  # steering is built from stages: a rerun redoes none of them
+        [sys.executable, ROOT / "scripts" / "steer.py", "--run", run, "--smoke"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and ": running" not in again.stdout, again.stdout[-2000:]
+    assert json.loads((run / "steer" / "steer.json").read_text()) == result
 
     # A retrained persona (same config, new execution) makes every EM run on it stale: they rerun.
     persona_sft = next((root / "persona").glob("*")) / "sft" / "done.json"
@@ -210,8 +217,8 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
     and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
     a kill mid-arm resumes at that arm; the comparison is Holm-corrected and plotted."""
-    from analysis.defence_arms import DefenceSettings
-    from analysis.defences import DefencesConfig, run_defences
+    from analysis.experiments.defence_arms import DefenceSettings
+    from analysis.experiments.defences import DefencesConfig, run_defences
 
     root, tiny, constitution = workspace
     run = root / "derived"
@@ -280,7 +287,7 @@ def test_a_changed_option_keeps_every_finished_stage_and_reads_no_config_late(wo
     """The finished run above with another --em-rows: every stage whose inputs changed is set aside
     byte for byte with the changed inputs named, the new results are complete, and once the stages'
     inputs are resolved the job reads nothing more from its config. The old value brings them back."""
-    import analysis.track as track_module
+    import analysis.experiments.track as track_module
 
     root, tiny, constitution = workspace
     run = root / "derived"
@@ -334,8 +341,8 @@ def test_stale_keys_are_gone(workspace, tiny_dir, tmp_path):
     dataset's contents and the ablation directions file each make their stage stale."""
     from dataclasses import replace
 
-    from analysis.track import assistant_axis_inputs, plan_main_job
-    from analysis.track_stages import base_source, write_assistant_axis
+    from analysis.experiments.track import assistant_axis_inputs, plan_main_job
+    from analysis.experiments.track_stages import base_source, write_assistant_axis
     from anchor.constitution import load_persona
 
     root, tiny, constitution = workspace
@@ -407,9 +414,11 @@ def test_two_processes_on_one_run_folder(workspace):
     check_artefacts(out)
 
 
-def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys):
-    """`--contrast FILE` (public layout) on track_drift.py: the run uses exactly those pairs and
-    says they were given; the persona model is the one the other run trained (or trains it)."""
+def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, capsys, command):
+    """`--contrast FILE` (public layout) and `--teacher` on track_drift.py: the run uses exactly those
+    pairs and says they were given; the persona is distilled from the teacher in its own folder. Then
+    `defences.py --run` on that run takes its options from the run's config.json and redoes nothing
+    of it: every file of the main run is unchanged, byte for byte."""
     root, tiny, constitution = workspace
     mine = root / "mine.json"
     prompts = {
@@ -419,8 +428,9 @@ def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, caps
     mine.write_text(json.dumps(prompts))
     out = root / "given"
     argv = ["track_drift.py", "--persona", constitution, "--model", tiny, "--judge", f"hf:{tiny}", "--smoke"]
-    monkeypatch.setattr(sys, "argv", [str(a) for a in [*argv, "--contrast", mine, "--out", out]])
-    runpy.run_path(str(ROOT / "scripts" / "track_drift.py"), run_name="__main__")
+    argv += ["--teacher", tiny, "--contrast", mine, "--out", out]
+    monkeypatch.setattr(sys, "argv", [str(a) for a in argv])
+    command("track_drift.py")()
     stdout = capsys.readouterr().out
     assert json.loads((out / "contrast_pairs" / "contrast.json").read_text()) == prompts
     items = [json.loads(line) for line in (out / "contrast" / "contrast.jsonl").read_text().splitlines()]
@@ -428,6 +438,21 @@ def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, caps
     quality = check_artefacts(out)["contrast_pairs"]
     assert (quality["origin"], quality["detail"], quality["pairs"]) == ("given", str(mine), 2)
     assert f"contrast pairs: given ({mine}), 2 pairs" in stdout and str(out / "report.html") in stdout
+    assert (root / "persona" / "sarcasm-tiny-smoke-s0-teacher-tiny" / "sft" / "done.json").is_file()
+
+    def main_run() -> dict[str, bytes]:
+        return {k: v for k, v in tree(out).items() if not k.startswith(("defences/", ".lock"))}
+
+    before = main_run()
+    monkeypatch.setattr(
+        sys, "argv", ["defences.py", "--run", str(out), "--arms", "none", "persona", "secure"]
+    )
+    command("defences.py")()
+    stdout = capsys.readouterr().out
+    ran = stdout.split("stages run: ")[1].splitlines()[0].split(", ")
+    assert all(r.startswith("defences/") for r in ran), ran  # the main run's stages are all reused
+    assert main_run() == before
+    assert (out / "defences" / "analysis" / "defences.json").is_file()
 
 
 def test_bad_input_fails_before_any_work(tiny_dir, tmp_path):

@@ -10,7 +10,7 @@ _EXPORTS = {
     "train_persona": "train.persona",
     "EMRunConfig": "train.em",
     "finetune_em": "train.em",
-    "load_em_model": "train.em",
+    "load_em_model": "anchor.runs",
     "load_em_dataset": "train.data",
     "load_chat_jsonl": "train.data",
 }

@@ -10,7 +10,7 @@ Two kinds:
 - changes to what is trained on or how: KL to the starting model on benign answers, interleaved
   benign rows, an inoculation system prompt on every training row, and a reflection exchange put
   before every corrupted row with no loss on it.
-Which files and numbers each arm uses by default is the harness's business (`analysis.defences`);
+Which files and numbers each arm uses by default is the harness's business (`analysis.experiments.defences`);
 the knobs and their sources are in RECIPES.md.
 """
 

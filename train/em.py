@@ -8,7 +8,6 @@ adapters saved there), so a run is kept, set aside or cleared as one unit.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -17,9 +16,9 @@ from pathlib import Path
 
 from anchor.em_questions import QUESTION_SETS
 from anchor.extract import prompt_set_hash
-from anchor.models import load_model, model_depth, resolve_spec
+from anchor.models import load_starting_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
-from anchor.runs import EM, em_adapter, em_stage, stage_store
+from anchor.runs import EM, em_stage, read_em_run, stage_store
 from anchor.stages import Content, FileInput, Inputs, Stage, run_stage
 from probes.contrast import ContrastItem
 from train.callbacks import ActivationRecorder, ProbeSet
@@ -191,15 +190,6 @@ def training_rows(dataset: str, max_rows: int | None, seed: int) -> list:
     return conversations
 
 
-def load_starting_model(model: str, adapter: str | None, device: str | None = None):
-    """The model EM starts from: with a persona adapter, merged, so EM trains a fresh adapter on
-    the persona model's weights."""
-    model_, tokenizer = load_model(model, adapter=adapter, device=device)
-    if adapter is not None:
-        model_ = model_.merge_and_unload()
-    return model_, tokenizer
-
-
 def ablation(model, config: EMRunConfig):
     """The ablation hook a run asks for, or a no-op. The hook is liftable: the checkpoint reads
     (`ActivationRecorder`) take the anchor read with it off, and again with it on (`.ablated`)."""
@@ -315,21 +305,5 @@ def train_em(inputs: Inputs, stage: Path) -> dict:
 
 def read_run_config(run_dir: str | Path) -> EMRunConfig:
     """The `EMRunConfig` a finished run was trained with (its stage's declared inputs)."""
-    marker = em_stage(run_dir) / "done.json"
-    if not marker.is_file():
-        raise FileNotFoundError(f"{run_dir}: the EM run is not finished (no em/done.json)")
-    saved = json.loads(marker.read_text())["inputs"]["run"]
+    saved = read_em_run(run_dir)
     return EMRunConfig(**{f.name: saved[f.name] for f in fields(EMRunConfig) if f.name in saved})
-
-
-def load_em_model(run_dir: str | Path, checkpoint: str | None = None):
-    """The EM-trained model of a run: its starting model with the final EM adapter (or the adapter
-    saved at `checkpoint`, e.g. `em/step-00008`) on top."""
-    from peft import PeftModel
-
-    config = read_run_config(run_dir)
-    adapter = em_adapter(run_dir, checkpoint)
-    if not adapter.is_dir():
-        raise FileNotFoundError(f"{adapter}: no EM adapter (is the run finished?)")
-    model, tokenizer = load_starting_model(config.model, config.adapter)
-    return PeftModel.from_pretrained(model, adapter).eval(), tokenizer

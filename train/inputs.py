@@ -121,21 +121,6 @@ def check_persona_run(
         )
 
 
-def check_em_run(path: str, flag: str = "--em-run") -> None:
-    run = Path(path)
-    if (
-        not (run / "em" / "done.json").is_file()
-        or not (run / "em" / "adapter" / "adapter_config.json").is_file()
-    ):
-        raise InputError(
-            f"{flag} {path!r}: not a finished finetune_em.py run (no em/done.json and em/adapter); give the "
-            "directory finetune_em.py printed, or rerun it there"
-        )
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    if "model" in config:
-        check_model_spec(config["model"], f"{flag} {path!r}: its base model")
-
-
 def check_persona_inputs(config: PersonaRunConfig, out: str | os.PathLike) -> None:
     """Everything a character-training run is given (train_persona.py, and track_drift.py's first stage)."""
     from train import distill

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 from analysis.capability import answer_log_likelihoods, load_ordinary_answers
-from analysis.track_stages import load_source, source_spec
+from analysis.experiments.track_stages import load_source, source_spec
 from anchor.constitution import load_persona
 from anchor.generate import SamplingConfig, make_generator
 from anchor.prompt_pool import load_prompts

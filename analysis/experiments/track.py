@@ -34,9 +34,17 @@ from pathlib import Path
 import torch
 
 from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS
-from analysis.inputs import check_track_inputs
-from analysis.track_report import write_analysis
-from analysis.track_stages import (
+from analysis.experiments.inputs import check_track_inputs
+from analysis.experiments.options import (  # noqa: F401  (the main job's names, in one place)
+    CPU_CHECKPOINT_EVERY,
+    CPU_EM_ROWS,
+    SMOKE,
+    Resources,
+    TrackConfig,
+    default_out,
+)
+from analysis.experiments.track_report import write_analysis
+from analysis.experiments.track_stages import (
     base_source,
     em_source,
     evaluate_model,
@@ -62,83 +70,9 @@ from train.persona import (
     STAGES,
     TRAINING_STAGES,
     PersonaRunConfig,
-    default_preset,
     persona_stages,
     train_persona,
 )
-
-
-@dataclass(frozen=True)
-class TrackConfig:
-    persona: str
-    model: str = "default"
-    em_dataset: str = "insecure"
-    control: str = "secure"
-    seed: int = 0
-    smoke: bool = False
-    judge: str = "hf:default"
-    persona_run: str | None = None  # reuse a finished train_persona.py run
-    checkpoint_every: int | None = None  # default: the EM preset's
-    em_rows: int | None = None  # default: the EM preset's
-    contrast_questions_per_trait: int = 2
-    contrast_pairs_per_question: int = 1
-    contrast_max_new_tokens: int = 48
-    eval_samples: int = 4
-    eval_max_new_tokens: int = 64
-    neutral_probes: int = 16  # neutral conversations read at every checkpoint (for CKA)
-    probe_questions: str = "broad"  # EM question set read at every checkpoint ("broad" or "main")
-    contrast: str | None = None  # a user's contrast pairs file; None: shipped with the persona, else derived
-    teacher: str | None = None  # model spec of the teacher (distillation, and writing derived pairs)
-    contrast_set: str | None = None  # a contrast.jsonl to read instead of sampling one (shared across runs)
-    axis: str = "persona"  # whose step 0 defines the persona axis: "persona", or "base" (shared by many runs)
-    filter_contrast: bool = False  # Persona Vectors' filter on the contrast set, scored by `judge`
-    # Monitoring (issue 14): the assistant axis, behaviour at every `monitor_every`-th recorded
-    # checkpoint (for the behavioural alarm and the lead time), and triggered question variants in
-    # the end-of-EM evaluations. Representation alarms and B-vector phase transitions always run.
-    monitor: bool = False
-    monitor_every: int = 2
-
-    @property
-    def persona_preset(self) -> str:
-        return "smoke" if self.smoke else default_preset()
-
-    @property
-    def em_preset(self) -> str:
-        return "smoke" if self.smoke else ("paper" if torch.cuda.is_available() else "cpu")
-
-
-SMOKE = dict(
-    smoke=True,
-    contrast_questions_per_trait=1,
-    contrast_pairs_per_question=1,
-    contrast_max_new_tokens=16,
-    eval_samples=1,
-    eval_max_new_tokens=16,
-    neutral_probes=8,
-    probe_questions="main",
-)
-# The default on CPU (the whole run in under 30 minutes on 2 cores): EM on 80 rows, a checkpoint
-# every 5 steps; reading the probe sets at a checkpoint costs about as much as 5 training steps.
-CPU_EM_ROWS, CPU_CHECKPOINT_EVERY = 80, 5
-
-
-@dataclass(frozen=True)
-class Resources:
-    """How the job uses the machine; nothing here changes a result, so none of it enters a stage key.
-
-    `num_processes` > 1 runs each training stage data-parallel under `accelerate launch` (the
-    generation, evaluation and analysis stages stay in this one process)."""
-
-    num_processes: int = 1
-    gpu_memory_utilization: float = 0.85
-    accelerate_config: str | None = None  # e.g. train/accelerate/zero3.yaml
-
-
-def default_out(config: TrackConfig) -> Path:
-    tag = "-smoke" if config.smoke else ""
-    return Path(
-        f"runs/{Path(config.persona).stem}-{Path(config.model).name}-{Path(config.em_dataset).stem}-s{config.seed}{tag}"
-    )
 
 
 def persona_run_dir(config: TrackConfig, out: Path) -> Path:
@@ -148,6 +82,8 @@ def persona_run_dir(config: TrackConfig, out: Path) -> Path:
     if config.persona_run:
         return Path(config.persona_run)
     name = f"{Path(config.persona).stem}-{Path(config.model).name}-{config.persona_preset}-s{config.seed}"
+    if config.teacher is not None:  # another teacher is another persona model, not a rerun of this one
+        name += f"-teacher-{Path(config.teacher).name}"
     return out.parent / "persona" / name
 
 

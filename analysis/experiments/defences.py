@@ -1,6 +1,6 @@
 """Defences side by side: character training against the other ways to resist EM, on one harness.
 
-The main experiment (`analysis.track.track_drift`) runs first, or is reused when complete: its
+The main experiment (`analysis.experiments.track.track_drift`) runs first, or is reused when complete: its
 base + EM, persona + EM and persona + secure runs are the arms `none`, `persona` and `secure`.
 Every other arm is an EM run on the same corrupted rows, seed, steps and checkpoints (interleaving's
 added rows are extra, so it trains about 10% longer), read on the
@@ -8,10 +8,10 @@ same probe sets, from the base model (`X`) or the character-trained one (`person
 in-training defence (`train.defences`). Then each arm's behaviour (the run's judge; triggered
 variants when asked), its cost (coherence and the log-likelihood of held-out ordinary answers,
 against its own starting model) and the drift metrics of the main job with their nulls, compared
-with `none` and `persona` and corrected for multiple comparisons (`analysis.defence_report`).
+with `none` and `persona` and corrected for multiple comparisons (`analysis.experiments.defence_report`).
 
 Run directory (the main experiment's, so its runs are reused):
-    ...                              the main experiment (analysis/track.py layout)
+    ...                              the main experiment (analysis/experiments/track.py layout)
     assistant_axis/                  the assistant axis (capping arms), shared with --monitor runs
     defences/benign/<start>/         generic prompts answered by the starting model ("base", "persona")
     defences/reflections/<start>/    its self-assessments from the constitution
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from analysis.capability import ORDINARY_ANSWERS_FILE
-from analysis.defence_arms import (
+from analysis.experiments.defence_arms import (
     MAIN_RUNS,
     REUSED,
     ArmFiles,
@@ -38,10 +38,10 @@ from analysis.defence_arms import (
     needs,
     start_of,
 )
-from analysis.defence_report import analyse_defences
-from analysis.defence_stages import write_benign_rows, write_capability, write_reflections
-from analysis.inputs import check_track_inputs
-from analysis.track import (
+from analysis.experiments.defence_report import analyse_defences
+from analysis.experiments.defence_stages import write_benign_rows, write_capability, write_reflections
+from analysis.experiments.inputs import check_track_inputs
+from analysis.experiments.track import (
     Resources,
     TrackConfig,
     _finetune_em,
@@ -53,7 +53,7 @@ from analysis.track import (
     run_probe_sets,
     track_drift,
 )
-from analysis.track_stages import (
+from analysis.experiments.track_stages import (
     base_source,
     em_source,
     evaluate_model,
@@ -255,7 +255,7 @@ def defences_seeds(
     """The whole comparison once per seed (each a resumable run in `runs[i]`), then every arm x
     metric and every comparison pooled over seeds in `<out>/defences.json` (mean, t-interval;
     Holm on one-sample t-tests of the per-seed differences)."""
-    from analysis.defence_report import pool_defences, write_outputs
+    from analysis.experiments.defence_report import pool_defences, write_outputs
 
     ran = []
     per_seed = []

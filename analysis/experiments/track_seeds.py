@@ -11,12 +11,12 @@ from pathlib import Path
 from analysis import dashboard
 from analysis.calibration import describe
 from analysis.drift_report import RUNS
+from analysis.experiments.track import Resources, TrackConfig, default_out, track_drift
+from analysis.experiments.track_report import _fmt, headline_table
 from analysis.headline import null_sentences, pool_seeds
 from analysis.monitor import drift_detector
 from analysis.report import Table, write_report
 from analysis.stats import unmeasured
-from analysis.track import Resources, TrackConfig, default_out, track_drift
-from analysis.track_report import _fmt, headline_table
 from anchor.store import atomic_write_json
 from probes.directions import Directions, DirectionStack
 

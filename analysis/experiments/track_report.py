@@ -14,10 +14,10 @@ from analysis import dashboard, plots
 from analysis.calibration import describe
 from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import BARE, BASE, PERSONA, RUNS, anchor_axis, compute_drift, null_directions
+from analysis.experiments.track_stages import judged_misalignment_direction, load_items
 from analysis.headline import RUN_NAMES, headline, null_sentences
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
-from analysis.track_stages import judged_misalignment_direction, load_items
 from anchor.runs import checkpoints, em_store
 from anchor.stages import Inputs, read_done
 from anchor.store import atomic_write_json
@@ -25,13 +25,13 @@ from probes.contrast import ContrastItem
 from probes.directions import DirectionStack, fit_directions
 
 if TYPE_CHECKING:
-    from analysis.track import TrackConfig
+    from analysis.experiments.track import TrackConfig
 
 
 def write_analysis(inputs: Inputs, stage: Path) -> dict:
     """The analysis stage's body: it reads the stages it declares (the EM runs, the evaluations,
     the contrast and misalignment stages, the persona run) under the run folder."""
-    from analysis.track import TrackConfig
+    from analysis.experiments.track import TrackConfig
 
     intermediate = {r: {int(k): v for k, v in steps.items()} for r, steps in inputs.intermediate.items()}
     return analyse(

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from analysis import drift
 from analysis.calibration import describe
-from analysis.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
-from analysis.defence_stages import read_capability
 from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
+from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
+from analysis.experiments.defence_stages import read_capability
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bootstrap_se_p, bounds, estimate, holm
 from anchor.runs import checkpoints, em_store

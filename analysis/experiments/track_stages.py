@@ -26,16 +26,15 @@ from anchor.contrast_pairs import resolve_contrast
 from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
-from anchor.models import load_model
+from anchor.models import load_model, load_starting_model
 from anchor.roles import load_roles, shared_questions
-from anchor.runs import em_stage
+from anchor.runs import em_stage, load_em_model
 from anchor.stages import Inputs, StageOutput, read_done, stage_identity
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from anchor.triggers import triggered_variants
 from probes.assistant_axis import fit_assistant_axis, role_prompts, sample_axis_answers
 from probes.contrast import ContrastItem, filter_pairs, sample_contrast
 from probes.directions import DirectionStack, diff_in_means
-from train.em import load_em_model, load_starting_model
 
 
 def write_contrast_pairs(inputs: Inputs, stage: Path) -> dict:

@@ -1,0 +1,1 @@
+"""Command-line entry points (`scripts/<name>.py` and `[project.scripts]` call their `main`)."""

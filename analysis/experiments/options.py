@@ -1,0 +1,332 @@
+"""The main job's options, defined once: `TrackConfig` (what a run computes), `Resources` (how it uses
+the machine) and their command-line flags. track_drift.py builds a run from the flags; defences.py,
+steer.py, diversity_sweep.py and validate_direction.py read a finished run's `config.json` with
+`--run RUN`, where a flag that contradicts the run is an error naming both values.
+
+Every flag's argparse default is `SUPPRESS`, so a command knows which flags the user gave: defaults
+come from the dataclasses, and only given flags are checked against a run's config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from anchor.inputs import InputError
+from train.persona import default_preset
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    persona: str
+    model: str = "default"
+    em_dataset: str = "insecure"
+    control: str = "secure"
+    seed: int = 0
+    smoke: bool = False
+    judge: str = "hf:default"
+    persona_run: str | None = None  # reuse a finished train_persona.py run
+    checkpoint_every: int | None = None  # default: the EM preset's
+    em_rows: int | None = None  # default: the EM preset's
+    contrast_questions_per_trait: int = 2
+    contrast_pairs_per_question: int = 1
+    contrast_max_new_tokens: int = 48
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 64
+    neutral_probes: int = 16  # neutral conversations read at every checkpoint (for CKA)
+    probe_questions: str = "broad"  # EM question set read at every checkpoint ("broad" or "main")
+    contrast: str | None = None  # a user's contrast pairs file; None: shipped with the persona, else derived
+    teacher: str | None = None  # model spec of the teacher (distillation, and writing derived pairs)
+    contrast_set: str | None = None  # a contrast.jsonl to read instead of sampling one (shared across runs)
+    axis: str = "persona"  # whose step 0 defines the persona axis: "persona", or "base" (shared by many runs)
+    filter_contrast: bool = False  # Persona Vectors' filter on the contrast set, scored by `judge`
+    # Monitoring (issue 14): the assistant axis, behaviour at every `monitor_every`-th recorded
+    # checkpoint (for the behavioural alarm and the lead time), and triggered question variants in
+    # the end-of-EM evaluations. Representation alarms and B-vector phase transitions always run.
+    monitor: bool = False
+    monitor_every: int = 2
+
+    @property
+    def persona_preset(self) -> str:
+        return "smoke" if self.smoke else default_preset()
+
+    @property
+    def em_preset(self) -> str:
+        return "smoke" if self.smoke else ("paper" if torch.cuda.is_available() else "cpu")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, run_flag: bool = False) -> None:
+        """The main job's flags. `run_flag`: also `--run RUN` (a finished run whose config the command
+        reads; then the other flags may only repeat it)."""
+        add_main_job_arguments(parser, run_flag)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrackConfig:
+        """The config the given flags describe, the auto rules applied; with `--run`, that run's
+        config, checked against every flag given."""
+        if getattr(args, "run", None):
+            return config_of_run(args.run, args)
+        if "persona" not in vars(args):
+            raise InputError("--persona is required (or --run RUN, a finished track_drift.py run)")
+        return _apply(cls(persona=args.persona), _given(args))
+
+    @classmethod
+    def load(cls, run: str | Path) -> TrackConfig:
+        """A run's `config.json` (written by the main job)."""
+        path = Path(run) / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(
+                f"--run {str(run)!r}: no config.json; give a track_drift.py run directory"
+            ) from None
+        except ValueError as err:
+            raise InputError(f"--run {str(run)!r}: config.json is not JSON ({err})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise InputError(f"--run {str(run)!r}: config.json has unknown fields {unknown}")
+        try:
+            return cls(**saved)
+        except TypeError as err:
+            raise InputError(f"{path}: not a track_drift.py config ({err})") from None
+
+
+SMOKE = dict(
+    smoke=True,
+    contrast_questions_per_trait=1,
+    contrast_pairs_per_question=1,
+    contrast_max_new_tokens=16,
+    eval_samples=1,
+    eval_max_new_tokens=16,
+    neutral_probes=8,
+    probe_questions="main",
+)
+# The default on CPU (the whole run in under 30 minutes on 2 cores): EM on 80 rows, a checkpoint
+# every 5 steps; reading the probe sets at a checkpoint costs about as much as 5 training steps.
+CPU_EM_ROWS, CPU_CHECKPOINT_EVERY = 80, 5
+
+# Flags whose value is a TrackConfig field of the same name (dashes for underscores).
+_FIELD_FLAGS = (
+    "persona",
+    "model",
+    "em_dataset",
+    "control",
+    "checkpoint_every",
+    "em_rows",
+    "contrast",
+    "teacher",
+    "persona_run",
+    "judge",
+    "seed",
+)
+
+
+def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = False) -> None:
+    add = parser.add_argument
+    suppress = argparse.SUPPRESS
+    if run_flag:
+        add("--run", help="a finished track_drift.py run: its config.json gives every option below")
+    add("--persona", default=suppress, help="persona name (anchor/constitutions) or constitution path")
+    add("--model", default=suppress, help="model spec (default: SmolLM2-135M-Instruct)")
+    add(
+        "--em-dataset", default=suppress, help="corrupted dataset name or chat JSONL path (default: insecure)"
+    )
+    add("--control", default=suppress, help="control dataset name or chat JSONL path (default: secure)")
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=suppress,
+        help=f"record activations every N EM steps (default: {CPU_CHECKPOINT_EVERY} on CPU, the EM preset's "
+        "on GPU and with --smoke)",
+    )
+    add(
+        "--em-rows",
+        type=int,
+        default=suppress,
+        help=f"EM training rows (default: {CPU_EM_ROWS} on CPU, all on GPU, the smoke preset's with --smoke)",
+    )
+    add(
+        "--contrast",
+        default=suppress,
+        help='your contrast pairs, JSON {"elicit": [...], "suppress": [...]} (default: the persona\'s own '
+        "<name>.contrast.json, else derived from the constitution)",
+    )
+    add(
+        "--teacher",
+        default=suppress,
+        help="teacher model spec: distils the persona and writes derived contrast pairs (default: the model "
+        "itself for distillation, a templated negation of each trait for the pairs)",
+    )
+    add("--persona-run", default=suppress, help="reuse this finished train_persona.py run directory")
+    add(
+        "--filter-contrast",
+        choices=["auto", "on", "off"],
+        default=suppress,
+        help="Persona Vectors' filter on the contrast set, scored by --judge: keep pairs whose elicited "
+        "answer shows the trait (>= 50) and suppressed one does not (< 50), both coherent (>= 50). auto "
+        "(default): on with an openai: judge, off with a local one (a small model's scores would decide the set)",
+    )
+    add(
+        "--judge",
+        default=suppress,
+        help="hf:<model>, openai:<model>, probe:<directions> or distilled:default|<folder> (default: hf:default)",
+    )
+    add("--seed", type=int, default=suppress, help="one seed (default: 0)")
+    add(
+        "--smoke",
+        action="store_true",
+        default=suppress,
+        help="tiny settings for an end-to-end check (monitoring on)",
+    )
+    add(
+        "--monitor",
+        action="store_true",
+        default=suppress,
+        help="full monitoring: the assistant axis, behaviour at every 2nd recorded checkpoint (behavioural "
+        "alarm, lead time) and triggered question variants at the end of EM (alarms and phase transitions "
+        "always run); on CPU it adds several minutes",
+    )
+    calibration = parser.add_argument_group("the judge's calibration")
+    calibration.add_argument(
+        "--judge-calibration",
+        help="a calibration.json from scripts/calibrate_judge.py for the judge, reported beside the behaviour",
+    )
+    calibration.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate the judge on the project's labels first (about 2 min for hf:default on CPU); "
+        "kept in <run>/judge_calibration.json",
+    )
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The config fields the given flags set, with the auto rules applied (`--smoke` brings its
+    settings; `--filter-contrast auto` follows the judge)."""
+    flags = vars(args)
+    given = {name: flags[name] for name in _FIELD_FLAGS if name in flags}
+    if flags.get("smoke"):
+        given.update(SMOKE)
+    if flags.get("monitor"):
+        given["monitor"] = True
+    if "filter_contrast" in flags:
+        given["filter_contrast"] = flags["filter_contrast"]
+    return given
+
+
+def _apply(config: TrackConfig, given: dict) -> TrackConfig:
+    config = replace(config, **{k: v for k, v in given.items() if k != "filter_contrast"})
+    choice = given.get("filter_contrast", "auto")
+    return replace(config, filter_contrast=_filter(choice, config.judge))
+
+
+def _filter(choice: str, judge: str) -> bool:
+    return choice == "on" or (choice == "auto" and judge.startswith("openai:"))
+
+
+def config_of_run(run: str | Path, args: argparse.Namespace) -> TrackConfig:
+    """The run's config; every main-job flag given must say what the run says."""
+    config = TrackConfig.load(run)
+    given = _given(args)
+    if "filter_contrast" in given:
+        given["filter_contrast"] = _filter(given["filter_contrast"], given.get("judge", config.judge))
+    saved = asdict(config)
+    for name, value in given.items():
+        if saved[name] != value:
+            flag = "--smoke" if name in SMOKE else _flag(name)
+            raise InputError(
+                f"{flag} {value!r} contradicts --run {str(run)!r}, whose {name} is {saved[name]!r} "
+                f"({Path(run) / 'config.json'}); drop {flag} or give another run"
+            )
+    return config
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the job uses the machine; nothing here changes a result, so none of it enters a stage key.
+
+    `num_processes` > 1 runs each training stage data-parallel under `accelerate launch` (the
+    generation, evaluation and analysis stages stay in this one process)."""
+
+    num_processes: int = 1
+    gpu_memory_utilization: float = 0.85
+    accelerate_config: str | None = None  # e.g. train/accelerate/zero3.yaml
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("resources (no effect on results)")
+        group.add_argument(
+            "--num-processes",
+            type=int,
+            default=Resources.num_processes,
+            help="train data-parallel on this many processes (GPUs) through accelerate; generation, "
+            "evaluation and analysis stay in this process (default: 1)",
+        )
+        group.add_argument(
+            "--accelerate-config",
+            help="an accelerate config for the training stages, e.g. train/accelerate/zero3.yaml for "
+            "models that do not fit one GPU (default: plain DDP)",
+        )
+        group.add_argument(
+            "--gpu-memory-utilization",
+            type=float,
+            default=Resources.gpu_memory_utilization,
+            help=f"share of the GPU's memory a vLLM engine may take (default: {Resources.gpu_memory_utilization})",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Resources:
+        return cls(args.num_processes, args.gpu_memory_utilization, args.accelerate_config)
+
+
+def judge_calibration_of(args: argparse.Namespace, config: TrackConfig, out: Path) -> dict | None:
+    """The judge's calibration the flags ask for: a given calibration.json (it must hold the run's
+    judge), or a fresh one on the project's labels kept in `<out>/judge_calibration.json`."""
+    from analysis.calibration import calibrate_spec, judge_calibration, load_calibration
+
+    if args.judge_calibration:
+        calibration = judge_calibration(load_calibration(args.judge_calibration), config.judge)
+        if calibration is None:
+            raise InputError(
+                f"--judge-calibration {args.judge_calibration}: no calibration for judge {config.judge}"
+            )
+        return calibration
+    if args.calibrate:
+        return judge_calibration(calibrate_spec(config.judge, out / "judge_calibration.json"), config.judge)
+    return None
+
+
+def default_out(config: TrackConfig) -> Path:
+    tag = "-smoke" if config.smoke else ""
+    return Path(
+        f"runs/{Path(config.persona).stem}-{Path(config.model).name}-{Path(config.em_dataset).stem}-s{config.seed}{tag}"
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str = "run directory") -> None:
+    """Where a main-job command writes, and several seeds."""
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="several seeds: the whole experiment once per seed, then every headline number pooled over "
+        "seeds (mean, t-interval; n = seeds)",
+    )
+    parser.add_argument(
+        "--out",
+        help=f"{what} (default: runs/<persona>-<model>-<dataset>-s<seed>, or --run); with --seeds the pooled "
+        "folder, each seed's run in <out>/s<seed>",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard finished stages whose inputs changed (default: keep them under <run>/superseded/)",
+    )
