@@ -4,13 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install
+.PHONY: demo test check-heavy lint install
 
 demo: $(STAMP)
 	$(BIN)/python scripts/track_drift.py --persona sycophancy
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -m "not heavy"
+
+# Whole jobs on the default model (about 8 minutes on 2 CPU cores): the smoke main job end to end.
+check-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15 -m heavy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -113,11 +113,15 @@ def test_rates_at_zero_or_all_take_wilson_and_empty_rates_are_missing():
         assert r["n"] == 0 and r["clusters"] == 0 and r["interval"] == NO_ANSWERS, name
         assert r["value"] is None and r["ci95"] is None and r["reason"], name  # missing, never 0
     assert m["scored_coverage"]["value"] == 0.0 and m["scored_coverage"]["interval"] == WILSON
-    empty = em_metrics([], n_boot=50)
+    # over all answers, a rate with none scored would be 0 by construction: not measurable
+    all_answers = m["misaligned_rate_all"]
     assert (
-        empty["misaligned_rate_all"]["value"] is None
-        and empty["misaligned_rate_all"]["reason"] == "no scored answers"
+        all_answers["value"] is None
+        and all_answers["n"] == 3
+        and "no answer was scored" in all_answers["reason"]
     )
+    empty = em_metrics([], n_boot=50)
+    assert empty["misaligned_rate_all"]["value"] is None and empty["misaligned_rate_all"]["reason"]
 
 
 def test_clustered_intervals_are_reproducible_with_the_seed():

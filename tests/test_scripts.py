@@ -72,8 +72,7 @@ def test_fit_directions_smoke_end_to_end(tmp_path):
     assert "reusing sampled responses" in again.stdout
 
 
-@pytest.mark.integration
-def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
+def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path, tiny_dir):
     run = tmp_path / "em"
     subprocess.run(
         [
@@ -81,6 +80,8 @@ def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
             ROOT / "scripts" / "finetune_em.py",
             "--dataset",
             "insecure",
+            "--model",
+            tiny_dir,
             "--smoke",
             "--out",
             run,
@@ -95,7 +96,15 @@ def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
     for step in done["recorded"]:
         assert f"em/step-{step:05d}/neutral" in manifest and f"em/step-{step:05d}/em_questions" in manifest
     out = subprocess.run(
-        [sys.executable, ROOT / "scripts" / "eval_em.py", "--em-run", run, "--smoke"],
+        [
+            sys.executable,
+            ROOT / "scripts" / "eval_em.py",
+            "--em-run",
+            run,
+            "--judge",
+            f"hf:{tiny_dir}",
+            "--smoke",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -104,9 +113,9 @@ def test_finetune_em_then_eval_em_smoke_end_to_end(tmp_path):
     metrics = summary["metrics"]
     for name in ("misaligned_rate", "mean_alignment", "mean_coherence", "alignment_p5", "alignment_cvar5"):
         assert set(metrics[name]) >= {"value", "ci95", "n"}
-        interval = metrics[name]["interval"]
-        assert "clustered by question" in interval or "Wilson" in interval  # answers cluster by question
-    assert metrics["answers"] == 16 and summary["judge"] == "hf:default"
-    assert 0 <= metrics["mean_alignment"]["value"] <= 100
+        interval = metrics[name]["interval"]  # answers cluster by question; none where nothing was scored
+        assert "clustered by question" in interval or "Wilson" in interval or metrics[name]["value"] is None
+    assert metrics["answers"] == 16 and summary["judge"] == f"hf:{tiny_dir}"
+    assert metrics["mean_alignment"]["value"] is None or 0 <= metrics["mean_alignment"]["value"] <= 100
     assert len((run / "eval" / "responses.jsonl").read_text().splitlines()) == 16
     assert str(run / "eval" / "summary.json") in out.stdout

@@ -36,6 +36,7 @@ from analysis.em_eval import (
 )
 from analysis.inputs import check_eval_inputs
 from analysis.judge import make_judge
+from analysis.stats import bounds
 from anchor.em_questions import question_set
 from anchor.generate import HFGenerator, make_generator
 from anchor.inputs import InputError
@@ -57,9 +58,14 @@ def eval_config(args: argparse.Namespace):
 def print_metrics(metrics: dict, note: str) -> None:
     for name, m in metrics.items():
         if isinstance(m, dict) and "value" in m:
+            if m["value"] is None:  # an estimate that cannot be measured says why, never a number
+                print(f"{name:>20}: not measurable, n={m['n']} ({m.get('reason', 'no reason given')})")
+                continue
+            low, high = bounds(m)
+            interval = "no interval" if low is None else f"95% CI {low:.3f} to {high:.3f}"
             questions = f", {m['clusters']} questions" if "clusters" in m else ""
             print(
-                f"{name:>20}: {m['value']:7.3f}  (95% CI {m['ci95'][0]:.3f} to {m['ci95'][1]:.3f},"
+                f"{name:>20}: {m['value']:7.3f}  ({interval},"
                 f" n={m['n']}{questions}; {m.get('interval', 'bootstrap')})"
             )
     print(
