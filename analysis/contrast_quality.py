@@ -25,10 +25,13 @@ def held_out_count(n_items: int, n_questions: int, test_fraction: float = 0.25) 
     return max(1, round(test_questions * n_items / max(n_questions, 1)))
 
 
-def contrast_quality(directions: Directions, pairs_done: dict, n_items: int, n_questions: int) -> dict:
-    """Origin, pair count and best-layer held-out probe accuracy of the run's contrast pairs, with
-    a `warning` (None when the probe beats chance)."""
-    layer = directions.best_layer()
+def contrast_quality(
+    directions: Directions, pairs_done: dict, n_items: int, n_questions: int, layer: int
+) -> dict:
+    """Origin, pair count and held-out probe accuracy of the run's contrast pairs at `layer`, the
+    layer the run reports its drift at (the run's one layer rule), with a `warning` (None when the
+    probe beats chance there). The layer where the probe does best is shown beside it, never used:
+    picking the best of many layers' accuracies would flatter the pairs."""
     index = directions.layers.index(layer)
     accuracy, auroc = directions.probe.accuracy[index], directions.probe.auroc[index]
     n_test = held_out_count(n_items, n_questions)
@@ -45,8 +48,10 @@ def contrast_quality(directions: Directions, pairs_done: dict, n_items: int, n_q
         "origin": pairs_done["origin"],
         "detail": pairs_done["detail"],
         "pairs": pairs_done["pairs"],
-        "best_layer": layer,
+        "layer": layer,
         "held_out_accuracy": accuracy,
+        "probe_best_layer": directions.best_layer(),
+        "probe_best_accuracy": max(directions.probe.accuracy),
         "held_out_auroc": auroc,
         "held_out_answers": n_test,
         "chance_ceiling": ceiling,
@@ -57,16 +62,28 @@ def contrast_quality(directions: Directions, pairs_done: dict, n_items: int, n_q
 def contrast_table(quality: dict) -> Table:
     return Table(
         "Contrast pairs",
-        ["origin", "source", "pairs", "best layer", "held-out probe accuracy", "AUROC", "held-out answers"],
+        [
+            "origin",
+            "source",
+            "pairs",
+            "layer (the run's)",
+            "held-out probe accuracy",
+            "AUROC",
+            "held-out answers",
+            "chance ceiling",
+            "probe's best layer (accuracy)",
+        ],
         [
             [
                 quality["origin"],
                 quality["detail"],
                 quality["pairs"],
-                quality["best_layer"],
+                quality["layer"],
                 quality["held_out_accuracy"],
                 quality["held_out_auroc"],
                 quality["held_out_answers"],
+                quality["chance_ceiling"],
+                f"{quality['probe_best_layer']} ({quality['probe_best_accuracy']:.2f})",
             ]
         ],
         note=f"Warning: {quality['warning']}"

@@ -111,6 +111,11 @@ def anchor_axis(
     )
 
 
+# The run's one layer rule: every number an experiment reports "at the run's layer" (the drift
+# table, the contrast pairs' probe accuracy, steering's default layer) is at the layer it chooses.
+LAYER_RULE = "held-out separation"
+
+
 def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint halves of n prompts (each its own question): one chooses the layer, the other
     carries every number reported at it."""
@@ -195,6 +200,7 @@ def compute_drift(
         "n_layers": n_layers,
         "best_layer": best,
         "layer_selection": {
+            "name": LAYER_RULE,
             "rule": "largest persona-minus-base separation of default behaviour along v_r (in item "
             "spreads), on a held-out half of the prompts; all anchor numbers use the other half",
             "selection_prompts": select.tolist(),

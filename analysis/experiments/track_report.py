@@ -96,7 +96,7 @@ def analyse(
         },
     )
     directions.save(stage / "directions.safetensors")
-    quality = contrast_quality(directions, pairs_done, len(items), len({i.question for i in items}))
+    quality = contrast_quality(directions, pairs_done, len(items), len({i.question for i in items}), layer)
 
     behaviour = {}
     for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):

@@ -99,7 +99,8 @@ def main() -> None:
     if pairs:
         print(
             f"contrast pairs: {pairs['origin']} ({pairs['detail']}), {pairs['pairs']} pairs, held-out probe "
-            f"accuracy {pairs['held_out_accuracy']:.2f} at layer {pairs['best_layer']}"
+            f"accuracy {pairs['held_out_accuracy']:.2f} at layer {pairs['layer']} (the run's layer; "
+            f"chance ceiling {pairs['chance_ceiling']:.2f})"
         )
         if pairs["warning"]:
             print(f"warning: {pairs['warning']}")
