@@ -28,6 +28,7 @@ import torch
 
 from analysis.em_eval import COHERENT_ABOVE, MISALIGNED_BELOW, is_misaligned, rate
 from analysis.judge import Judge, Judgement, is_score
+from anchor.specs import JudgeSpec
 from anchor.store import read_jsonl
 
 LABELS = ("aligned", "misaligned", "incoherent", "refusal", "code")
@@ -506,7 +507,8 @@ def judge_identity(spec: str, base_url: str | None = None) -> str:
     """What a judge's judgements depend on, known before loading it: the spec, plus the server for
     an HTTP judge and a hash of the file for a probe or distilled judge (a retrained judge at the
     same path is a different judge)."""
-    kind, _, target = spec.partition(":")
+    parsed = JudgeSpec(spec)
+    kind, target = parsed.kind, parsed.target
     if kind == "distilled":
         from analysis.distilled_judge import identity
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from anchor.em_questions import QUESTION_SETS, question_set
 from anchor.inputs import InputError, check_adapter, check_em_run, check_model_spec, check_output_dir
-
-JUDGE_KINDS = "hf:<model spec>, openai:<model>, probe:<directions file> or distilled:default|<folder>"
+from anchor.specs import JUDGE_FORMS, JudgeSpec
 
 
 def check_judge(
@@ -20,9 +19,11 @@ def check_judge(
     """`hf:` a resolvable model spec; `openai:` a server URL and a key (from the arguments or
     OPENAI_BASE_URL / OPENAI_API_KEY); `probe:` a readable directions file; `distilled:` the shipped
     judge or a folder train_judge.py wrote."""
-    kind, _, target = spec.partition(":")
-    if kind not in ("hf", "openai", "probe", "distilled") or not target:
-        raise InputError(f"{flag} {spec!r}: use {JUDGE_KINDS}")
+    try:
+        parsed = JudgeSpec(spec)
+    except ValueError:
+        raise InputError(f"{flag} {spec!r}: use {JUDGE_FORMS}") from None
+    kind, target = parsed.kind, parsed.target
     if kind == "hf":
         check_model_spec(target, f"{flag} {spec!r}: model")
     elif kind == "distilled":

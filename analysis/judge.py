@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from anchor.batching import length_buckets
 from anchor.chat import RenderedChat, pad_chats, pad_token_id, render_chats
 from anchor.http import ClientError, post_json
+from anchor.specs import JudgeSpec
 
 # The project's own judge prompts; `{question}` and `{answer}` are filled in, `{trait}` for "trait".
 # Written before the labelled calibration set (analysis/data/judge_labels.jsonl) and never tuned on
@@ -505,12 +506,8 @@ class ProbeJudge(Judge):
 def make_judge(spec: str, base_url: str | None = None, api_key: str | None = None, **kwargs) -> Judge:
     """`hf:<model spec>`, `openai:<model>`, `probe:<directions file>` or `distilled:default|<folder>`
     (heads fitted to a reference judge's labels, `analysis.distilled_judge`)."""
-    kind, _, target = spec.partition(":")
-    if not target:
-        raise ValueError(
-            f"judge {spec!r}: expected hf:<model>, openai:<model>, probe:<directions file> or "
-            "distilled:default|<folder>"
-        )
+    spec = JudgeSpec(spec)  # a ValueError naming the forms for anything else
+    kind, target = spec.kind, spec.target
     if kind == "hf":
         return HFJudge.from_spec(target)
     if kind == "openai":
@@ -523,4 +520,4 @@ def make_judge(spec: str, base_url: str | None = None, api_key: str | None = Non
         from analysis.distilled_judge import DistilledJudge
 
         return DistilledJudge.from_spec(target)
-    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use hf:, openai:, probe: or distilled:")
+    raise AssertionError(kind)  # JudgeSpec admits no other kind

@@ -30,6 +30,7 @@ from analysis import drift
 from analysis.drift_report import default_behaviour
 from analysis.stats import cluster_indices, estimate, null_percentile, unmeasured
 from anchor.runs import checkpoints, step_of
+from anchor.specs import JudgeSpec
 from probes.directions import fit_logistic
 
 ALPHA = 0.05
@@ -212,7 +213,7 @@ def representation_alarm(
 
 def judge_kind_of(judge: str) -> str:
     """'probe', 'hf', 'openai' from a judge spec ('probe:<file>') or a bare kind."""
-    return judge.partition(":")[0].strip().lower()
+    return JudgeSpec(judge).kind if ":" in judge else judge.strip().lower()
 
 
 def _finite(x: float | None) -> bool:

@@ -22,6 +22,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from anchor import engines
 from anchor.batching import length_buckets
 from anchor.chat import Conversation, RenderedChat, pad_chats, render_chats
+from anchor.specs import ModelSpec
 
 # End-of-turn tokens of common chat templates; generation stops at any that the vocabulary has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -429,10 +430,11 @@ def make_generator(
     `generate`; `openai:<model>` is a model behind an OpenAI-compatible server ($OPENAI_BASE_URL).
     `backend` forces "vllm" or "hf". The generator owns its engine or model: use it in a `with`
     block (at most one is alive at a time; see `anchor.engines`)."""
-    if spec.startswith("openai:"):
+    spec = ModelSpec(spec)
+    if spec.served:
         from anchor.openai_generator import OpenAIGenerator
 
-        return OpenAIGenerator(spec.removeprefix("openai:"))
+        return OpenAIGenerator(spec.served_name)
     if backend not in ("auto", "vllm", "hf"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}")
     if backend == "auto":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from anchor.constitution import ConstitutionError, ContrastPair, Persona, load_contrast, load_persona
 from anchor.models import DEFAULT_CACHE_NAME, DEFAULT_SPEC, cache_dir, default_gguf_path
+from anchor.specs import SERVED
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 CONSTITUTION_FORMAT = (
@@ -48,10 +49,10 @@ def check_contrast_file(path: str | os.PathLike, flag: str = "--contrast") -> li
 def check_model_spec(spec: str, flag: str = "--model") -> None:
     """`default` (its package or cached copy present), a local model directory (config and
     tokenizer files present) or a hub name ('org/name'). Nothing is downloaded or loaded."""
-    if spec.startswith("openai:"):
+    if spec.startswith(SERVED):
         if flag != "--teacher":
             raise InputError(f"{flag} {spec!r}: a server model can teach (--teacher), not be trained or read")
-        if not spec.removeprefix("openai:") or not os.environ.get("OPENAI_BASE_URL"):
+        if not spec.removeprefix(SERVED) or not os.environ.get("OPENAI_BASE_URL"):
             raise InputError(
                 f"{flag} {spec!r}: needs a model name after 'openai:' and OPENAI_BASE_URL set to the server "
                 "(e.g. http://localhost:8000/v1 for `vllm serve`)"

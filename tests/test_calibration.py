@@ -199,5 +199,5 @@ def test_calibrate_spec_reuses_a_file_that_holds_the_judge(tmp_path):
     path.write_text(json.dumps(calibrate([KnownJudge("perfect", rows)], rows)))
     # a stored judge is not loaded again (this spec could not be loaded at all)
     assert "known:perfect" in calibrate_spec("known:perfect", path)["judges"]
-    with pytest.raises(ValueError, match="unknown kind 'known'"):
+    with pytest.raises(ValueError, match="judge 'known:other': use hf:"):
         calibrate_spec("known:other", path)

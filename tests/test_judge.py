@@ -321,9 +321,9 @@ def test_openai_judge_counts_missing_and_needs_a_server(server, monkeypatch):
 
 
 def test_make_judge_rejects_bad_specs(tmp_path):
-    with pytest.raises(ValueError, match="unknown kind 'gpt'"):
+    with pytest.raises(ValueError, match="judge 'gpt:4': use hf:<model spec>, openai:<model>"):
         make_judge("gpt:4")
-    with pytest.raises(ValueError, match="expected hf:<model>"):
+    with pytest.raises(ValueError, match="judge 'hf': use hf:"):
         make_judge("hf")
     with pytest.raises(FileNotFoundError, match="no directions file"):
         make_judge(f"probe:{tmp_path / 'none.safetensors'}")

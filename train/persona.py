@@ -28,6 +28,7 @@ from anchor.probe_sets import neutral_conversations
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE, load_prompts
 from anchor.questions import ExpansionConfig, expand_persona, model_embedder
 from anchor.runs import stage_store
+from anchor.specs import ModelSpec
 from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, is_complete, run_stage
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from train import distill, introspect
@@ -225,7 +226,7 @@ def write_questions(inputs: Inputs, stage: Path) -> dict:
     short = min(len(t.all_questions) for t in persona.traits) < per_trait
     traits = persona.traits
     if short and config.dpo_data is None:
-        local_teacher = config.teacher and not config.teacher.startswith("openai:")
+        local_teacher = config.teacher is not None and not ModelSpec(config.teacher).served
         writer = config.teacher if local_teacher else config.model
         with make_generator(writer, backend="hf") as generator:
             embed = model_embedder(generator.model, generator.tokenizer)

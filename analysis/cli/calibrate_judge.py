@@ -45,6 +45,7 @@ from analysis.inputs import check_judge
 from analysis.judge import Judge, Judgement, make_judge
 from analysis.reference import ReferenceRow, file_sha256, load_references
 from anchor.inputs import InputError
+from anchor.specs import JudgeSpec
 from anchor.store import atomic_write_json
 
 
@@ -71,7 +72,7 @@ def check_distilled(spec: str) -> None:
     predates this kind)."""
     from analysis.distilled_judge import WEIGHTS, Heads, load_card, resolve_dir
 
-    folder = resolve_dir(spec.partition(":")[2])
+    folder = resolve_dir(JudgeSpec(spec).target)
     load_card(folder)
     Heads.load(folder / WEIGHTS)
 
@@ -242,7 +243,7 @@ def main() -> None:
         parser.error(f"--judge: each judge once, got {args.judge}")
     try:  # every judge, before any model loads
         for spec in args.judge:
-            if spec.startswith("distilled:"):
+            if ":" in spec and spec.partition(":")[0] == "distilled":
                 check_distilled(spec)
             else:
                 check_judge(spec, base_url=args.judge_base_url)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from anchor.inputs import InputError
+from anchor.specs import JudgeSpec, ModelSpec
 from train.persona import default_preset
 
 
@@ -50,6 +51,12 @@ class TrackConfig:
     monitor: bool = False
     monitor_every: int = 2
 
+    def __post_init__(self) -> None:  # specs are parsed once, here (each is still its text)
+        object.__setattr__(self, "model", ModelSpec(self.model))
+        object.__setattr__(self, "judge", JudgeSpec(self.judge))
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", ModelSpec(self.teacher))
+
     @property
     def persona_preset(self) -> str:
         return "smoke" if self.smoke else default_preset()
@@ -72,7 +79,13 @@ class TrackConfig:
             return config_of_run(args.run, args)
         if "persona" not in vars(args):
             raise InputError("--persona is required (or --run RUN, a finished track_drift.py run)")
-        return _apply(cls(persona=args.persona), _given(args))
+        given = _given(args)
+        for name in ("model", "judge", "teacher"):  # a bad spec names its flag
+            try:
+                _ = given.get(name) and (JudgeSpec if name == "judge" else ModelSpec)(given[name])
+            except ValueError as err:  # "judge 'x': use ..." -> "--judge 'x': use ..."
+                raise InputError(f"{_flag(name)} {given[name]!r}: {str(err).split(': ', 1)[-1]}") from None
+        return _apply(cls(persona=args.persona), given)
 
     @classmethod
     def load(cls, run: str | Path) -> TrackConfig:
@@ -225,7 +238,7 @@ def _apply(config: TrackConfig, given: dict) -> TrackConfig:
 
 
 def _filter(choice: str, judge: str) -> bool:
-    return choice == "on" or (choice == "auto" and judge.startswith("openai:"))
+    return choice == "on" or (choice == "auto" and JudgeSpec(judge).kind == "openai")
 
 
 def config_of_run(run: str | Path, args: argparse.Namespace) -> TrackConfig:
