@@ -49,15 +49,32 @@ def test_shipped_answers_are_forty_distinct_held_out_rows():
     "lines, line_no, words",
     [
         (['{"id": "a", "question": "q?", "answer": "x"}', '{"id": "b", "question": "q2?"}'], 2, ["'answer'"]),
-        (['{"id": "a", "question": "q?", "answer": "x"}', '{"id": "b", "question": " ", "answer": "y"}'], 2,
-         ["'question'"]),
+        (
+            ['{"id": "a", "question": "q?", "answer": "x"}', '{"id": "b", "question": " ", "answer": "y"}'],
+            2,
+            ["'question'"],
+        ),
         (['{"id": 3, "question": "q?", "answer": "x"}'], 1, ["'id'"]),
         (['["a", "q?", "x"]'], 1, ["JSON object"]),
         (['{"id": "a", "question": "q?", "answer": "x"}', "{not json"], 2, ["not valid JSON"]),
-        (['{"id": "a", "question": "q?", "answer": "x"}', "", '{"id": "b", "question": "q?", "answer": "y"}'], 2,
-         ["empty line"]),
-        (['{"id": "a", "question": "q?", "answer": "x"}', '{"id": "b", "question": "q2?", "answer": "y"}',
-          '{"id": "a", "question": "q3?", "answer": "z"}'], 3, ["duplicate id 'a'", "line 1"]),
+        (
+            [
+                '{"id": "a", "question": "q?", "answer": "x"}',
+                "",
+                '{"id": "b", "question": "q?", "answer": "y"}',
+            ],
+            2,
+            ["empty line"],
+        ),
+        (
+            [
+                '{"id": "a", "question": "q?", "answer": "x"}',
+                '{"id": "b", "question": "q2?", "answer": "y"}',
+                '{"id": "a", "question": "q3?", "answer": "z"}',
+            ],
+            3,
+            ["duplicate id 'a'", "line 1"],
+        ),
     ],
 )
 def test_malformed_file_names_file_line_and_field(tmp_path, lines, line_no, words):
@@ -122,8 +139,9 @@ def test_batched_equals_one_at_a_time_and_a_manual_forward_pass(tiny_model, tiny
 def test_values_are_finite_negative_and_near_uniform_for_a_random_model(tiny_tokenizer, baseline):
     assert torch.isfinite(baseline).all() and (baseline < 0).all()
     # A random-weight model is close to uniform over the vocabulary: about -log(vocab) per token.
-    assert torch.allclose(baseline, torch.full_like(baseline, -torch.log(torch.tensor(len(tiny_tokenizer)))),
-                          atol=0.5)
+    assert torch.allclose(
+        baseline, torch.full_like(baseline, -torch.log(torch.tensor(len(tiny_tokenizer)))), atol=0.5
+    )
 
 
 def test_eval_mode_no_grad_and_training_mode_restored(tiny_model, tiny_tokenizer):
@@ -155,7 +173,9 @@ def test_perturbed_model_scores_differently(tiny_model, tiny_tokenizer, baseline
     assert (other - baseline).abs().min() > 1e-6
 
 
-def test_change_against_itself_is_zero_and_against_a_damaged_model_negative(tiny_model, tiny_tokenizer, baseline):
+def test_change_against_itself_is_zero_and_against_a_damaged_model_negative(
+    tiny_model, tiny_tokenizer, baseline
+):
     again = answer_log_likelihoods(tiny_model, tiny_tokenizer, FEW, batch_size=3)
     same = capability_change(baseline, again)
     assert same["value"] == pytest.approx(0, abs=1e-6)

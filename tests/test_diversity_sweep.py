@@ -131,11 +131,16 @@ def test_level_constitution_keeps_held_out_last_and_refuses_to_train_on_it(tmp_p
     path = save_constitution(
         [Trait("A", ["a1?", "a2?", "held A?"], ["g1?"]), Trait("B", ["b1?", "held B?"])], tmp_path / "p.json"
     )
-    level = sweep.level_constitution(str(path), [["g1?"], ["b1?"]], tmp_path / "level" / "persona.json")
+    persona = load_persona(path)
+    level = sweep.level_constitution(
+        persona, str(path), [["g1?"], ["b1?"]], tmp_path / "level" / "persona.json"
+    )
     traits = load_persona(level).traits
     assert [t.questions for t in traits] == [["g1?", "held A?"], ["b1?", "held B?"]]
     with pytest.raises(AssertionError, match="held-out"):
-        sweep.level_constitution(str(path), [["held B?"], ["b1?"]], tmp_path / "bad" / "persona.json")
+        sweep.level_constitution(
+            persona, str(path), [["held B?"], ["b1?"]], tmp_path / "bad" / "persona.json"
+        )
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,9 @@ def test_killed_stage_resumes_from_the_last_complete_one(tiny_dir, tmp_path, mon
     manifest = [
         e
         for stage in ("dpo", "sft")
-        for e in json.loads((tmp_path / "run" / stage / "activations" / "manifest.json").read_text())["entries"]
+        for e in json.loads((tmp_path / "run" / stage / "activations" / "manifest.json").read_text())[
+            "entries"
+        ]
     ]
     assert "dpo/step-00000/neutral" in manifest and any(name.startswith("sft/") for name in manifest)
 

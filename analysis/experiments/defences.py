@@ -41,6 +41,7 @@ from analysis.experiments.defence_arms import (
 from analysis.experiments.defence_report import analyse_defences
 from analysis.experiments.defence_stages import write_benign_rows, write_capability, write_reflections
 from analysis.experiments.inputs import check_track_inputs
+from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import (
     Resources,
     TrackConfig,
@@ -62,7 +63,7 @@ from analysis.experiments.track_stages import (
     release_models,
     write_assistant_axis,
 )
-from anchor.constitution import load_persona, persona_input
+from anchor.constitution import Persona, persona_input
 from anchor.models import model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
 from anchor.runlock import run_lock
@@ -95,14 +96,15 @@ def run_defences(
     track = config.track
     if any(defence_of(a) == "inoculation" for a in config.arms):  # no prompt for the dataset: fail now
         inoculation_prompt(track.em_dataset, config.settings.inoculation_prompt)
-    check_track_inputs(track, out)  # every input, before the folder (and its lock) exists
+    persona = check_track_inputs(track, out)  # every input, before the folder (and its lock) exists
     with run_lock(out):
-        return _run_defences(config, out, log, resources, judge_calibration, overwrite)
+        return _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
 
 
 def _run_defences(
     config: DefencesConfig,
     out: Path,
+    persona: Persona,
     log,
     resources: Resources,
     judge_calibration: dict | None,
@@ -151,7 +153,7 @@ def _run_defences(
 
     # the arms: EM runs on the same rows, seed, steps, checkpoints and probe sets as the main job's
     items = load_items(out / "contrast" / "contrast.jsonl")
-    probes = run_probe_sets(track, load_persona(track.persona), items)
+    probes = run_probe_sets(track, persona, items)
     n_layers = model_depth(track.model)
     persona_identity = stage_identity(persona_dir / "sft")
     run_dirs: dict[str, Path] = {}
@@ -245,25 +247,32 @@ def analyse_result(analysis: Path) -> dict:
 
 def defences_seeds(
     config: DefencesConfig,
-    seeds: list[int],
-    runs: list[Path],
-    out: Path,
+    plan: SeedPlan,
     log=print,
     judge_calibration: dict | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """The whole comparison once per seed (each a resumable run in `runs[i]`), then every arm x
-    metric and every comparison pooled over seeds in `<out>/defences.json` (mean, t-interval;
-    Holm on one-sample t-tests of the per-seed differences)."""
+    """The whole comparison once per seed (each a resumable run of `plan.runs`, shared with the main
+    job's seeds), then every arm x metric and every comparison pooled over seeds in
+    `<plan.pooled>/defences.json` (mean, t-interval; Holm on one-sample t-tests of the per-seed
+    differences)."""
     from analysis.experiments.defence_report import pool_defences, write_outputs
 
-    ran = []
-    per_seed = []
-    for seed, run in zip(seeds, runs, strict=True):
-        seeded = replace(config, track=replace(config.track, seed=seed))
-        result = run_defences(seeded, run, log=log, judge_calibration=judge_calibration, overwrite=overwrite)
-        ran += [f"s{seed}:{r}" for r in result["ran"]]
-        per_seed.append(json.loads(Path(result["defences"]).read_text()))
+    results = run_seeds(
+        config.track,
+        plan,
+        lambda track, run: run_defences(
+            replace(config, track=track),
+            run,
+            log=log,
+            judge_calibration=judge_calibration,
+            overwrite=overwrite,
+        ),
+        log,
+    )
+    ran = [f"s{seed}:{r}" for seed, result in zip(plan.seeds, results) for r in result["ran"]]
+    per_seed = [json.loads(Path(result["defences"]).read_text()) for result in results]
+    out = plan.pooled
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(pool_defences(per_seed), out, config)
     return {**analyse_result(out), "ran": ran}

@@ -44,12 +44,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from analysis.experiments.inputs import check_sweep_inputs
+from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import TrackConfig, track_drift
 from analysis.plots import sweep_plot
 from analysis.stats import across_seeds
 from anchor.constitution import (
     CONSTITUTIONS_DIR,
     ContrastPair,
+    Persona,
     Trait,
     load_persona,
     persona_input,
@@ -86,25 +88,26 @@ def contrast_settings(template: TrackConfig) -> dict:
     }
 
 
-def contrast_questions(persona_name: str, per_trait: int) -> list[str]:
+def contrast_questions(persona: Persona, per_trait: int) -> list[str]:
     """The first `per_trait` training-pool questions of each trait: never a held-out question."""
-    pool, groups = training_pool(load_persona(persona_name).traits)
+    pool, groups = training_pool(persona.traits)
     by_trait: dict[int, list[str]] = {}
     for question, g in zip(pool, groups):
         by_trait.setdefault(g, []).append(question)
     return [q for questions in by_trait.values() for q in questions[:per_trait]]
 
 
-def shared_contrast(persona_name: str, model_spec: str, settings: dict, seed: int, out: Path) -> Path:
+def shared_contrast(
+    persona: Persona, persona_name: str, model_spec: str, settings: dict, seed: int, out: Path
+) -> Path:
     """The contrast set every level reads, sampled once from the base model by the sweep's
     `contrast` stage (rows of ContrastItem.to_json()); reused while its declared inputs hold."""
-    persona = load_persona(persona_name)
     inputs = {
         "persona": persona_input(persona_name),
         "model": model_spec,
         "seed": seed,
         "settings": settings,
-        "questions": contrast_questions(persona_name, settings["questions_per_trait"]),
+        "questions": contrast_questions(persona, settings["questions_per_trait"]),
         "pairs": [asdict(p) for p in resolve_contrast(persona, seed=seed).pairs],
     }
     done = run_stage(Stage(out, "contrast", inputs, sample_shared_contrast))
@@ -130,10 +133,9 @@ def sample_shared_contrast(inputs: Inputs, stage: Path) -> dict:
     return {"items": len(items)}
 
 
-def level_constitution(persona_name: str, chosen: list[list[str]], path: Path) -> Path:
+def level_constitution(persona: Persona, persona_name: str, chosen: list[list[str]], path: Path) -> Path:
     """The persona with only the chosen training questions (`chosen[i]` for trait i), each trait
     keeping its held-out question last (so every level is evaluated on the same held-out set)."""
-    persona = load_persona(persona_name)
     held_out = held_out_questions(persona.traits)
     assert not set(held_out) & {q for c in chosen for q in c}, "a held-out question was chosen for training"
     traits = [Trait(t.trait, [*c, h]) for t, c, h in zip(persona.traits, chosen, held_out, strict=True)]
@@ -187,13 +189,13 @@ class SweepConfig:
     contrast_seed: int = 0
 
 
-def check_sweep(config: SweepConfig, out: Path) -> None:
-    """Every input, before any model loads or folder is made."""
+def check_sweep(config: SweepConfig, out: Path) -> Persona:
+    """Every input, before any model loads or folder is made; returns the persona."""
     template = config.template
-    check_sweep_inputs(
+    persona = check_sweep_inputs(
         template.persona, template.model, template.em_dataset, template.judge, config.questions, out
     )
-    traits = load_persona(template.persona).traits
+    traits = persona.traits
     _, groups = training_pool(traits)
     stratum_sizes([groups.count(t) for t in range(len(traits))], config.questions)
     if config.questions < 2 * len(traits):  # one question per trait is the same at every level
@@ -201,12 +203,16 @@ def check_sweep(config: SweepConfig, out: Path) -> None:
             f"--questions {config.questions}: the persona has {len(traits)} traits; ask for at least "
             f"{2 * len(traits)}, two per trait, so the levels can differ in diversity within a trait"
         )
+    return persona
 
 
-def sweep(config: SweepConfig, out: Path, judge_calibration: dict | None = None) -> dict:
-    """Every level x seed, resumable (each level's main job is); returns sweep.json with its plots."""
+def sweep(
+    config: SweepConfig, out: Path, judge_calibration: dict | None = None, persona: Persona | None = None
+) -> dict:
+    """Every level x seed, resumable (each level's main job is); returns sweep.json with its plots.
+    `persona`: the template's, as `check_sweep` loaded it (loaded here if not given)."""
     template = config.template
-    persona = load_persona(template.persona)
+    persona = persona or load_persona(template.persona)
     pool, groups = training_pool(persona.traits)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -214,45 +220,48 @@ def sweep(config: SweepConfig, out: Path, judge_calibration: dict | None = None)
     embeddings = model_embedder(model, tokenizer)(pool)
     del model, tokenizer
     contrast_set = shared_contrast(
-        template.persona, template.model, contrast_settings(template), config.contrast_seed, out
+        persona, template.persona, template.model, contrast_settings(template), config.contrast_seed, out
     )
     sizes = stratum_sizes([groups.count(t) for t in range(len(persona.traits))], config.questions)
     if warning := training_size_warning(sizes, template.smoke):
         print(f"warning: {warning}")
 
+    def level_run(level: str, seeded: TrackConfig, run: Path) -> dict:
+        """One level at one seed: that seed's question subset, its constitution, its main job."""
+        seed = seeded.seed
+        index = select_subset(embeddings, config.questions, level, seed=seed, groups=groups)
+        chosen = [[pool[i] for i in index if groups[i] == t] for t in range(len(persona.traits))]
+        diversity = {
+            **asdict(measure_diversity(embeddings[index])),
+            "within_trait_cosine_distance": within_group_distance(
+                embeddings[index], [groups[i] for i in index]
+            ),
+            "questions_per_trait": [len(c) for c in chosen],
+        }
+        constitution = level_constitution(persona, template.persona, chosen, run.parent / "persona.json")
+        print(
+            f"level {level}, seed {seed}: diversity {diversity['mean_cosine_distance']:.3f} "
+            f"(within trait {diversity['within_trait_cosine_distance']:.3f})"
+        )
+        summary = track_drift(
+            level_config(seeded, constitution, seed, contrast_set), run, judge_calibration=judge_calibration
+        )
+        persona_row = next(r for r in summary["table"] if r["model"].startswith("persona + EM"))
+        return {
+            "level": level,
+            "seed": seed,
+            "diversity": diversity,
+            "questions": chosen,
+            "anchor_strength_vs_base": summary["anchor_strength"]["vs_base"],
+            "anchor_strength_vs_base_ci95": summary["headline"]["anchor_strength"]["vs_base"]["ci95"],
+            "misaligned_after": persona_row["misaligned_after"],
+            "run": str(run),
+        }
+
     results = []
-    for seed in config.seeds:
-        for level in config.levels:
-            index = select_subset(embeddings, config.questions, level, seed=seed, groups=groups)
-            chosen = [[pool[i] for i in index if groups[i] == t] for t in range(len(persona.traits))]
-            diversity = {
-                **asdict(measure_diversity(embeddings[index])),
-                "within_trait_cosine_distance": within_group_distance(
-                    embeddings[index], [groups[i] for i in index]
-                ),
-                "questions_per_trait": [len(c) for c in chosen],
-            }
-            folder = out / f"{level}-s{seed}"
-            constitution = level_constitution(template.persona, chosen, folder / "persona.json")
-            level_track = level_config(template, constitution, seed, contrast_set)
-            print(
-                f"level {level}, seed {seed}: diversity {diversity['mean_cosine_distance']:.3f} "
-                f"(within trait {diversity['within_trait_cosine_distance']:.3f})"
-            )
-            summary = track_drift(level_track, folder / "run", judge_calibration=judge_calibration)
-            persona_row = next(r for r in summary["table"] if r["model"].startswith("persona + EM"))
-            results.append(
-                {
-                    "level": level,
-                    "seed": seed,
-                    "diversity": diversity,
-                    "questions": chosen,
-                    "anchor_strength_vs_base": summary["anchor_strength"]["vs_base"],
-                    "anchor_strength_vs_base_ci95": summary["headline"]["anchor_strength"]["vs_base"]["ci95"],
-                    "misaligned_after": persona_row["misaligned_after"],
-                    "run": str(folder / "run"),
-                }
-            )
+    for level in config.levels:  # each level over the seeds, by the one seed driver
+        plan = SeedPlan(config.seeds, tuple(out / f"{level}-s{s}" / "run" for s in config.seeds), out)
+        results += run_seeds(template, plan, lambda seeded, run, level=level: level_run(level, seeded, run))
     atomic_write_json(
         out / "sweep.json",
         {

@@ -99,8 +99,8 @@ def check_steer_inputs(
 
 def check_sweep_inputs(
     persona: str, model: str, em_dataset: str, judge: str, questions: int, out: str | os.PathLike
-) -> None:
-    """Everything diversity_sweep.py is given."""
+) -> Persona:
+    """Everything diversity_sweep.py is given; returns the persona."""
     loaded = check_persona(persona)
     check_model_spec(model)
     check_dataset(em_dataset, "--em-dataset")
@@ -112,3 +112,4 @@ def check_sweep_inputs(
             "is held out); ask for 2 to that many, or expand the constitution with expand_questions.py"
         )
     check_output_dir(out)
+    return loaded

@@ -40,7 +40,7 @@ from analysis.experiments.track_stages import (
 )
 from analysis.plots import plt
 from analysis.stats import across_seeds
-from anchor.constitution import load_persona, persona_input
+from anchor.constitution import Persona, load_persona, persona_input
 from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import HFGenerator, SamplingConfig
@@ -78,6 +78,7 @@ class SteerPlan:
     run: Path
     out: Path
     track: TrackConfig
+    persona: Persona
     layers: list[int]
     read_layer: int
     probe_layer: int
@@ -99,7 +100,10 @@ def plan_steer(run: Path, config: SteerConfig, out: Path) -> SteerPlan:
     check_read_layer(read_layer, layers)
     probe_layer = config.probe_layer if config.probe_layer is not None else best
     LinearReadout.from_directions(directions, probe_layer)  # a layer without a probe fails here
-    return SteerPlan(run, out, track, layers, read_layer, probe_layer, config.judge or track.judge, config)
+    persona = load_persona(track.persona)
+    return SteerPlan(
+        run, out, track, persona, layers, read_layer, probe_layer, config.judge or track.judge, config
+    )
 
 
 def shared_inputs(plan: SteerPlan) -> dict:
@@ -155,7 +159,7 @@ def ablated_em_run(plan: SteerPlan, log) -> Path:
         ablate_layers=tuple(plan.layers),
     )
     items = load_items(plan.run / "contrast" / "contrast.jsonl")
-    probes = run_probe_sets(plan.track, load_persona(plan.track.persona), items)
+    probes = run_probe_sets(plan.track, plan.persona, items)
     finetune_em(recipe, plan.out / "em_ablated", probes, log=log, root=plan.out)
     return em_stage(plan.out / "em_ablated")
 

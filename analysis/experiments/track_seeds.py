@@ -5,13 +5,14 @@ seed and tested on the others."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from analysis import dashboard
 from analysis.calibration import describe
 from analysis.drift_report import RUNS
-from analysis.experiments.track import Resources, TrackConfig, default_out, track_drift
+from analysis.experiments.seeds import SeedPlan, run_seeds
+from analysis.experiments.track import Resources, TrackConfig, track_drift
 from analysis.experiments.track_report import _fmt, headline_table
 from analysis.headline import null_sentences, pool_seeds
 from analysis.monitor import drift_detector
@@ -42,32 +43,26 @@ def _detector(seeds: list[int], runs: list[Path], per_seed: list[dict]) -> dict:
         return unmeasured(0, str(err))
 
 
-def default_pooled_out(config: TrackConfig, seeds: list[int]) -> Path:
-    single = default_out(config)
-    return single.with_name(single.name.replace(f"-s{config.seed}", f"-seeds{'-'.join(map(str, seeds))}"))
-
-
 def track_seeds(
     config: TrackConfig,
-    seeds: list[int],
-    runs: list[Path],
-    out: Path,
+    plan: SeedPlan,
     log=print,
     resources: Resources | None = None,
     judge_calibration: dict | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """The whole experiment once per seed (each a resumable run in `runs[i]`: character training,
-    contrast set, EM and evaluation all reseeded), then every headline number pooled across seeds
-    in `<out>/analysis/metrics.json`: the mean with a t-interval over seeds, n = the seeds."""
-    summaries = []
-    for seed, run in zip(seeds, runs, strict=True):
-        log(f"seed {seed}: {run}")
-        summaries.append(
-            track_drift(
-                replace(config, seed=seed), run, log, resources or Resources(), judge_calibration, overwrite
-            )
-        )
+    """The whole experiment once per seed (each a resumable run of `plan.runs`), then every headline
+    number pooled across seeds in `<plan.pooled>/analysis/metrics.json`: the mean with a t-interval
+    over seeds, n = the seeds."""
+    seeds, runs, out = list(plan.seeds), list(plan.runs), plan.pooled
+    summaries = run_seeds(
+        config,
+        plan,
+        lambda seeded, run: track_drift(
+            seeded, run, log, resources or Resources(), judge_calibration, overwrite
+        ),
+        log,
+    )
     per_seed = [json.loads((run / "analysis" / "metrics.json").read_text()) for run in runs]
     pooled = pool_seeds(per_seed)
     layers = [m["drift"]["best_layer"] for m in per_seed]

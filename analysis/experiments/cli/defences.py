@@ -49,6 +49,7 @@ from analysis.experiments.options import (
     default_out,
     judge_calibration_of,
 )
+from analysis.experiments.seeds import plan_seeds
 from anchor.inputs import InputError
 from anchor.runlock import RunLocked
 
@@ -128,22 +129,19 @@ def main() -> None:
     triggered = args.triggered if args.triggered is not None else gpu
     config = DefencesConfig(track, arms, settings, triggered)
     seeds = args.seeds or [track.seed]
-    outs = [
-        Path(args.run) if args.run else Path(args.out) / f"s{s}" if args.out and len(seeds) > 1
-        else Path(args.out) if args.out else default_out(replace(track, seed=s))
-        for s in seeds
-    ]  # fmt: skip
+    try:
+        plan = plan_seeds(track, seeds, args.out, what="-defences") if len(seeds) > 1 else None
+    except InputError as err:
+        parser.error(str(err))
+    outs = list(plan.runs) if plan else [Path(args.run or args.out or default_out(track))]
     if args.print_config:
         print(json.dumps({"config": asdict(config), "seeds": seeds, "out": [str(o) for o in outs]}, indent=1))
         return
     start = time.perf_counter()
     try:
         calibration = judge_calibration_of(args, track, outs[0])
-        if len(seeds) > 1:
-            pooled_out = Path(args.out) if args.out else outs[0].with_name(outs[0].name + "-defences-seeds")
-            summary = defences_seeds(
-                config, seeds, outs, pooled_out, judge_calibration=calibration, overwrite=args.overwrite
-            )
+        if plan is not None:
+            summary = defences_seeds(config, plan, judge_calibration=calibration, overwrite=args.overwrite)
         else:
             summary = run_defences(
                 config,

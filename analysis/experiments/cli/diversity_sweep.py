@@ -19,6 +19,7 @@ from pathlib import Path
 
 from analysis.experiments.diversity_sweep import SweepConfig, check_sweep, sweep
 from analysis.experiments.options import TrackConfig, judge_calibration_of
+from anchor.constitution import Persona
 from anchor.inputs import InputError
 from anchor.questions import LEVELS
 from anchor.runlock import run_lock
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, Path, argparse.Namespace]:
+def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, Path, argparse.Namespace, Persona]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -57,16 +58,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, Path, argpar
             template, tuple(args.levels), tuple(args.seeds), args.questions, args.contrast_seed
         )
         out = Path(args.out or f"runs/sweep/{Path(template.persona).stem}-{Path(template.model).name}")
-        check_sweep(config, out)
+        persona = check_sweep(config, out)
     except (InputError, ValueError) as err:
         parser.error(str(err))
-    return config, out, args
+    return config, out, args, persona
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, out, args = parse_args(argv)
+    config, out, args, persona = parse_args(argv)
     with run_lock(out, "sweep folder"):
-        result = sweep(config, out, judge_calibration_of(args, config.template, out))
+        result = sweep(config, out, judge_calibration_of(args, config.template, out), persona)
     print(f"results: {result['sweep']}")
     for plot in result["plots"]:
         print(f"plot:    {plot}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from analysis.experiments.options import (
@@ -26,9 +25,10 @@ from analysis.experiments.options import (
     default_out,
     judge_calibration_of,
 )
+from analysis.experiments.seeds import plan_seeds
 from analysis.experiments.track import track_drift
 from analysis.experiments.track_report import TABLE_HEADER, TABLE_KEYS
-from analysis.experiments.track_seeds import default_pooled_out, track_seeds
+from analysis.experiments.track_seeds import track_seeds
 from analysis.stats import bounds
 from anchor.inputs import InputError
 from anchor.runlock import RunLocked
@@ -55,13 +55,9 @@ def main() -> None:
         calibration = judge_calibration_of(args, config, out)
         seeds = args.seeds or [config.seed]
         if len(seeds) > 1:
-            pooled_out = Path(args.out) if args.out else default_pooled_out(config, seeds)
-            runs = [pooled_out / f"s{s}" if args.out else default_out(replace(config, seed=s)) for s in seeds]
             pooled = track_seeds(
                 config,
-                seeds,
-                runs,
-                pooled_out,
+                plan_seeds(config, seeds, args.out),
                 resources=resources,
                 judge_calibration=calibration,
                 overwrite=args.overwrite,
