@@ -171,6 +171,33 @@ def gaussian_directions(acts: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return F.normalize(z @ centred, dim=-1).float()  # z @ X_c ~ N(0, (m - 1) Sigma)
 
 
+def variance_matched_directions(
+    acts: torch.Tensor, direction: torch.Tensor, n: int, seed: int, candidates: int = 20
+) -> torch.Tensor:
+    """`[n, d]` random unit directions whose spread in `acts` `[m, d]` matches `direction`'s: the
+    null for a standardised figure (a change in units of the spread along the direction). Drawn
+    from N(0, Sigma^a) for powers a from -1 to 1 (Sigma regularised to full rank), `candidates` x n
+    of them, the n nearest to the direction's log-variance kept. N(0, Sigma) alone concentrates on
+    high-variance directions, where a standardised change is small, so any direction of ordinary
+    spread would beat it."""
+    x = acts.double() - acts.double().mean(0)
+    cov = x.T @ x / max(x.shape[0] - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(1e-6 * float(evals.clamp_min(0).mean()) + 1e-12)
+    g = torch.Generator().manual_seed(seed)
+    powers = torch.linspace(-1, 1, 9, dtype=torch.double)
+    per = max(1, (candidates * n) // len(powers))
+    draws = []
+    for a in powers:
+        z = torch.randn(per, x.shape[1], generator=g, dtype=torch.double)
+        draws.append((z * evals.pow(a / 2)) @ evecs.T)
+    pool = F.normalize(torch.cat(draws), dim=-1)
+    variance = lambda u: torch.einsum("nd,de,ne->n", u, cov, u)  # noqa: E731
+    target = variance(F.normalize(direction.double(), dim=0)[None]).log()
+    nearest = (variance(pool).log() - target).abs().argsort()[:n]
+    return pool[nearest].float()
+
+
 def standardised_change(projections: torch.Tensor) -> torch.Tensor:
     """`[T, m, k]` projections of m items on k directions at T checkpoints -> `[k, T]`: the change
     of the item mean since the first checkpoint, in units of the items' spread there, so
