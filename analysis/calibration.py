@@ -141,6 +141,11 @@ def calibration_metrics(
         "code_recall": code["recall"],
         "code_false_rate": code["false_rate"],
         "misaligned_recall": rate(sum(flagged["misaligned"]), len(flagged["misaligned"])),
+        # how often the judge's coherence passes the EM decision's threshold at all: never means no
+        # answer can be flagged, whatever its alignment score
+        "coherent_above_threshold": rate(
+            sum(is_score(c) and c > coherent_above for c in coherent), len(coherent)
+        ),
         "misaligned_false_alarm": rate(sum(flagged["aligned"]), len(flagged["aligned"])),
         "missing": {
             "aligned": sum(a is None for a in aligned),
@@ -228,6 +233,36 @@ def judge_calibration(calibration: dict | None, spec: str) -> dict | None:
         return None
     entry = {k: v for k, v in calibration["judges"][spec].items() if k != "judgements"}
     return {"judge": spec, "labels_file": calibration.get("labels_file"), **entry}
+
+
+def cannot_flag(entry: dict | None) -> str | None:
+    """Why a judge's calibration shows it cannot flag EM answers, or None when it can (or when there
+    is no calibration to tell: then its rates are printed beside "not calibrated"). Read from the
+    numbers, never the judge's name: an alignment AUROC whose interval includes 0.5 (on the labels,
+    or the EM-flag AUROC against a reference judge), no misaligned labelled answer flagged, or a
+    coherence that never passes the threshold."""
+    if not entry:
+        return None
+    reasons = []
+    a = entry.get("alignment_auroc") or {}
+    if a.get("ci95") and a["ci95"][0] == a["ci95"][0] and a["ci95"][0] <= 0.5 <= a["ci95"][1]:
+        reasons.append(
+            f"its alignment AUROC on {entry.get('answers', '?')} labelled answers is {_num(a['value'])} "
+            f"[{_num(a['ci95'][0])}, {_num(a['ci95'][1])}], an interval that includes chance (0.5)"
+        )
+    recall = (entry.get("misaligned_recall") or {}).get("value")
+    if recall == 0:
+        reasons.append("it flags none of the misaligned labelled answers")
+    coherent = (entry.get("coherent_above_threshold") or {}).get("value")
+    if coherent == 0:
+        reasons.append("its coherence never passes the EM decision's threshold, so no answer can be flagged")
+    pooled = ((entry.get("reference") or {}).get("pooled") or {}).get("em_flag_auroc") or {}
+    low, high = pooled.get("ci95") or (None, None)
+    if low is not None and low <= 0.5 <= high:
+        reasons.append(
+            f"its EM-flag AUROC against the reference judge is {_num(pooled['value'])}, interval including 0.5"
+        )
+    return "; ".join(reasons) or None
 
 
 def _num(x: float) -> str:

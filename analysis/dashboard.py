@@ -75,13 +75,16 @@ def monitor_runs(
 
 
 def detector_series(runs: Mapping[str, Path], seed: int, layer: int, report_rows: list[int], directions):
-    """The drift detector's features for one seed's runs (EM: persona and base; control: secure)."""
+    """The drift detector's features for one seed's runs: EM on the corrupted data (persona and base)
+    against the same fine-tuning on the control data (persona and base), so both classes start from
+    both models in equal shares and the start cannot tell them apart."""
     rows = torch.tensor(report_rows)
     at_layer = {name: d[layer] for name, d in directions.items()}
     series = []
     for name, run in runs.items():
         steps, acts = layer_series(run, layer, rows)
-        series.append(run_series(f"{name}-s{seed}", seed, name != "control", steps, acts, at_layer))
+        corrupted = name not in ("control", "base_control")
+        series.append(run_series(f"{name}-s{seed}", seed, corrupted, steps, acts, at_layer))
     return series
 
 

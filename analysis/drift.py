@@ -150,11 +150,11 @@ def drift_auc_batch(values: torch.Tensor, steps: Sequence[int], signed: bool = F
     return torch.trapezoid(change if signed else change.abs(), (s - s[0]) / (s[-1] - s[0]), dim=-1)
 
 
-def anchor_strength(auc_persona: float, auc_reference: float) -> float:
-    """The ratio form, 1 - drift(persona model) / drift(reference run under the same EM): 1 = the
-    persona model did not move at all, 0 = it moved as much as the reference, negative = more.
-    Only meaningful when the reference's drift is clearly not 0 (the caller checks its interval);
-    the headline form is the difference of the two drift AUCs."""
+def drift_reduction(auc_persona: float, auc_reference: float) -> float:
+    """A simple effect's ratio form, 1 - drift(persona run) / drift(reference run): 1 = the persona
+    run did not move at all, 0 = it moved as much as the reference, negative = more. Only meaningful
+    when the reference's drift is clearly not 0 (the caller checks its interval); never the
+    experiment's answer, which is the 2x2 interaction (`analysis.interaction`)."""
     if auc_reference == 0:
         return float("nan")
     return 1.0 - auc_persona / auc_reference

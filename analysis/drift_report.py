@@ -31,11 +31,19 @@ import torch.nn.functional as F
 from sklearn.model_selection import GroupShuffleSplit
 
 from analysis import drift
+from analysis.interaction import interaction
 from analysis.stats import bounds, estimate, null_percentile, unmeasured
 from anchor.runs import checkpoints, em_store, step_of
 
-PERSONA, BASE, CONTROL = "persona", "base", "control"
-RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control"}  # their folders in a tracked run
+PERSONA, BASE, CONTROL, BASE_CONTROL = "persona", "base", "control", "base_control"
+# The 2x2 (starting model x data) and the runs' folders in a tracked run: persona and base on the
+# corrupted data, persona and base on its control data (`analysis.interaction`).
+RUNS = {PERSONA: "em_persona", BASE: "em_base", CONTROL: "em_control", BASE_CONTROL: "em_base_control"}
+# The simple effects the headline keeps, by name: (reference run, its name against the persona run).
+SIMPLE_EFFECTS = {
+    BASE: "base_em_minus_persona_em",  # persona vs base, both on the corrupted data
+    CONTROL: "persona_control_minus_persona_em",  # corrupted vs control data, both from the persona
+}
 BARE, SYSTEM = "persona_contrast_bare", "persona_contrast"  # the two reads of the contrast set
 DEFAULT_PROBES = ("em_questions", "persona_questions")
 
@@ -302,26 +310,38 @@ def compute_drift(
         }
 
     out["headline"] = _headline(out, per_item, shifts, unit(v_r[best]), misalignment, best, n_boot, seed)
-    out["anchor_strength"] = {
-        key: value["value"] for key, value in out["headline"]["anchor_strength"].items() if value is not None
+    out["simple_effects"] = {
+        key: value["value"] for key, value in out["headline"]["simple_effects"].items() if value is not None
     }
+    if all(name in runs for name in RUNS):  # the 2x2: the interaction along each direction
+        reads = {
+            name: tuple(
+                default_behaviour(run, c)[report] for c in (checkpoints(run)[0], checkpoints(run)[-1])
+            )
+            for name, run in runs.items()
+        }
+        out["interaction"] = {"persona": interaction(reads, v_r, best, n_boot, seed)}
+        if misalignment is not None:
+            out["interaction"]["misalignment"] = interaction(reads, misalignment, best, n_boot, seed)
     out["nulls"] = _nulls(
         runs, out, labels, questions, pairs, k, train, test, axis, per_item, shifts, misalignment,
         best, n_null, n_null_fits, seed,
     )  # fmt: skip
-    # The ratio form of anchor strength, beside the headline difference, only where its
+    # The ratio form of a simple effect, beside the headline difference, only where its
     # denominator is a drift: the reference moved (signed interval excludes 0) beyond its null.
-    out["anchor_strength_ratio"] = out["headline"].pop("anchor_strength_ratio")
-    for ref, ratio in out["anchor_strength_ratio"].items():
-        reference_null = out["nulls"].get(ref.removeprefix("vs_"), {}).get("drift_auc_vs_random_directions")
+    out["simple_effect_ratios"] = out["headline"].pop("simple_effect_ratios")
+    reference_of = {key: ref for ref, key in SIMPLE_EFFECTS.items()}
+    for key, ratio in out["simple_effect_ratios"].items():
+        ref = reference_of[key]
+        reference_null = out["nulls"].get(ref, {}).get("drift_auc_vs_random_directions")
         if (
             ratio is not None
             and ratio.get("value") is not None
             and not (reference_null or {}).get("exceeds_95")
         ):
-            out["anchor_strength_ratio"][ref] = unmeasured(
+            out["simple_effect_ratios"][key] = unmeasured(
                 ratio.get("n"),
-                f"the {ref.removeprefix('vs_')} run's drift along the persona direction does not exceed "
+                f"the {ref} run's drift along the persona direction is not above the 95th percentile of "
                 "its random-direction null, so a ratio to it would divide by noise",
             )
     return out
@@ -391,24 +411,25 @@ def _headline(
         for key, signed in (("drift_auc_abs", False), ("drift_auc_signed", True)):
             value = drift.drift_auc_batch(real[name][None], steps[name], signed)[0]
             head[key][name] = _number(value, drift.drift_auc_batch(boot[name], steps[name], signed), m)
-    head["anchor_strength"], head["anchor_strength_ratio"] = {}, {}
+    head["simple_effects"], head["simple_effect_ratios"] = {}, {}
     auc = lambda name, x: drift.drift_auc_batch(x, steps[name])  # noqa: E731
-    for ref in (BASE, CONTROL):
+    for ref, key in SIMPLE_EFFECTS.items():
         if ref not in per_item:
-            head["anchor_strength"][f"vs_{ref}"] = head["anchor_strength_ratio"][f"vs_{ref}"] = None
+            head["simple_effects"][key] = head["simple_effect_ratios"][key] = None
             continue
         value = auc(ref, real[ref][None])[0] - auc(PERSONA, real[PERSONA][None])[0]
         diff = auc(ref, boot[ref]) - auc(PERSONA, boot[PERSONA])
-        head["anchor_strength"][f"vs_{ref}"] = {
+        head["simple_effects"][key] = {
             **_number(value, diff, m),
-            "definition": f"drift AUC of the {ref} run minus the persona run's (> 0: the persona model moved less)",
+            "definition": f"drift AUC along the persona direction of the {ref} run minus the persona + EM "
+            "run's (> 0: the persona + EM run moved less); a simple effect, not the interaction",
         }
         low, high = bounds(head["drift_auc_signed"][ref])
         moved = (low is not None and low > 0) or (
             high is not None and high < 0
         )  # the reference clearly moved: the ratio has a denominator
         ratio = 1 - auc(PERSONA, real[PERSONA][None])[0] / auc(ref, real[ref][None])[0]
-        head["anchor_strength_ratio"][f"vs_{ref}"] = (
+        head["simple_effect_ratios"][key] = (
             _number(ratio, 1 - auc(PERSONA, boot[PERSONA]) / auc(ref, boot[ref]), m)
             if moved
             else unmeasured(1, f"the {ref} run's signed drift interval includes 0")

@@ -12,7 +12,12 @@ from collections.abc import Mapping, Sequence
 
 from analysis.stats import across_seeds, estimate
 
-RUN_NAMES = {"persona": "persona + EM", "base": "base + EM", "control": "persona + secure control"}
+RUN_NAMES = {
+    "persona": "persona + EM",
+    "base": "base + EM",
+    "control": "persona + control data",
+    "base_control": "base + control data",
+}
 NULL_FIGURES = {
     "drift_auc_vs_random_directions": "drift along the persona direction (drift AUC, in item spreads) "
     "against random directions u ~ N(0, Sigma)",
@@ -48,8 +53,9 @@ def _missing_as_none(number: Mapping) -> dict:
 
 
 def null_sentences(nulls: Mapping[str, Mapping[str, Mapping]], layer: int) -> list[str]:
-    """The nulls in words, one sentence per run and figure: which effects exceed the null's 95th
-    percentile (in the effect's direction) and which do not."""
+    """The nulls in words, one sentence per run and figure: where each figure falls in its null (in
+    the effect's direction), as a percentile, above or below the 95th. Descriptive: a verdict about
+    the experiment's question comes only from the interaction tested across >= 3 seeds."""
     lines = []
     for run, figures in nulls.items():
         for key, null in figures.items():
@@ -88,12 +94,10 @@ def _gs(xs: Sequence[float | None]) -> str:
 def _verdict(null: Mapping) -> str:
     if "exceeds_95_by_seed" in null:
         by_seed = null["exceeds_95_by_seed"]
-        if all(by_seed):
-            return "EXCEEDS its null in every seed"
-        if any(by_seed):
-            return f"exceeds its null in {sum(by_seed)} of {len(by_seed)} seeds only"
-        return "does NOT exceed its null"
-    return "EXCEEDS its null" if null["exceeds_95"] else "does NOT exceed its null"
+        return f"is above its null's 95th percentile in {sum(by_seed)} of {len(by_seed)} seeds"
+    return (
+        "is above its null's 95th percentile" if null["exceeds_95"] else "is below its null's 95th percentile"
+    )
 
 
 def pool_seeds(per_seed: Sequence[Mapping]) -> dict:

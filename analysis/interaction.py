@@ -175,8 +175,9 @@ def interaction_rows(pooled: Mapping[str, Mapping]) -> list[list]:
     rows = []
     for direction, result in pooled.items():
         head = result["interaction"]
-        low, high = (head["ci95"] or [None, None]) if head.get("ci95") else (None, None)
-        said = head["verdict"]["words"] or head["verdict"]["descriptive"]
+        low, high = head["ci95"] if head.get("ci95") else (None, None)
+        measured = head["value"] is not None
+        said = (head["verdict"]["words"] or head["verdict"]["descriptive"]) if measured else head["reason"]
         rows.append(
             [
                 direction,
@@ -184,7 +185,7 @@ def interaction_rows(pooled: Mapping[str, Mapping]) -> list[list]:
                 _fmt(head["value"]),
                 f"[{_fmt(low)}, {_fmt(high)}]",
                 head["n"],
-                ", ".join(_fmt(v) for v in head["per_seed"]),
+                ", ".join(_fmt(v) for v in head["per_seed"]) if measured else "n/a",
                 _fmt(head.get("minimum_detectable")),
                 said,
             ]

@@ -28,8 +28,7 @@ def sweep(monkeypatch):
     def fake_track(config, out, **_):
         module.calls.append((config, Path(out)))
         return {
-            "anchor_strength": {"vs_base": 0.5},
-            "headline": {"anchor_strength": {"vs_base": {"value": 0.5, "ci95": [0.4, 0.6], "n": 1}}},
+            "interaction": {"misalignment": {"interaction": {"value": 0.5, "ci95": [0.4, 0.6], "n": 1}}},
             "table": [{"model": "persona + EM", "misaligned_after": 0.1}],
         }
 
@@ -100,9 +99,9 @@ def test_every_level_and_seed_shares_one_contrast_set_and_the_base_axis(sweep, t
     # two per trait from the same seeded start: its nearest neighbour (low) or its farthest (high)
     assert all(within["low", s] <= within["high", s] for s in (0, 1))
     assert result["training_warning"]  # smoke trains on one question per trait
-    pooled = result["by_level"]["low"]["anchor_strength_vs_base"]  # over the two seeds
+    pooled = result["by_level"]["low"]["interaction"]  # over the two seeds
     assert pooled["n"] == 2 and pooled["value"] == 0.5
-    for plot in ("anchor_strength_vs_diversity.png", "misaligned_vs_diversity.png"):
+    for plot in ("interaction_vs_diversity.png", "misaligned_vs_diversity.png"):
         assert (out / plot).stat().st_size > 10_000
 
     # resumable: the contrast set is reused while its settings match, resampled when they change

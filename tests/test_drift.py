@@ -101,10 +101,10 @@ def test_linear_cka_is_invariant_to_rotation_and_scale_and_low_for_unrelated():
     assert drift.linear_cka(x, torch.randn(200, 1, 16)).item() < 0.15
 
 
-def test_drift_auc_and_anchor_strength():
+def test_drift_auc_and_drift_reduction():
     assert drift.drift_auc([1.0, 1.0, 1.0], [0, 5, 10]) == 0.0
     assert drift.drift_auc([1.0, 0.5, 0.0], [0, 5, 10]) == pytest.approx(0.5)
     assert drift.drift_auc([0.0, 1.0, 1.0], [0, 1, 10]) == pytest.approx(0.95)
-    assert drift.anchor_strength(0.25, 0.5) == pytest.approx(0.5)
-    assert drift.anchor_strength(0.5, 0.5) == 0.0
-    assert math.isnan(drift.anchor_strength(0.1, 0.0))
+    assert drift.drift_reduction(0.25, 0.5) == pytest.approx(0.5)
+    assert drift.drift_reduction(0.5, 0.5) == 0.0
+    assert math.isnan(drift.drift_reduction(0.1, 0.0))

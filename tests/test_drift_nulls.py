@@ -128,18 +128,18 @@ def test_a_rotating_persona_direction_exceeds_the_shuffled_label_null_and_a_stil
     )
 
 
-def test_signed_and_absolute_drift_auc_and_anchor_strength_as_a_difference(experiment):
+def test_signed_and_absolute_drift_auc_and_a_simple_effect_as_a_difference(experiment):
     head = experiment["result"]["headline"]
     persona, control = head["drift_auc_signed"]["persona"], head["drift_auc_abs"]["control"]
     assert persona["value"] < 0 and persona["ci95"][1] < 0  # moved away from the persona
     assert head["drift_auc_abs"]["persona"]["value"] == pytest.approx(-persona["value"], rel=1e-6)
     assert abs(control["value"]) < 0.2  # moved, but not along the persona axis
-    strength = head["anchor_strength"]["vs_control"]
+    strength = head["simple_effects"]["persona_control_minus_persona_em"]
     assert strength["value"] < 0 and strength["ci95"][0] <= strength["value"] <= strength["ci95"][1]
     for number in head["anchor_after"].values():
         assert number["ci95"][0] <= number["value"] <= number["ci95"][1] and number["n"] == 1
     # the control's signed drift interval includes 0, so no ratio is formed against it
-    assert experiment["result"]["anchor_strength_ratio"]["vs_control"]["value"] is None
+    assert experiment["result"]["simple_effect_ratios"]["persona_control_minus_persona_em"]["value"] is None
     assert "ratio" not in str(set(head))  # the headline holds numbers with intervals only
 
 

@@ -271,3 +271,24 @@ def test_every_estimate_has_one_shape_and_missing_stays_missing():
     assert nobody["value"] is None and nobody["n"] == 0 and nobody["reason"]
     one = across_seeds([0.5])
     assert one["value"] == 0.5 and one["ci95"] == [None, None] and one["n"] == 1
+
+
+def test_the_gate_turns_an_unflaggable_judges_rates_into_null_and_keeps_a_flaggable_ones():
+    from analysis.calibration import calibration_metrics, cannot_flag
+    from analysis.em_eval import gate_rates
+
+    labels = ["misaligned"] * 6 + ["aligned"] * 6 + ["incoherent"] * 2
+    blind = calibration_metrics(labels, [50.0] * 14, [40.0] * 14)  # no signal, coherence never above 50
+    sharp = calibration_metrics(labels, [5.0] * 6 + [95.0] * 6 + [50.0] * 2, [90.0] * 12 + [10.0] * 2)
+    reason = cannot_flag(blind)
+    assert "includes chance" in reason and "never passes" in reason and "flags none" in reason
+    assert cannot_flag(sharp) is None and cannot_flag(None) is None  # numbers decide, not names
+    rows = clustered_rows()
+    summary = {"metrics": em_metrics(rows, n_boot=50), "by_family": {"plain": em_metrics(rows, n_boot=50)}}
+    gated = gate_rates(summary, "hf:blind", reason)
+    for metrics in (gated["metrics"], gated["by_family"]["plain"]):
+        for key in ("misaligned_rate", "misaligned_rate_all"):
+            assert metrics[key]["value"] is None and metrics[key]["ci95"] is None
+            assert metrics[key]["reason"].startswith("not measurable with hf:blind: its alignment AUROC")
+    assert gated["metrics"]["mean_alignment"] == summary["metrics"]["mean_alignment"]  # scores stay
+    assert gate_rates(summary, "hf:sharp", cannot_flag(sharp)) is summary

@@ -27,7 +27,7 @@ PLOTS = [
 def check_artefacts(run: Path) -> dict:
     metrics = json.loads((run / "analysis" / "metrics.json").read_text())
     drift = metrics["drift"]
-    assert set(drift["runs"]) == {"persona", "base", "control"}
+    assert set(drift["runs"]) == {"persona", "base", "control", "base_control"}
     for data in drift["runs"].values():
         n = len(data["steps"])
         assert n >= 2 and data["steps"][0] == 0
@@ -46,13 +46,13 @@ def check_artefacts(run: Path) -> dict:
     assert all(abs(c - 1) < 1e-4 for c in persona["direction_stability"][0])
     assert abs(persona["anchor_projection"][0][drift["best_layer"]] - 1) < 1e-4
     assert abs(drift["runs"]["base"]["anchor_projection"][0][drift["best_layer"]]) < 1e-4
-    for name in ("base", "persona", "persona_end", "base_end", "control_end"):
+    for name in ("base", "persona", "persona_end", "base_end", "control_end", "base_control_end"):
         assert "misaligned_rate" in metrics["behaviour"][name]
     for plot in PLOTS:
         assert (run / "analysis" / "plots" / plot).stat().st_size > 10_000
     report = (run / "report.html").read_text()
     assert report.count("data:image/png;base64,") == len(PLOTS) and "Drift table" in report
-    assert len(metrics["table"]) == 3
+    assert len(metrics["table"]) == 4
     # Headline numbers carry intervals; every drift figure has its null percentile, said in words.
     head = metrics["headline"]
     for key in (
@@ -64,7 +64,7 @@ def check_artefacts(run: Path) -> dict:
     ):
         for number in head[key].values():
             assert set(number) >= {"value", "ci95", "n"} and number["n"] == 1
-    assert set(head["anchor_strength"]) == {"vs_base", "vs_control"}
+    assert set(head["simple_effects"]) == {"base_em_minus_persona_em", "persona_control_minus_persona_em"}
     for figures in metrics["nulls"].values():
         assert (
             "drift_auc_vs_random_directions" in figures and "direction_rotation_vs_shuffled_labels" in figures
@@ -72,14 +72,38 @@ def check_artefacts(run: Path) -> dict:
         for null in figures.values():
             assert 0 <= null["percentile"] <= 100 and null["n_null"] >= 20
     assert len(metrics["null_summary"]) == sum(len(f) for f in metrics["nulls"].values())
-    assert "Against the null" in report and "exceed" in report.lower()
+    assert "Against the null" in report and "95th percentile" in report
+    # The report opens with the answer: the 2x2 interaction; with one seed it is descriptive and
+    # carries no verdict word anywhere.
+    assert (
+        report.index("The question: does the persona")
+        < report.index("Contrast pairs")
+        < report.index("Drift table")
+    )
+    assert "descriptive" in report
+    words = {w.strip(".,;:()[]\"'") for w in report.lower().split()}
+    assert not words & {"exceeds", "exceeded", "separated", "resists", "resisted"}, words & {
+        "exceeds",
+        "exceeded",
+    }
+    interaction = metrics["interaction"]
+    assert set(interaction) == {"persona", "misalignment"}
+    for direction, result in interaction.items():
+        assert (
+            result["layer"] == drift["best_layer"]
+            and len(metrics["drift"]["interaction"][direction]["by_layer"]["interaction"])
+            == drift["n_layers"]
+        )
+        head_i = result["interaction"]
+        assert head_i["n"] == 1 and head_i["verdict"]["words"] is None
+        assert head_i["value"] is not None or "not interpretable" in head_i["reason"]
     # The layer is chosen on prompts disjoint from those its numbers are reported on.
     selection = drift["layer_selection"]
     assert not set(selection["selection_prompts"]) & set(selection["report_prompts"])
     assert metrics["misalignment_direction"]["model"] and metrics["drift"]["probe"]["split"] == "by question"
     # Monitoring: alarms and transitions per run always; the assistant axis and triggered variants with it on.
     monitoring = metrics["monitoring"]
-    assert set(monitoring["runs"]) == {"persona", "base", "control"}
+    assert set(monitoring["runs"]) == {"persona", "base", "control", "base_control"}
     monitored = json.loads((run / "config.json").read_text())["monitor"]
     for entry in monitoring["runs"].values():
         directions = {"persona", "misalignment", "assistant"} if monitored else {"persona", "misalignment"}
@@ -492,7 +516,7 @@ def test_diversity_sweep_smoke_on_the_tiny_model(tiny_dir, tmp_path):
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     levels = {r["level"]: r["diversity"]["within_trait_cosine_distance"] for r in sweep["results"]}
     assert set(levels) == {"low", "high"} and levels["low"] < levels["high"]
-    for plot in ("anchor_strength_vs_diversity.png", "misaligned_vs_diversity.png"):
+    for plot in ("interaction_vs_diversity.png", "misaligned_vs_diversity.png"):
         assert (tmp_path / "sweep" / plot).stat().st_size > 10_000
 
 

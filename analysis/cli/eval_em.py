@@ -21,6 +21,7 @@ from pathlib import Path
 
 from analysis.calibration import (
     calibrate,
+    cannot_flag,
     describe,
     judge_calibration,
     load_calibration,
@@ -28,6 +29,7 @@ from analysis.calibration import (
 )
 from analysis.em_eval import (
     PRESETS,
+    gate_rates,
     judge_answers,
     rubrics_for,
     sample_answers,
@@ -155,6 +157,9 @@ def main() -> None:
     if calibration is not None and entry is None:
         print(f"note: {args.judge_calibration} has no calibration for judge {judge.spec}")
     note = describe(judge.spec, entry)
+    reason = cannot_flag(entry)
+    if reason is not None:
+        metrics = gate_rates({"metrics": metrics}, judge.spec, reason)["metrics"]
     summary = {
         "model": args.em_run or args.model,
         "adapter": args.adapter,

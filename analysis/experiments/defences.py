@@ -173,7 +173,10 @@ def _run_defences(
         _finetune_em(em_config, run_dirs[arm], probes, resources, tracked, out, overwrite)
 
     # behaviour at the end of EM (the main job's evaluations where they are the same)
-    evaluation = {**evaluation_inputs(track), "triggered": track.em_dataset if config.triggered else None}
+    evaluation = {
+        **evaluation_inputs(track, judge_calibration),
+        "triggered": track.em_dataset if config.triggered else None,
+    }
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
     capability: dict[str, Path] = {}
     answers = {"answers": FileInput(ORDINARY_ANSWERS_FILE), "limit": settings.capability_answers}

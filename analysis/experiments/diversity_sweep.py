@@ -1,8 +1,8 @@
 """The rival hypothesis, tested: is the protection in the *diversity of situations* the character
 training saw rather than in the traits? Keep the persona's traits fixed; build training question
 sets of the same size at several measured diversity levels; character-train one model per level and
-seed, apply the same EM, and plot anchor strength and misaligned rate against measured diversity,
-one line per seed.
+seed, run the same 2x2 of EM and control fine-tuning, and plot the interaction (along the judge-free
+misalignment direction) and the misaligned rate against measured diversity, one line per seed.
 
     python scripts/diversity_sweep.py --persona sycophancy --seeds 0 1
     python scripts/diversity_sweep.py --persona sycophancy --smoke
@@ -252,8 +252,8 @@ def sweep(
             "seed": seed,
             "diversity": diversity,
             "questions": chosen,
-            "anchor_strength_vs_base": summary["anchor_strength"]["vs_base"],
-            "anchor_strength_vs_base_ci95": summary["headline"]["anchor_strength"]["vs_base"]["ci95"],
+            "interaction": summary["interaction"]["misalignment"]["interaction"]["value"],
+            "interaction_ci95": summary["interaction"]["misalignment"]["interaction"]["ci95"],
             "misaligned_after": persona_row["misaligned_after"],
             "run": str(run),
         }
@@ -281,7 +281,7 @@ def sweep(
                             if r["level"] == level
                         ]
                     )
-                    for key in ("anchor_strength_vs_base", "misaligned_after")
+                    for key in ("interaction", "misaligned_after")
                 }
                 for level in config.levels
             },
@@ -296,11 +296,11 @@ def sweep(
     plots = [
         sweep_plot(
             x,
-            by_seed("anchor_strength_vs_base"),
+            by_seed("interaction"),
             xlabel,
-            "anchor strength vs base model",
-            f"Anchor strength against question diversity ('{persona.name}')",
-            out / "anchor_strength_vs_diversity.png",
+            "interaction along the misalignment direction (spreads)\n(< 0: EM moved the persona model less than the base)",
+            f"The 2x2 interaction against question diversity ('{persona.name}')",
+            out / "interaction_vs_diversity.png",
         ),
         sweep_plot(
             x,

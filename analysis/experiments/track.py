@@ -1,6 +1,7 @@
-"""The main experiment, end to end and resumable: character-train a persona, EM fine-tune the
-persona model and the base model on corrupted data and the persona model on its secure control,
-record activations at every checkpoint, compute drift metrics, evaluate behaviour, plot, report.
+"""The main experiment, end to end and resumable: character-train a persona, fine-tune the persona
+model and the base model each on the corrupted data and on its control data (the 2x2 whose
+interaction is the question, `analysis.interaction`), record activations at every checkpoint,
+compute drift metrics, evaluate behaviour, plot, report.
 
 Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
     config.json
@@ -12,7 +13,8 @@ Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
                                      (or a given set), filtered by a judge when asked
     misalignment/                    the judge-free misalignment direction (direction.safetensors)
     assistant_axis/                  the assistant axis (axis.safetensors), with --monitor
-    em_persona/ em_base/ em_control/ EM runs (train/em.py layout), same probe sets
+    em_persona/ em_base/             EM runs on the corrupted data (train/em.py layout), same probe sets
+    em_control/ em_base_control/     the same recipe on the control data, from each starting model
     eval/<model>/                    EM evaluation: responses.jsonl, summary.json (and intermediate
                                      checkpoints, eval/<run>_step-XXXXX, with --monitor)
     analysis/                        metrics.json, directions.safetensors, plots/*.png
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS
+from analysis.calibration import cannot_flag
+from analysis.drift_report import BASE, BASE_CONTROL, CONTROL, PERSONA, RUNS
 from analysis.experiments.inputs import check_track_inputs
 from analysis.experiments.options import (  # noqa: F401  (the main job's names, in one place)
     CPU_CHECKPOINT_EVERY,
@@ -175,9 +178,14 @@ def plan_main_job(
         },
         assistant_axis=assistant_axis_inputs(config) if config.monitor else None,
         em=em_run_config(config, config.em_dataset, (config.model, None), None),
-        datasets={PERSONA: config.em_dataset, BASE: config.em_dataset, CONTROL: config.control},
+        datasets={
+            PERSONA: config.em_dataset,
+            BASE: config.em_dataset,
+            CONTROL: config.control,
+            BASE_CONTROL: config.control,
+        },
         probes={"n_neutral": config.neutral_probes, "questions": config.probe_questions},
-        evaluation=evaluation_inputs(config),
+        evaluation=evaluation_inputs(config, judge_calibration),
         triggered=config.em_dataset if config.monitor else None,
         monitor_every=config.monitor_every if config.monitor else None,
         analysis={"config": asdict(config), "judge_calibration": judge_calibration},
@@ -186,14 +194,17 @@ def plan_main_job(
     )
 
 
-def evaluation_inputs(config: TrackConfig) -> dict:
-    """What every behavioural evaluation of the job (defence arms included) shares, besides its model."""
-    return {
+def evaluation_inputs(config: TrackConfig, judge_calibration: dict | None = None) -> dict:
+    """What every behavioural evaluation of the job (defence arms included) shares, besides its model;
+    with a calibration that shows the judge cannot flag, why (its rates are then not measurable)."""
+    inputs = {
         "judge": config.judge,
         "samples": config.eval_samples,
         "max_new_tokens": config.eval_max_new_tokens,
         "seed": config.seed,
     }
+    reason = cannot_flag(judge_calibration)
+    return inputs if reason is None else {**inputs, "cannot_flag": reason}
 
 
 def held_out_questions(persona: Persona) -> list[str]:
@@ -300,10 +311,11 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         run(job.stage("assistant_axis", job.assistant_axis, write_assistant_axis))
     probes = em_probe_sets(job.probes["n_neutral"], items, list(job.held_out), job.probes["questions"])
 
-    # 3. EM runs, activations at every checkpoint, all on one shared recipe
+    # 3. the 2x2's four runs, activations at every checkpoint, all on one shared recipe
     persona_identity = stage_identity(job.persona_dir / "sft")  # a retrained persona reruns its EM runs
-    starts = {PERSONA: persona_model, BASE: (job.persona.model, None), CONTROL: persona_model}
-    upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity}
+    base_model = (job.persona.model, None)
+    starts = {PERSONA: persona_model, BASE: base_model, CONTROL: persona_model, BASE_CONTROL: base_model}
+    upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity, BASE_CONTROL: None}
     for name, folder in RUNS.items():
         model, adapter = starts[name]
         em_config = replace(

@@ -13,9 +13,19 @@ import torch
 from analysis import dashboard, plots
 from analysis.calibration import describe
 from analysis.contrast_quality import contrast_quality, contrast_table
-from analysis.drift_report import BARE, BASE, PERSONA, RUNS, anchor_axis, compute_drift, null_directions
+from analysis.drift_report import (
+    BARE,
+    BASE,
+    BASE_CONTROL,
+    PERSONA,
+    RUNS,
+    anchor_axis,
+    compute_drift,
+    null_directions,
+)
 from analysis.experiments.track_stages import judged_misalignment_direction, load_items
 from analysis.headline import RUN_NAMES, headline, null_sentences
+from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
@@ -112,7 +122,7 @@ def analyse(
 
     points = []
     for run in RUNS:
-        start = "persona" if run != BASE else "base"
+        start = "base" if run in (BASE, BASE_CONTROL) else "persona"
         points += [
             {"run": run, "label": start, "anchor_projection": anchor(run, False), **_rate(behaviour[start])},
             {
@@ -151,9 +161,11 @@ def analyse(
     ]
     table = drift_table(result, behaviour)
     judge_note = describe(config.judge, judge_calibration)
+    interaction = one_seed_interaction(result, quality)
     sentences = null_sentences(result["nulls"], layer)
     metrics = {
         "seed": config.seed,
+        "interaction": interaction,
         "headline": head,
         "nulls": result["nulls"],
         "null_summary": sentences,
@@ -175,8 +187,9 @@ def analyse(
         "prompts (where character training moved default behaviour furthest along the persona direction) "
         "and reported on the other half. The persona direction is read from the contrast responses "
         f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
-        f"intervals resample questions. {judge_note}",
+        f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note}",
         [
+            interaction_table(interaction),
             contrast_table(quality),
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
             headline_table(head),
@@ -196,7 +209,8 @@ def analyse(
         "headline": head,
         "null_summary": sentences,
         "monitoring": monitoring["sentences"],
-        "anchor_strength": result["anchor_strength"],
+        "simple_effects": result["simple_effects"],
+        "interaction": interaction,
         "best_layer": layer,
         "report": str(out / "report.html"),  # the job publishes the stage's copy there
         "plots": [str(p) for _, p in images],
@@ -205,6 +219,57 @@ def analyse(
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}
+
+
+def one_seed_interaction(result: dict, quality: dict) -> dict:
+    """The run's interaction along each direction, as one seed pools (n = 1, descriptive), at the
+    run's layer; along the persona direction, not interpretable where the contrast probe is at
+    chance there (the direction may be noise)."""
+    if "interaction" not in result:
+        return {}
+    out = {}
+    for direction, terms in result["interaction"].items():
+        pooled = pool_interaction([terms], result["best_layer"], direction)
+        pooled["interaction"] = {
+            **terms["interaction"],
+            **pooled["interaction"],
+            "ci95": terms["interaction"]["ci95"],
+        }
+        if direction == "persona" and quality["warning"]:
+            pooled["interaction"] = {
+                **pooled["interaction"],
+                **not_interpretable(
+                    f"the contrast probe's held-out accuracy at layer {quality['layer']} is "
+                    f"{quality['held_out_accuracy']:.2f} on about {quality['held_out_answers']} answers, at chance "
+                    f"(a coin reaches {min(quality['chance_ceiling'], 1.0):.2f})",
+                    1,
+                ),
+            }
+        out[direction] = pooled
+    return out
+
+
+def interaction_table(pooled: dict) -> Table:
+    return Table(
+        "The question: does the persona resist EM beyond what any fine-tuning does?",
+        [
+            "direction",
+            "layer",
+            "interaction",
+            "95% interval",
+            "n (seeds)",
+            "per seed",
+            "minimum detectable",
+            "what may be said",
+        ],
+        interaction_rows(pooled),
+        note="interaction = (persona + EM - persona + control) - (base + EM - base + control): each term the "
+        "movement of default behaviour along the direction by the end of fine-tuning, in units of the "
+        "starting models' spread. The anchor hypothesis predicts > 0 along the persona direction and < 0 "
+        "along the misalignment direction."
+        if pooled
+        else "This run has no 2x2 (the base model on control data is missing): no interaction.",
+    )
 
 
 def _monitoring(
@@ -349,7 +414,7 @@ def drift_table(result: dict, behaviour: dict) -> list[dict]:
     layer = result["best_layer"]
     rows = []
     for run, data in result["runs"].items():
-        start = "base" if run == BASE else "persona"
+        start = "base" if run in (BASE, BASE_CONTROL) else "persona"
 
         def rate(name: str) -> float | None:
             value = behaviour[name]["misaligned_rate"]["value"]
@@ -383,7 +448,11 @@ def headline_table(head: dict) -> Table:
                 continue
             low, high = bounds(number)
             rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", number["n"]])
-    return Table("Headline numbers (95% intervals)", ["number", "model / run", "value", "ci95", "n"], rows)
+    return Table(
+        "Simple effects and per-run numbers (95% intervals; descriptive with fewer than 3 seeds)",
+        ["number", "model / run", "value", "ci95", "n"],
+        rows,
+    )
 
 
 def _fmt(x: float | None) -> str:

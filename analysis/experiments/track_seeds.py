@@ -13,8 +13,15 @@ from analysis.calibration import describe
 from analysis.drift_report import RUNS
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import Resources, TrackConfig, track_drift
-from analysis.experiments.track_report import _fmt, headline_table
+from analysis.experiments.track_report import _fmt, headline_table, interaction_table
 from analysis.headline import null_sentences, pool_seeds
+from analysis.interaction import (
+    DESCRIPTIVE,
+    MIN_SEEDS_FOR_VERDICT,
+    not_interpretable,
+    pool_interaction,
+    pooled_layer,
+)
 from analysis.monitor import drift_detector
 from analysis.report import Table, write_report
 from analysis.stats import unmeasured
@@ -41,6 +48,32 @@ def _detector(seeds: list[int], runs: list[Path], per_seed: list[dict]) -> dict:
         return drift_detector(series, train_seeds=seeds[:1], test_seeds=seeds[1:], seed=seeds[0])
     except ValueError as err:
         return unmeasured(0, str(err))
+
+
+def pooled_interaction(per_seed: list[dict]) -> dict:
+    """Each direction's interaction across seeds at one layer, chosen on the seeds' pooled selection
+    halves; along the persona direction, not interpretable when any seed's contrast probe is at chance."""
+    with_2x2 = [m for m in per_seed if m["drift"].get("interaction")]
+    if len(with_2x2) < len(per_seed) or not per_seed:
+        return {}
+    layer = pooled_layer([m["drift"]["layer_selection"]["separation_selection"] for m in per_seed])
+    out = {}
+    for direction in per_seed[0]["drift"]["interaction"]:
+        out[direction] = pool_interaction(
+            [m["drift"]["interaction"][direction] for m in per_seed], layer, direction
+        )
+        at_chance = [m["seed"] for m in per_seed if m["contrast_pairs"]["warning"]]
+        if direction == "persona" and at_chance:
+            out[direction]["interaction"] = {
+                **out[direction]["interaction"],
+                **not_interpretable(f"the contrast probe is at chance in seeds {at_chance}", len(per_seed)),
+            }
+    return out
+
+
+def interaction_layer_note(interaction: dict) -> str:
+    layers = {result["layer"] for result in interaction.values()}
+    return f"layer {layers.pop()}, chosen on the seeds' pooled selection halves" if layers else "no 2x2"
 
 
 def track_seeds(
@@ -83,7 +116,9 @@ def track_seeds(
         else f"EM-vs-control drift detector: not computable ({detector['reason']})."
     )
     judge_note = describe(config.judge, judge_calibration)
+    interaction = pooled_interaction(per_seed)
     metrics = {
+        "interaction": interaction,
         **pooled,
         "detector": detector,
         "runs": [str(r) for r in runs],
@@ -97,10 +132,18 @@ def track_seeds(
     report = write_report(
         out / "report.html",
         f"Identity anchor: {title}",
-        f"Each number is the mean over {len(seeds)} seeds with a Student-t 95% interval over the seeds "
-        f"(each seed at its own chosen layer: {layers}). Every seed reran character training, the "
-        f"contrast set, EM and the evaluation. {judge_note}",
+        f"Each number is the mean over {len(seeds)} seeds with a Student-t 95% interval over the seeds. "
+        f"The interaction is read at one layer for every seed ({interaction_layer_note(interaction)}); the "
+        f"other numbers at each seed's own chosen layer ({layers}). Every seed reran character training, "
+        f"the contrast set, EM and the evaluation. "
+        + (
+            ""
+            if len(seeds) >= MIN_SEEDS_FOR_VERDICT
+            else f"Every number is {DESCRIPTIVE.format(n=len(seeds))}. "
+        )
+        + judge_note,
         [
+            interaction_table(interaction),
             headline_table(pooled["headline"]),
             Table("Against the null, seed by seed", ["finding"], [[line] for line in sentences]),
         ],
@@ -108,6 +151,7 @@ def track_seeds(
         {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},
     )
     return {
+        "interaction": interaction,
         "headline": pooled["headline"],
         "null_summary": sentences,
         "metrics": str(out / "analysis" / "metrics.json"),

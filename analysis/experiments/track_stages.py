@@ -16,6 +16,7 @@ from analysis.em_eval import (
     evaluate,
     family_gap,
     family_of,
+    gate_rates,
     metrics_by_family,
     numeric,
     summarise,
@@ -239,9 +240,10 @@ def evaluate_model(inputs: Inputs, stage: Path) -> dict:
         summary["family_gap"] = {
             f: family_gap(rows, f, eval_config) for f in summary["by_family"] if f != "plain"
         }
+    summary = gate_rates(summary, judge.spec, inputs.get("cannot_flag"))
     atomic_write_jsonl(stage / "responses.jsonl", rows)
     atomic_write_json(stage / "summary.json", summary)
-    return {"misaligned_rate": metrics["misaligned_rate"]["value"]}
+    return {"misaligned_rate": summary["metrics"]["misaligned_rate"]["value"]}
 
 
 def write_assistant_axis(inputs: Inputs, stage: Path) -> dict:

@@ -29,6 +29,7 @@ from analysis.experiments.seeds import plan_seeds
 from analysis.experiments.track import track_drift
 from analysis.experiments.track_report import TABLE_HEADER, TABLE_KEYS
 from analysis.experiments.track_seeds import track_seeds
+from analysis.interaction import interaction_rows
 from analysis.stats import bounds
 from anchor.inputs import InputError
 from anchor.runlock import RunLocked
@@ -78,6 +79,7 @@ def main() -> None:
         print(f"nothing to do: {out} is complete (delete a stage's done.json to redo it)")
     else:
         print(f"done in {time.perf_counter() - start:.0f} s; stages run: {', '.join(summary['ran'])}")
+    print_interaction(summary["interaction"])
     print(f"\ndrift table (anchor projection at layer {summary['best_layer']}; 0 = base, 1 = persona model):")
     widths = [max(len(h), 8) for h in TABLE_HEADER]
     print("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADER, widths)))
@@ -112,7 +114,7 @@ def _cell(x: object) -> str:
 
 
 def print_headline(head: dict) -> None:
-    print("\nheadline numbers (value [95% interval], n):")
+    print("\nsimple effects and per-run numbers (value [95% interval], n):")
     for key, per in head.items():
         for name, number in (per or {}).items():
             if number is None or "ci95" not in number:
@@ -124,7 +126,20 @@ def print_headline(head: dict) -> None:
                 )
 
 
+def print_interaction(interaction: dict) -> None:
+    print("\nthe question: interaction = (persona + EM - persona + control) - (base + EM - base + control)")
+    if not interaction:
+        print("  no 2x2 in this run: no interaction")
+    for row in interaction_rows(interaction):
+        direction, layer, value, interval, n, per_seed, detectable, said = row
+        print(
+            f"  along the {direction} direction at layer {layer}: {value} {interval}, n={n} seed(s) "
+            f"(per seed {per_seed}; minimum detectable {detectable})\n    {said}"
+        )
+
+
 def print_pooled(pooled: dict) -> None:
+    print_interaction(pooled["interaction"])
     print_headline(pooled["headline"])
     print("\nagainst the null, seed by seed (and the drift detector):")
     for line in pooled["null_summary"]:
