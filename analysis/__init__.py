@@ -13,7 +13,7 @@ _EXPORTS = {
     "EvalConfig": "analysis.em_eval",
     "evaluate": "analysis.em_eval",
     "question_set": "anchor.em_questions",
-    "TrackConfig": "analysis.experiments.track",
+    "TrackConfig": "analysis.experiments.options",
     "track_drift": "analysis.experiments.track",
 }
 __all__ = sorted(_EXPORTS)

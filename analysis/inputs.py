@@ -26,12 +26,14 @@ def check_judge(
     kind, target = parsed.kind, parsed.target
     if kind == "hf":
         check_model_spec(target, f"{flag} {spec!r}: model")
-    elif kind == "distilled":
-        from analysis.distilled_judge import resolve_dir
+    elif kind == "distilled":  # its folder, with a readable card and heads
+        from analysis.distilled_judge import WEIGHTS, Heads, load_card, resolve_dir
 
         try:
-            resolve_dir(target)
-        except FileNotFoundError as err:
+            folder = resolve_dir(target)
+            load_card(folder)
+            Heads.load(folder / WEIGHTS)
+        except (FileNotFoundError, ValueError) as err:
             raise InputError(f"{flag} {spec!r}: {err}") from None
     elif kind == "openai":
         url = base_url or os.environ.get("OPENAI_BASE_URL", "")

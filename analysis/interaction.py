@@ -197,6 +197,12 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:+.3f}"
 
 
-def not_interpretable(reason: str, n: int) -> dict:
-    """The interaction where its direction is noise (the contrast probe at chance at the layer)."""
-    return unmeasured(n, f"not interpretable: {reason}")
+def not_interpretable(pooled: dict, reason: str | None) -> dict:
+    """Pooled interactions (direction -> `pool_interaction`'s result) with the persona direction's
+    marked not interpretable when `reason` says that direction may be noise (its contrast probe at
+    chance); the misalignment direction does not come from the contrast set and keeps its numbers."""
+    if reason is None or "persona" not in pooled:
+        return pooled
+    head = pooled["persona"]["interaction"]
+    marked = {**head, **unmeasured(head["n"], f"not interpretable: {reason}")}
+    return {**pooled, "persona": {**pooled["persona"], "interaction": marked}}

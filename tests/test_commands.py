@@ -4,6 +4,7 @@ as an entry point; the main job's options have one definition that every experim
 
 import argparse
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def finished_run(tmp_path) -> Path:
     config = TrackConfig(
         persona="humor", judge="openai:gpt-4o-mini", teacher="hf:teacher", filter_contrast=True
     )
-    (run / "config.json").write_text(__import__("json").dumps(config.__dict__))
+    (run / "config.json").write_text(json.dumps(config.__dict__))
     return run
 
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 from conftest import load_command
 
-from analysis.experiments.track import TrackConfig
+from analysis.experiments.options import TrackConfig
 from analysis.inputs import check_judge
 from anchor.inputs import InputError, check_model_spec, check_output_dir
 from probes.directions import Directions, ProbeFit

@@ -108,3 +108,17 @@ def test_the_variance_matched_null_rejects_what_the_old_null_passed():
         matched = drift.variance_matched_directions(acts, v, 300, seed=k)
         new_passes += null_percentile(real, z(matched), "two-sided")["exceeds_95"]
     assert old_passes >= 8 and new_passes <= 3, (old_passes, new_passes)  # nominal: 1 of 20
+
+
+def test_only_the_persona_directions_interaction_is_marked_not_interpretable():
+    from analysis.interaction import not_interpretable
+
+    seeds = [{"by_layer": {"interaction": [0.0, -1.0 - s]}} for s in range(3)]
+    pooled = {d: pool_interaction(seeds, 1, d) for d in ("persona", "misalignment")}
+    assert not_interpretable(pooled, None) is pooled
+    marked = not_interpretable(pooled, "the contrast probe is at chance")
+    assert marked["persona"]["interaction"]["value"] is None and marked["persona"]["interaction"]["n"] == 3
+    assert marked["persona"]["interaction"]["reason"] == "not interpretable: the contrast probe is at chance"
+    assert (
+        marked["misalignment"] == pooled["misalignment"] and pooled["persona"]["interaction"]["value"] == -2.0
+    )

@@ -30,7 +30,7 @@ def test_scripts_have_help(script):
 
 
 def test_track_drift_help_states_the_defaults_the_code_uses():
-    from analysis.experiments.track import CPU_CHECKPOINT_EVERY, CPU_EM_ROWS
+    from analysis.experiments.options import CPU_CHECKPOINT_EVERY, CPU_EM_ROWS
 
     out = subprocess.run(
         [sys.executable, ROOT / "scripts" / "track_drift.py", "--help"], capture_output=True, text=True

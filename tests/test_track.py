@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.experiments.track import SMOKE, TrackConfig, track_drift
+from analysis.experiments.options import SMOKE, TrackConfig
+from analysis.experiments.track import track_drift
 from anchor.inputs import InputError
 from anchor.stages import SUPERSEDED, Stage, is_complete, read_done, stage_identity
 from train import em

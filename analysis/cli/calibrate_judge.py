@@ -45,7 +45,6 @@ from analysis.inputs import check_judge
 from analysis.judge import Judge, Judgement, make_judge
 from analysis.reference import ReferenceRow, file_sha256, load_references
 from anchor.inputs import InputError
-from anchor.specs import JudgeSpec
 from anchor.store import atomic_write_json
 
 
@@ -65,16 +64,6 @@ def calibrate_each(specs: list[str], rows: list[dict], base_url: str | None, arg
         del judge
         gc.collect()
     return calibrate(replays, rows, str(args.labels), args.misaligned_below, args.coherent_above)
-
-
-def check_distilled(spec: str) -> None:
-    """A distilled judge's folder holds a readable card and heads (analysis.inputs.check_judge
-    predates this kind)."""
-    from analysis.distilled_judge import WEIGHTS, Heads, load_card, resolve_dir
-
-    folder = resolve_dir(JudgeSpec(spec).target)
-    load_card(folder)
-    Heads.load(folder / WEIGHTS)
 
 
 class _Replay(Judge):
@@ -243,10 +232,7 @@ def main() -> None:
         parser.error(f"--judge: each judge once, got {args.judge}")
     try:  # every judge, before any model loads
         for spec in args.judge:
-            if ":" in spec and spec.partition(":")[0] == "distilled":
-                check_distilled(spec)
-            else:
-                check_judge(spec, base_url=args.judge_base_url)
+            check_judge(spec, base_url=args.judge_base_url)
     except (InputError, FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     if args.reference_sample is not None and args.reference_sample < 1:

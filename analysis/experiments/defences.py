@@ -41,10 +41,9 @@ from analysis.experiments.defence_arms import (
 from analysis.experiments.defence_report import analyse_defences
 from analysis.experiments.defence_stages import write_benign_rows, write_capability, write_reflections
 from analysis.experiments.inputs import check_track_inputs
+from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import (
-    Resources,
-    TrackConfig,
     _finetune_em,
     assistant_axis_inputs,
     em_run_config,

@@ -44,8 +44,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from analysis.experiments.inputs import check_sweep_inputs
+from analysis.experiments.options import TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
-from analysis.experiments.track import TrackConfig, track_drift
+from analysis.experiments.track import track_drift
 from analysis.plots import sweep_plot
 from analysis.stats import across_seeds
 from anchor.constitution import (

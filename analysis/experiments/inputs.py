@@ -24,7 +24,7 @@ from anchor.questions import training_pool
 from train.inputs import check_dataset, check_persona_run
 
 if TYPE_CHECKING:
-    from analysis.experiments.track import TrackConfig
+    from analysis.experiments.options import TrackConfig
 
 
 def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
@@ -58,7 +58,7 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
 
 def check_track_run(path: str, flag: str = "--run") -> TrackConfig:
     """A finished track_drift.py run; returns its config."""
-    from analysis.experiments.track import TrackConfig
+    from analysis.experiments.options import TrackConfig
 
     run = Path(path)
     needed = [

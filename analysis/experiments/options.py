@@ -80,10 +80,12 @@ class TrackConfig:
         if "persona" not in vars(args):
             raise InputError("--persona is required (or --run RUN, a finished track_drift.py run)")
         given = _given(args)
-        for name in ("model", "judge", "teacher"):  # a bad spec names its flag
-            try:
-                _ = given.get(name) and (JudgeSpec if name == "judge" else ModelSpec)(given[name])
-            except ValueError as err:  # "judge 'x': use ..." -> "--judge 'x': use ..."
+        for name, parse in (("model", ModelSpec), ("judge", JudgeSpec), ("teacher", ModelSpec)):
+            if name not in given:
+                continue
+            try:  # a bad spec names its flag: "judge 'x': use ..." -> "--judge 'x': use ..."
+                parse(given[name])
+            except ValueError as err:
                 raise InputError(f"{_flag(name)} {given[name]!r}: {str(err).split(': ', 1)[-1]}") from None
         return _apply(cls(persona=args.persona), given)
 
@@ -105,7 +107,7 @@ class TrackConfig:
             raise InputError(f"--run {str(run)!r}: config.json has unknown fields {unknown}")
         try:
             return cls(**saved)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise InputError(f"{path}: not a track_drift.py config ({err})") from None
 
 

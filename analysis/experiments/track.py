@@ -38,13 +38,11 @@ import torch
 from analysis.calibration import cannot_flag
 from analysis.drift_report import BASE, BASE_CONTROL, CONTROL, PERSONA, RUNS
 from analysis.experiments.inputs import check_track_inputs
-from analysis.experiments.options import (  # noqa: F401  (the main job's names, in one place)
+from analysis.experiments.options import (
     CPU_CHECKPOINT_EVERY,
     CPU_EM_ROWS,
-    SMOKE,
     Resources,
     TrackConfig,
-    default_out,
 )
 from analysis.experiments.track_report import write_analysis
 from analysis.experiments.track_stages import (

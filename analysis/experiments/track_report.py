@@ -35,13 +35,13 @@ from probes.contrast import ContrastItem
 from probes.directions import DirectionStack, fit_directions
 
 if TYPE_CHECKING:
-    from analysis.experiments.track import TrackConfig
+    from analysis.experiments.options import TrackConfig
 
 
 def write_analysis(inputs: Inputs, stage: Path) -> dict:
     """The analysis stage's body: it reads the stages it declares (the EM runs, the evaluations,
     the contrast and misalignment stages, the persona run) under the run folder."""
-    from analysis.experiments.track import TrackConfig
+    from analysis.experiments.options import TrackConfig
 
     intermediate = {r: {int(k): v for k, v in steps.items()} for r, steps in inputs.intermediate.items()}
     return analyse(
@@ -235,18 +235,13 @@ def one_seed_interaction(result: dict, quality: dict) -> dict:
             **pooled["interaction"],
             "ci95": terms["interaction"]["ci95"],
         }
-        if direction == "persona" and quality["warning"]:
-            pooled["interaction"] = {
-                **pooled["interaction"],
-                **not_interpretable(
-                    f"the contrast probe's held-out accuracy at layer {quality['layer']} is "
-                    f"{quality['held_out_accuracy']:.2f} on about {quality['held_out_answers']} answers, at chance "
-                    f"(a coin reaches {min(quality['chance_ceiling'], 1.0):.2f})",
-                    1,
-                ),
-            }
         out[direction] = pooled
-    return out
+    at_chance = (
+        f"the contrast probe's held-out accuracy at layer {quality['layer']} is "
+        f"{quality['held_out_accuracy']:.2f} on about {quality['held_out_answers']} answers, at chance "
+        f"(a coin reaches {min(quality['chance_ceiling'], 1.0):.2f})"
+    )
+    return not_interpretable(out, at_chance if quality["warning"] else None)
 
 
 def interaction_table(pooled: dict) -> Table:

@@ -11,8 +11,9 @@ from pathlib import Path
 from analysis import dashboard
 from analysis.calibration import describe
 from analysis.drift_report import RUNS
+from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
-from analysis.experiments.track import Resources, TrackConfig, track_drift
+from analysis.experiments.track import track_drift
 from analysis.experiments.track_report import _fmt, headline_table, interaction_table
 from analysis.headline import null_sentences, pool_seeds
 from analysis.interaction import (
@@ -57,18 +58,16 @@ def pooled_interaction(per_seed: list[dict]) -> dict:
     if len(with_2x2) < len(per_seed) or not per_seed:
         return {}
     layer = pooled_layer([m["drift"]["layer_selection"]["separation_selection"] for m in per_seed])
-    out = {}
-    for direction in per_seed[0]["drift"]["interaction"]:
-        out[direction] = pool_interaction(
+    out = {
+        direction: pool_interaction(
             [m["drift"]["interaction"][direction] for m in per_seed], layer, direction
         )
-        at_chance = [m["seed"] for m in per_seed if m["contrast_pairs"]["warning"]]
-        if direction == "persona" and at_chance:
-            out[direction]["interaction"] = {
-                **out[direction]["interaction"],
-                **not_interpretable(f"the contrast probe is at chance in seeds {at_chance}", len(per_seed)),
-            }
-    return out
+        for direction in per_seed[0]["drift"]["interaction"]
+    }
+    at_chance = [m["seed"] for m in per_seed if m["contrast_pairs"]["warning"]]
+    return not_interpretable(
+        out, f"the contrast probe is at chance in seeds {at_chance}" if at_chance else None
+    )
 
 
 def interaction_layer_note(interaction: dict) -> str:
