@@ -46,7 +46,8 @@ def monitor_runs(
     """Per run: representation alarms on `directions` (`{name: [L, d]}`, frozen at step 0),
     B-vector phase transitions, and, where `behaviour_by_step[run]` holds misaligned rates at
     evaluated steps, the behavioural alarm and the lead time. `null`: the random directions `[N, d]`
-    the drift figures were placed in (`drift_report.null_directions`), so alarms and nulls agree."""
+    the persona figures were placed in (`drift_report.null_directions`, matched to the persona
+    direction's spread), so alarms and nulls agree."""
     rows = torch.tensor(report_rows)
     at_layer = {name: d[layer] for name, d in directions.items()}
     out: dict = {"layer": layer, "directions": list(at_layer), "runs": {}}

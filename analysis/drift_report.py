@@ -333,7 +333,7 @@ def compute_drift(
     reference_of = {key: ref for ref, key in SIMPLE_EFFECTS.items()}
     for key, ratio in out["simple_effect_ratios"].items():
         ref = reference_of[key]
-        reference_null = out["nulls"].get(ref, {}).get("drift_auc_vs_random_directions")
+        reference_null = out["nulls"].get(ref, {}).get("drift_auc_vs_matched_directions")
         if (
             ratio is not None
             and ratio.get("value") is not None
@@ -451,14 +451,18 @@ def _headline(
     return head
 
 
-def null_directions(axis: AnchorAxis, reference: Path, layer: int, n: int, seed: int) -> torch.Tensor:
-    """`[n, d]` random unit directions u ~ N(0, Sigma) at `layer`, Sigma the covariance of the
-    reference's contrast reads and default behaviour pooled: the one null every projection figure
-    and the monitoring alarms are placed in, so they cannot disagree by construction."""
+def null_directions(
+    axis: AnchorAxis, reference: Path, layer: int, direction: torch.Tensor, n: int, seed: int
+) -> torch.Tensor:
+    """`[n, d]` random unit directions at `layer` whose spread in the reference's activations (its
+    contrast reads and default behaviour pooled) matches `direction`'s: the null a standardised
+    figure along `direction` is placed in. Directions drawn from N(0, Sigma) would concentrate on
+    high-variance components, where a standardised change is small, so any direction of ordinary
+    spread would beat them (`drift.variance_matched_directions`)."""
     pool = torch.cat(
         [axis.contrast[:, layer], default_behaviour(reference, checkpoints(reference)[0])[:, layer]]
     )
-    return drift.gaussian_directions(pool, n, seed)
+    return drift.variance_matched_directions(pool, direction, n, seed)
 
 
 def _nulls(
@@ -479,15 +483,17 @@ def _nulls(
     n_null_fits: int,
     seed: int,
 ) -> dict:
-    """Each drift figure at the chosen layer and the end of EM, placed in its null: the same
-    figure on `n_null` random directions u ~ N(0, Sigma) of the reference activations (for
+    """Each drift figure at the chosen layer and the end of EM, placed in its random null: the same
+    figure on `n_null` random directions matched in spread to the figure's own direction (for
     projections and cosines), or on `n_null_fits` refits with the labels shuffled within each
-    question (for fitted figures)."""
+    question (for fitted figures). The scientific null, the same figure in the control run of the
+    same start, is read beside these by `headline.null_rows`."""
     reference = runs[PERSONA]
-    u = null_directions(axis, reference, best, n_null, seed)  # [N, d]
     report = torch.tensor(out["layer_selection"]["report_prompts"])
     v_unit = F.normalize(axis.v_r[best].double(), dim=0).float()
     m_unit = F.normalize(misalignment[best].double(), dim=0).float() if misalignment is not None else None
+    u = null_directions(axis, reference, best, v_unit, n_null, seed)  # [N, d], matched to the persona's
+    u_m = null_directions(axis, reference, best, m_unit, n_null, seed) if m_unit is not None else None
     contrast_r = axis.contrast[:, best]
     g = torch.Generator().manual_seed(seed + 1)
     shuffles = [drift.shuffle_within(labels, questions, g) for _ in range(n_null_fits)]
@@ -503,25 +509,25 @@ def _nulls(
         shift = end.double().mean(0) - start.double().mean(0)
         null_cos = F.cosine_similarity(shift[None], u.double(), dim=-1)
         figures = {
-            "drift_auc_vs_random_directions": null_percentile(
+            "drift_auc_vs_matched_directions": null_percentile(
                 float(drift.drift_auc_batch(real_change[None], steps)[0]),
                 drift.drift_auc_batch(null_change, steps),
                 "greater",
             ),
-            "anchor_change_vs_random_directions": null_percentile(
+            "anchor_change_vs_matched_directions": null_percentile(
                 float(real_change[-1]), null_change[:, -1], "two-sided"
             ),
-            "em_shift_cos_persona_vs_random_directions": null_percentile(
+            "em_shift_cos_persona_vs_matched_directions": null_percentile(
                 _cos(shift, v_unit), null_cos, "two-sided"
             ),
         }
         if m_unit is not None:
-            figures["em_shift_cos_misalignment_vs_random_directions"] = null_percentile(
-                _cos(shift, m_unit), null_cos, "greater"
+            figures["em_shift_cos_misalignment_vs_matched_directions"] = null_percentile(
+                _cos(shift, m_unit), F.cosine_similarity(shift[None], u_m.double(), dim=-1), "greater"
             )
-            figures["misalignment_movement_vs_random_directions"] = null_percentile(
+            figures["misalignment_movement_vs_matched_directions"] = null_percentile(
                 float(drift.standardised_change(behaviour @ m_unit[:, None])[0, -1]),
-                null_change[:, -1],
+                drift.standardised_change(behaviour @ u_m.T)[:, -1],
                 "greater",
             )
         # Fitted figures: refits on shuffled labels, the same shuffle at r and at the end of EM.

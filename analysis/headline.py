@@ -18,23 +18,44 @@ RUN_NAMES = {
     "control": "persona + control data",
     "base_control": "base + control data",
 }
+# Each drift figure, short name and the random null it is placed in (after the control run, its
+# scientific null).
 NULL_FIGURES = {
-    "drift_auc_vs_random_directions": "drift along the persona direction (drift AUC, in item spreads) "
-    "against random directions u ~ N(0, Sigma)",
-    "anchor_change_vs_random_directions": "the size of the end-of-EM change along the persona direction "
-    "against random directions",
-    "em_shift_cos_persona_vs_random_directions": "|cos(EM shift, persona direction)| against random directions",
-    "em_shift_cos_misalignment_vs_random_directions": "cos(EM shift, misalignment direction) against random "
-    "directions",
-    "misalignment_movement_vs_random_directions": "movement of default behaviour toward misalignment "
-    "against random directions",
-    "direction_rotation_vs_shuffled_labels": "rotation of the persona direction (1 - stability) against "
-    "refits with labels shuffled within questions",
-    "probe_transfer_vs_shuffled_labels": "held-out probe accuracy after EM against probes fitted on "
-    "shuffled labels",
-    "subspace_loss_vs_shuffled_labels": "loss of contrast-subspace overlap (1 - overlap) against refits "
-    "with shuffled labels",
+    "drift_auc_vs_matched_directions": ("drift AUC along the persona direction (item spreads)", "directions"),
+    "anchor_change_vs_matched_directions": ("end-of-EM change along the persona direction", "directions"),
+    "em_shift_cos_persona_vs_matched_directions": ("cos(shift, persona direction)", "directions"),
+    "em_shift_cos_misalignment_vs_matched_directions": ("cos(shift, misalignment direction)", "directions"),
+    "misalignment_movement_vs_matched_directions": (
+        "movement toward misalignment (item spreads)",
+        "directions",
+    ),
+    "direction_rotation_vs_shuffled_labels": ("rotation of the persona direction (1 - stability)", "labels"),
+    "probe_transfer_vs_shuffled_labels": ("held-out probe accuracy after fine-tuning", "labels"),
+    "subspace_loss_vs_shuffled_labels": ("loss of contrast-subspace overlap (1 - overlap)", "labels"),
 }
+RANDOM_NULLS = {
+    "directions": "random directions matched to the figure's direction in spread",
+    "labels": "refits with the contrast labels shuffled within questions",
+}
+# Each start model's fine-tune on the corrupted data, and on the control data: its first null.
+START_PAIRS = {"persona": ("persona", "control"), "base": ("base", "base_control")}
+NULL_HEADER = [
+    "figure",
+    "start",
+    "after EM",
+    "after control data",
+    "EM - control",
+    "EM: percentile in random null",
+    "control: percentile in random null",
+    "random null",
+]
+NULL_NOTE = (
+    "Each figure is read first beside the same start model fine-tuned on the control data (the null for "
+    "'EM did this'), then placed among random nulls: directions matched to the figure's direction in spread "
+    "(a figure along an ordinary direction of the same spread sits near the 50th percentile), or refits on "
+    "shuffled labels. Percentiles are in the effect's direction. Descriptive: a verdict about the "
+    "experiment's question comes only from the interaction tested across >= 3 seeds."
+)
 
 
 def headline(drift_result: Mapping, behaviour: Mapping[str, Mapping]) -> dict:
@@ -52,35 +73,75 @@ def _missing_as_none(number: Mapping) -> dict:
     return estimate(number["value"], number["ci95"], number.get("n"), number.get("reason"), **extra)
 
 
-def null_sentences(nulls: Mapping[str, Mapping[str, Mapping]], layer: int) -> list[str]:
-    """The nulls in words, one sentence per run and figure: where each figure falls in its null (in
-    the effect's direction), as a percentile, above or below the 95th. Descriptive: a verdict about
-    the experiment's question comes only from the interaction tested across >= 3 seeds."""
-    lines = []
-    for run, figures in nulls.items():
-        for key, null in figures.items():
-            percentile = null.get("percentile_by_seed") or [null["percentile"]]
-            verdict = _verdict(null)
-            where = ", ".join(f"{p:.0f}" for p in percentile if p is not None and p == p)
-            size = (
-                f"; figure {_g(null['value'])}, null median {_g(null['null_median'])}, null 95% point "
-                f"{_g(null['null_threshold'])}"
-                if "value" in null
-                else f"; figure by seed {_gs(null['value_by_seed'])}, null 95% points {_gs(null['null_threshold_by_seed'])}"
-                if "value_by_seed" in null
-                else ""
+def null_rows(nulls: Mapping[str, Mapping[str, Mapping]]) -> list[list[str]]:
+    """The nulls grouped, one row per figure and start model: the EM run's figure beside its control
+    run's (the control run first), then both runs' percentiles in the figure's random null. One
+    seed's nulls (`value`, `percentile`) or pooled seeds' (`value_by_seed`, `percentile_by_seed`)."""
+    rows = []
+    for key, (name, kind) in NULL_FIGURES.items():
+        for start, (em_run, control_run) in START_PAIRS.items():
+            em = nulls.get(em_run, {}).get(key)
+            if em is None:
+                continue
+            control = nulls.get(control_run, {}).get(key)
+            em_values = _by_seed(em, "value")
+            control_values = _by_seed(control, "value") if control else None
+            rows.append(
+                [
+                    name,
+                    start,
+                    _values(em_values),
+                    _values(control_values) if control else "no control run",
+                    _values(_differences(em_values, control_values)) if control else "n/a",
+                    _percentiles(em),
+                    _percentiles(control) if control else "n/a",
+                    RANDOM_NULLS[kind],
+                ]
             )
-            blind = (
-                " The null equals the figure: it does not depend on which answer of a pair was elicited "
-                "(one pair per question), so it cannot show a persona-specific change here."
-                if "value" in null and null["value"] == null["null_median"] == null["null_threshold"]
-                else ""
-            )
-            lines.append(
-                f"{RUN_NAMES.get(run, run)}: {NULL_FIGURES.get(key, key)} (layer {layer}) {verdict} "
-                f"(percentile {where or 'n/a'} of {null['n_null']} null draws, {null['side']}{size}).{blind}"
-            )
-    return lines
+    return rows
+
+
+def null_lines(rows: Sequence[Sequence[str]]) -> list[str]:
+    """The grouped nulls as lines for a terminal."""
+    return [
+        f"{figure} ({start}): EM {em}, control {control}, EM - control {diff}; percentile in its random null "
+        f"EM {em_pct}, control {control_pct}"
+        for figure, start, em, control, diff, em_pct, control_pct, _ in rows
+    ]
+
+
+def _by_seed(null: Mapping, field: str) -> list:
+    return list(null[f"{field}_by_seed"]) if f"{field}_by_seed" in null else [null.get(field)]
+
+
+def _differences(a: Sequence, b: Sequence | None) -> list:
+    if b is None or len(a) != len(b):
+        return [None]
+    return [None if x is None or y is None else x - y for x, y in zip(a, b)]
+
+
+def _values(xs: Sequence | None) -> str:
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return "n/a" if xs[0] is None else _g(xs[0])
+    known = [x for x in xs if x is not None and x == x]
+    mean = _g(sum(known) / len(known)) if known else "n/a"
+    return f"{mean} (by seed {_gs(xs)})"
+
+
+def _percentiles(null: Mapping) -> str:
+    percentiles = _by_seed(null, "percentile")
+    above = _by_seed(null, "exceeds_95")
+    where = ", ".join("n/a" if p is None or p != p else f"{p:.0f}" for p in percentiles)
+    if len(percentiles) == 1:
+        if null.get("value") is not None and null["value"] == null.get("null_median") == null.get(
+            "null_threshold"
+        ):
+            # shuffling labels within a question of one pair cannot change the figure
+            return "n/a (the null equals the figure: one pair per question)"
+        return f"{where} ({'above' if above[0] else 'below'} its 95th)"
+    return f"{where} (above its 95th in {sum(bool(x) for x in above)} of {len(above)} seeds)"
 
 
 def _g(x: float) -> str:
@@ -89,15 +150,6 @@ def _g(x: float) -> str:
 
 def _gs(xs: Sequence[float | None]) -> str:
     return "[" + ", ".join("n/a" if x is None else _g(x) for x in xs) + "]"
-
-
-def _verdict(null: Mapping) -> str:
-    if "exceeds_95_by_seed" in null:
-        by_seed = null["exceeds_95_by_seed"]
-        return f"is above its null's 95th percentile in {sum(by_seed)} of {len(by_seed)} seeds"
-    return (
-        "is above its null's 95th percentile" if null["exceeds_95"] else "is below its null's 95th percentile"
-    )
 
 
 def pool_seeds(per_seed: Sequence[Mapping]) -> dict:

@@ -70,3 +70,36 @@ def write_report(
     )
     atomic_write_bytes(Path(path), document.encode())
     return Path(path)
+
+
+def timings_table(rows: Sequence[dict]) -> Table:
+    """Where a command's time went (`anchor.timings` rows): each stage's own seconds and work."""
+    total = sum(r["seconds"] for r in rows)
+    return Table(
+        "Where the time went (this call)",
+        ["stage", "seconds", "share", "model loads", "tokens generated", "tokens read", "optimizer steps"],
+        [
+            [
+                r["stage"],
+                f"{r['seconds']:.1f}",
+                f"{r['seconds'] / total:.0%}" if total > 0 else "n/a",
+                r["model_loads"],
+                r["tokens_generated"],
+                r["tokens_read"],
+                r["optimizer_steps"],
+            ]
+            for r in rows
+        ],
+        f"Wall time of the call that ran the analysis: {total:.0f} s. Each row is a stage's own time (a stage "
+        "run inside another is its own row); 'other' is the time outside every stage (loading inputs, "
+        "planning, publishing). Stages finished by an earlier call are not rows.",
+    )
+
+
+def add_table(path: Path, table: Table) -> None:
+    """Insert a table into a written report, before its run configuration."""
+    document = Path(path).read_text()
+    marker = "<h2>Run configuration</h2>"
+    if marker not in document:
+        raise ValueError(f"{path}: not a report written by write_report (no run configuration)")
+    atomic_write_bytes(Path(path), document.replace(marker, render_table(table) + marker, 1).encode())

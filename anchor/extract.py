@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from anchor import timings
 from anchor.batching import length_buckets
 from anchor.chat import (
     ChatBatch,
@@ -216,5 +217,6 @@ def read_rendered(
                     pooled = torch.empty(len(rendered), *values.shape[1:])
                 pooled[batch] = values
             bar.update(sum(lengths[i] for i in batch))
+            timings.count(tokens_read=sum(lengths[i] for i in batch))
     bar.close()
     return (torch.cat(ragged) if read == "all_tokens" else pooled), chosen, lengths

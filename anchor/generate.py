@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from anchor import engines
+from anchor import engines, timings
 from anchor.batching import length_buckets
 from anchor.chat import Conversation, RenderedChat, pad_chats, render_chats
 from anchor.specs import ModelSpec
@@ -239,7 +239,11 @@ class HFGenerator(Generator):
                 )
                 new_tokens = out[:, padded.input_ids.shape[1] :].cpu()
                 texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                stopped = torch.isin(new_tokens, stops).any(-1).tolist()
+                is_stop = torch.isin(new_tokens, stops)
+                stopped = is_stop.any(-1).tolist()
+                # new tokens up to and including each row's first stop (the rest is padding)
+                made = torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, new_tokens.shape[1])
+                timings.count(tokens_generated=int(made.sum()))
                 for row, text in enumerate(texts):  # rows are [prompt0 x n, prompt1 x n, ...]
                     results[batch[row // cfg.n]].append(text.strip())
                     self.truncated[batch[row // cfg.n]].append(not stopped[row])

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor import timings
 from anchor.distributed import barrier, is_main
 from anchor.store import atomic_write_json
 
@@ -231,7 +232,8 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print, overwrite: bool 
         return read_done(folder)
     log(f"stage {stage.name}: running")
     start = time.perf_counter()
-    summary = stage.body(inputs, folder) or {}
+    with timings.stage(stage.name):
+        summary = stage.body(inputs, folder) or {}
     done = {
         "key": key,
         "run_id": uuid.uuid4().hex,  # this execution: a rerun with the same inputs is a new upstream

@@ -91,19 +91,19 @@ def experiment(tmp_path_factory) -> dict:
 
 def test_a_real_anchor_drift_exceeds_random_directions_and_no_drift_does_not(experiment):
     nulls = experiment["result"]["nulls"]
-    assert nulls["persona"]["drift_auc_vs_random_directions"]["percentile"] > 95
-    assert nulls["persona"]["drift_auc_vs_random_directions"]["exceeds_95"]
+    assert nulls["persona"]["drift_auc_vs_matched_directions"]["percentile"] > 95
+    assert nulls["persona"]["drift_auc_vs_matched_directions"]["exceeds_95"]
     # the control moved as much, but along an axis unrelated to the persona: not an anchor drift
-    assert nulls["control"]["drift_auc_vs_random_directions"]["percentile"] < 95
-    assert not nulls["control"]["drift_auc_vs_random_directions"]["exceeds_95"]
-    assert nulls["persona"]["em_shift_cos_persona_vs_random_directions"]["exceeds_95"]
-    assert not nulls["control"]["em_shift_cos_persona_vs_random_directions"]["exceeds_95"]
+    assert nulls["control"]["drift_auc_vs_matched_directions"]["percentile"] < 95
+    assert not nulls["control"]["drift_auc_vs_matched_directions"]["exceeds_95"]
+    assert nulls["persona"]["em_shift_cos_persona_vs_matched_directions"]["exceeds_95"]
+    assert not nulls["control"]["em_shift_cos_persona_vs_matched_directions"]["exceeds_95"]
 
 
 def test_movement_toward_misalignment_is_found_only_where_it_happened(experiment):
     nulls, runs = experiment["result"]["nulls"], experiment["result"]["runs"]
-    assert nulls["base"]["misalignment_movement_vs_random_directions"]["exceeds_95"]
-    assert not nulls["persona"]["misalignment_movement_vs_random_directions"]["exceeds_95"]
+    assert nulls["base"]["misalignment_movement_vs_matched_directions"]["exceeds_95"]
+    assert not nulls["persona"]["misalignment_movement_vs_matched_directions"]["exceeds_95"]
     base_end, persona_end = (
         runs["base"]["misalignment_movement"][-1][0],
         runs["persona"]["misalignment_movement"][-1][0],
@@ -201,3 +201,22 @@ def test_percentiles_and_seed_intervals():
     assert pooled["n"] == 2 and pooled["value"] == pytest.approx(0.3)
     # two seeds: t with one degree of freedom, far wider than the seeds' own range
     assert pooled["ci95"][0] < 0.2 - 0.5 and pooled["ci95"][1] > 0.4 + 0.5
+
+
+def test_the_nulls_group_each_figure_beside_its_control_run_first(experiment):
+    """One row per figure and start: the EM run's figure, its control run's, their difference, then
+    the random-null percentiles; a start without a control run says so rather than borrowing one."""
+    from analysis.headline import NULL_HEADER, null_rows
+
+    nulls = experiment["result"]["nulls"]
+    rows = {(r[0], r[1]): dict(zip(NULL_HEADER, r)) for r in null_rows(nulls)}
+    auc = rows[("drift AUC along the persona direction (item spreads)", "persona")]
+    em, control = (nulls[run]["drift_auc_vs_matched_directions"]["value"] for run in ("persona", "control"))
+    assert float(auc["after EM"]) == pytest.approx(em, rel=1e-3)
+    assert float(auc["after control data"]) == pytest.approx(control, rel=1e-3)
+    assert float(auc["EM - control"]) == pytest.approx(em - control, rel=1e-3, abs=1e-3)
+    assert auc["EM: percentile in random null"].endswith("(above its 95th)")
+    assert auc["control: percentile in random null"].endswith("(below its 95th)")
+    base = rows[("drift AUC along the persona direction (item spreads)", "base")]
+    assert base["after control data"] == "no control run" and base["EM - control"] == "n/a"
+    assert len(rows) == 2 * len(nulls["persona"])  # every figure, for both starts

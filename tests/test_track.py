@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,13 @@ def check_artefacts(run: Path) -> dict:
     assert set(head["simple_effects"]) == {"base_em_minus_persona_em", "persona_control_minus_persona_em"}
     for figures in metrics["nulls"].values():
         assert (
-            "drift_auc_vs_random_directions" in figures and "direction_rotation_vs_shuffled_labels" in figures
+            "drift_auc_vs_matched_directions" in figures and "direction_rotation_vs_shuffled_labels" in figures
         )
         for null in figures.values():
             assert 0 <= null["percentile"] <= 100 and null["n_null"] >= 20
-    assert len(metrics["null_summary"]) == sum(len(f) for f in metrics["nulls"].values())
-    assert "Against the null" in report and "95th percentile" in report
+    # grouped: one line per figure and start model, each beside its control run
+    assert len(metrics["null_summary"]) == 2 * len(metrics["nulls"]["persona"])
+    assert "the control run first, random nulls second" in report and "95th" in report
     # The report opens with the answer: the 2x2 interaction; with one seed it is descriptive and
     # carries no verdict word anywhere.
     assert (
@@ -170,10 +172,21 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
         track_drift(config, run, log=lambda _: None)
     monkeypatch.setattr(em, "train_sft", real)
     log = []
+    start = time.perf_counter()
     summary = track_drift(config, run, log=log.append)
+    wall = time.perf_counter() - start
     assert "stage em_persona/em: complete, skipped" in log and "stage dpo: complete, skipped" in log
     assert summary["ran"][0] == "em_base/em"  # resumed at the killed stage
     metrics = check_artefacts(run)
+    # Where this call's time went: a row per stage it ran and one for the rest, summing to its wall time.
+    rows = {r["stage"]: r for r in metrics["timings"]}
+    assert set(rows) == {*summary["ran"], "other"}
+    assert abs(sum(r["seconds"] for r in rows.values()) - wall) < 0.1 * wall
+    assert rows["em_base/em"]["optimizer_steps"] > 0 and rows["em_base/em"]["tokens_read"] > 0
+    assert rows["eval/base_end"]["tokens_generated"] > 0 and rows["analysis"]["optimizer_steps"] == 0
+    assert sum(r["model_loads"] for r in rows.values()) >= 3  # the three resumed EM runs load a model each
+    assert "Where the time went" in (run / "report.html").read_text()
+    assert log[-1].startswith("time: ") and "largest: " in log[-1]
     pairs = json.loads((run / "contrast_pairs" / "contrast.json").read_text())
     assert len(pairs["elicit"]) == len(pairs["suppress"]) == 3
     assert (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from anchor import engines
+from anchor import engines, timings
 from anchor.chat import Conversation, validate_conversation
 from anchor.constitution import Persona
 from train.distributed import split_batch, world_size
@@ -140,6 +140,7 @@ def train_lora(
         **extra,
     )
     trainer.train()
+    timings.count(optimizer_steps=trainer.state.global_step)
     trainer.save_model(str(out / "adapter"))  # rank 0 writes; gathers sharded (ZeRO-3) weights first
     return trainer
 

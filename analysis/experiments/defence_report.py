@@ -228,9 +228,9 @@ def analyse_defences(
             ),
             "triggered": _triggered(evals.get(arm)),
             "nulls": {
-                "misalignment_movement": nulls.get("misalignment_movement_vs_random_directions"),
-                "persona_movement": nulls.get("anchor_change_vs_random_directions"),
-                "em_shift_cos_misalignment": nulls.get("em_shift_cos_misalignment_vs_random_directions"),
+                "misalignment_movement": nulls.get("misalignment_movement_vs_matched_directions"),
+                "persona_movement": nulls.get("anchor_change_vs_matched_directions"),
+                "em_shift_cos_misalignment": nulls.get("em_shift_cos_misalignment_vs_matched_directions"),
             },
         }
     comparisons = []

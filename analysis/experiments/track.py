@@ -57,6 +57,8 @@ from analysis.experiments.track_stages import (
     write_contrast_pairs,
     write_misalignment_direction,
 )
+from analysis.report import add_table, timings_table
+from anchor import timings
 from anchor.constitution import Persona, persona_input
 from anchor.roles import ROLES_FILE
 from anchor.runlock import run_lock
@@ -230,15 +232,16 @@ def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, lo
     for name in STAGES:
         if name in TRAINING_STAGES and resources.num_processes > 1 and not is_complete(planned[name]):
             log(f"stage {name}: running")
-            launch(
-                "persona",
-                config,
-                run,
-                resources.num_processes,
-                stages=(name,),
-                accelerate_config=resources.accelerate_config,
-                log=log,
-            )
+            with timings.stage(name):  # the ranks' own work is counted in their processes, not here
+                launch(
+                    "persona",
+                    config,
+                    run,
+                    resources.num_processes,
+                    stages=(name,),
+                    accelerate_config=resources.accelerate_config,
+                    log=log,
+                )
         else:
             train_persona(config, run, log=log, stages=(name,), overwrite=overwrite)
 
@@ -247,17 +250,19 @@ def _finetune_em(
     config: EMRunConfig, run: Path, probes, resources: Resources, log, root: Path, overwrite: bool = False
 ) -> None:
     if resources.num_processes > 1 and not is_complete(em_stage_of(config, run, probes, root)):
-        log(f"stage {em_stage(run).relative_to(root)}: running")
-        launch(
-            "em",
-            config,
-            run,
-            resources.num_processes,
-            probes,
-            accelerate_config=resources.accelerate_config,
-            root=root,
-            log=log,
-        )
+        name = str(em_stage(run).relative_to(root))
+        log(f"stage {name}: running")
+        with timings.stage(name):  # the ranks' own work is counted in their processes, not here
+            launch(
+                "em",
+                config,
+                run,
+                resources.num_processes,
+                probes,
+                accelerate_config=resources.accelerate_config,
+                root=root,
+                log=log,
+            )
     else:
         finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite)
 
@@ -276,8 +281,23 @@ def track_drift(
     out = Path(out)
     persona = check_track_inputs(config, out)  # every input, before any model loads or folder is made
     job = plan_main_job(config, out, persona, resources, judge_calibration)
-    with run_lock(out):
-        return run_main_job(job, log, overwrite)
+    with run_lock(out), timings.recording() as recorder:
+        summary = run_main_job(job, log, overwrite)
+        if "analysis" in summary["ran"]:  # this call produced the analysis: it carries this call's timings
+            add_timings(out, recorder.rows(), log)
+        return summary
+
+
+def add_timings(out: Path, rows: list[dict], log=print) -> None:
+    """This call's timings into the analysis's metrics.json and both copies of the report."""
+    metrics_path = out / "analysis" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["timings"] = rows
+    atomic_write_json(metrics_path, metrics)
+    table = timings_table(rows)
+    for report in (out / "analysis" / "report.html", out / "report.html"):
+        add_table(report, table)
+    log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
 
 
 def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:

@@ -24,7 +24,7 @@ from analysis.drift_report import (
     null_directions,
 )
 from analysis.experiments.track_stages import judged_misalignment_direction, load_items
-from analysis.headline import RUN_NAMES, headline, null_sentences
+from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
@@ -162,7 +162,8 @@ def analyse(
     table = drift_table(result, behaviour)
     judge_note = describe(config.judge, judge_calibration)
     interaction = one_seed_interaction(result, quality)
-    sentences = null_sentences(result["nulls"], layer)
+    nulls_grouped = null_rows(result["nulls"])
+    sentences = null_lines(nulls_grouped)
     metrics = {
         "seed": config.seed,
         "interaction": interaction,
@@ -194,9 +195,10 @@ def analyse(
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
             headline_table(head),
             Table(
-                "Against the null (95th percentile, in the effect's direction)",
-                ["finding"],
-                [[line] for line in sentences],
+                f"Nulls at layer {layer}: the control run first, random nulls second",
+                NULL_HEADER,
+                nulls_grouped,
+                NULL_NOTE,
             ),
             Table("Monitoring", ["finding"], [[line] for line in monitoring["sentences"]]),
             *_family_tables(out, config),
@@ -310,7 +312,8 @@ def _monitoring(
             }
     layer = result["best_layer"]
     axis_ = anchor_axis(runs[PERSONA], runs[BASE], labels, BARE, runs[config.axis])
-    null = null_directions(axis_, runs[PERSONA], layer, 200, config.seed)  # the drift figures' null
+    # the persona figures' null: random directions of the persona direction's spread
+    null = null_directions(axis_, runs[PERSONA], layer, axis_.v_r[layer], 200, config.seed)
     monitoring = dashboard.monitor_runs(
         runs,
         layer,

@@ -15,7 +15,7 @@ from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import track_drift
 from analysis.experiments.track_report import _fmt, headline_table, interaction_table
-from analysis.headline import null_sentences, pool_seeds
+from analysis.headline import NULL_HEADER, NULL_NOTE, null_lines, null_rows, pool_seeds
 from analysis.interaction import (
     DESCRIPTIVE,
     MIN_SEEDS_FOR_VERDICT,
@@ -98,14 +98,8 @@ def track_seeds(
     per_seed = [json.loads((run / "analysis" / "metrics.json").read_text()) for run in runs]
     pooled = pool_seeds(per_seed)
     layers = [m["drift"]["best_layer"] for m in per_seed]
-    sentences = (
-        null_sentences(pooled["nulls"], layers[0])
-        if len(set(layers)) == 1
-        else [
-            line.replace(f"(layer {layers[0]})", f"(layers {layers} by seed)")
-            for line in null_sentences(pooled["nulls"], layers[0])
-        ]
-    )
+    nulls_grouped = null_rows(pooled["nulls"])
+    sentences = null_lines(nulls_grouped)
     detector = _detector(seeds, runs, per_seed)
     sentences.append(
         f"EM-vs-control drift detector (fitted on seed {detector['train_seeds']}, tested on {detector['test_seeds']}): "
@@ -144,7 +138,13 @@ def track_seeds(
         [
             interaction_table(interaction),
             headline_table(pooled["headline"]),
-            Table("Against the null, seed by seed", ["finding"], [[line] for line in sentences]),
+            Table(
+                f"Nulls, seed by seed (each seed at its own layer: {layers})",
+                NULL_HEADER,
+                nulls_grouped,
+                NULL_NOTE,
+            ),
+            Table("EM-vs-control drift detector", ["finding"], [[sentences[-1]]]),
         ],
         [],
         {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},

@@ -87,7 +87,7 @@ def main() -> None:
         cells = [_cell(row[k]) for k in TABLE_KEYS]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     print_headline(summary["headline"])
-    print("\nagainst the null:")
+    print("\nnulls (the control run first, random nulls second):")
     for line in summary["null_summary"]:
         print(f"  {line}")
     print("\nmonitoring:")
@@ -141,7 +141,7 @@ def print_interaction(interaction: dict) -> None:
 def print_pooled(pooled: dict) -> None:
     print_interaction(pooled["interaction"])
     print_headline(pooled["headline"])
-    print("\nagainst the null, seed by seed (and the drift detector):")
+    print("\nnulls, seed by seed (the control run first, random nulls second), and the drift detector:")
     for line in pooled["null_summary"]:
         print(f"  {line}")
     print(f"\nreport:  {pooled['report']}\nmetrics: {pooled['metrics']}")
