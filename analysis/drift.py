@@ -132,20 +132,21 @@ def drift_auc(values: Sequence[float], steps: Sequence[int], signed: bool = Fals
     """Area under value(t) - value(0) over training progress scaled to [0, 1] (trapezoid rule),
     of its magnitude by default: 0 = never moved; 1 = moved by one unit (e.g. the base-to-persona
     gap) from the first step on. `signed`: positive = moved up (toward the persona on the anchor
-    scale), negative = down, so a run that moves toward the persona is not counted as drift away."""
+    scale), negative = down, so a run that moves toward the persona is not counted as drift away.
+    NaN (undefined, not 0) with fewer than two checkpoints."""
     v = torch.tensor(values, dtype=torch.double)
     s = torch.tensor(steps, dtype=torch.double)
     if len(v) < 2 or s[-1] == s[0]:
-        return 0.0
+        return float("nan")
     change = v - v[0]
     return float(torch.trapezoid(change if signed else change.abs(), (s - s[0]) / (s[-1] - s[0])))
 
 
 def drift_auc_batch(values: torch.Tensor, steps: Sequence[int], signed: bool = False) -> torch.Tensor:
-    """`drift_auc` of many curves at once: `values` `[..., T]` -> `[...]`."""
+    """`drift_auc` of many curves at once: `values` `[..., T]` -> `[...]` (NaN below two checkpoints)."""
     s = torch.tensor(steps, dtype=torch.double)
     if values.shape[-1] < 2 or s[-1] == s[0]:
-        return torch.zeros(values.shape[:-1], dtype=torch.double)
+        return torch.full(values.shape[:-1], float("nan"), dtype=torch.double)
     change = values.double() - values[..., :1].double()
     return torch.trapezoid(change if signed else change.abs(), (s - s[0]) / (s[-1] - s[0]), dim=-1)
 
@@ -201,9 +202,11 @@ def variance_matched_directions(
 def standardised_change(projections: torch.Tensor) -> torch.Tensor:
     """`[T, m, k]` projections of m items on k directions at T checkpoints -> `[k, T]`: the change
     of the item mean since the first checkpoint, in units of the items' spread there, so
-    directions of any scale compare."""
+    directions of any scale compare. NaN along a direction the items do not spread on (the unit is
+    undefined there)."""
     mean = projections.double().mean(1)  # [T, k]
-    spread = projections[0].double().std(0).clamp_min(1e-12)  # [k]
+    spread = projections[0].double().std(0)  # [k]
+    spread = torch.where(spread > 0, spread, torch.nan)
     return ((mean - mean[:1]) / spread).T
 
 

@@ -274,19 +274,19 @@ def compute_drift(
                 else None
             )
             series["em_shift_norm"].append(shift.norm(dim=-1).tolist())
-            series["em_shift_cos_persona"].append(drift.cosine(shift, v_r).nan_to_num().tolist())
+            # undefined (NaN -> null) where nothing moved yet, at step 0: missing, never 0
+            series["em_shift_cos_persona"].append(_listed(drift.cosine(shift, v_r)))
             for key, direction in (
                 ("em_shift_cos_misalignment", misalignment),
                 ("em_shift_cos_judged_misalignment", judged_misalignment),
             ):
-                series[key].append(
-                    drift.cosine(shift, direction).nan_to_num().tolist() if direction is not None else None
-                )
+                series[key].append(_listed(drift.cosine(shift, direction)) if direction is not None else None)
             if misalignment is not None:  # per layer: default behaviour's change along m, in item spreads
                 along = drift.projections(behaviour[report], misalignment)
                 along_0 = drift.projections(start_behaviour, misalignment)
+                spread = along_0.std(0)
                 series["misalignment_movement"].append(
-                    ((along.mean(0) - along_0.mean(0)) / along_0.std(0).clamp_min(1e-12)).tolist()
+                    _listed((along.mean(0) - along_0.mean(0)) / torch.where(spread > 0, spread, torch.nan))
                 )
             else:
                 series["misalignment_movement"].append(None)
@@ -300,13 +300,15 @@ def compute_drift(
             "checkpoints": ckpts,
             "steps": steps,
             **series,
-            "drift_auc": drift.drift_auc(anchor_by_layer[:, best].tolist(), steps),
-            "drift_auc_signed": drift.drift_auc(anchor_by_layer[:, best].tolist(), steps, signed=True),
-            "drift_auc_by_layer": drift.drift_auc_batch(anchor_by_layer.T, steps).tolist(),
+            "drift_auc": _listed(torch.tensor(drift.drift_auc(anchor_by_layer[:, best].tolist(), steps))),
+            "drift_auc_signed": _listed(
+                torch.tensor(drift.drift_auc(anchor_by_layer[:, best].tolist(), steps, signed=True))
+            ),
+            "drift_auc_by_layer": _listed(drift.drift_auc_batch(anchor_by_layer.T, steps)),
             # the same in units of the items' spread, which stays finite where the persona gap is ~0
-            "drift_auc_spread_by_layer": drift.drift_auc_batch(
-                drift.standardised_change(torch.stack(projected_by_checkpoint)), steps
-            ).tolist(),
+            "drift_auc_spread_by_layer": _listed(
+                drift.drift_auc_batch(drift.standardised_change(torch.stack(projected_by_checkpoint)), steps)
+            ),
         }
 
     out["headline"] = _headline(out, per_item, shifts, unit(v_r[best]), misalignment, best, n_boot, seed)
@@ -363,6 +365,13 @@ SERIES = (
     "misalignment_movement",
     "cka_to_start",
 )
+
+
+def _listed(values: torch.Tensor) -> object:
+    """A tensor as JSON: NaN (undefined) becomes null, so a missing value is never read as a number."""
+    if values.ndim == 0:
+        return None if values.isnan() else float(values)
+    return [_listed(v) for v in values]
 
 
 def _interval(boots: torch.Tensor) -> list[float]:

@@ -477,11 +477,12 @@ class ProbeJudge(Judge):
         self.directions = Directions.load(directions_path)
         self.rubric = self.directions.meta.get("rubric", "trait")
         self.spec = f"probe:{directions_path}"
-        if model is None:
-            from anchor.models import load_model
+        if model is None:  # the model the directions were read from: its weights and its adapter
+            from anchor.models import load_starting_model
 
-            spec = self.directions.meta.get("config", {}).get("model", "default")
-            model, tokenizer = load_model(spec)
+            meta = self.directions.meta
+            spec = meta.get("model") or meta.get("config", {}).get("model", "default")
+            model, tokenizer = load_starting_model(spec, meta.get("adapter"))
         self.model, self.tokenizer = model, tokenizer
 
     def score(self, rubric, pairs, templates=None, trait=""):

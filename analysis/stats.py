@@ -89,16 +89,20 @@ def _opt(x: float | None) -> float | None:
 
 def across_seeds(values: Sequence[float], level: float = 0.95) -> dict:
     """Mean over seeds with a Student-t interval (n - 1 degrees of freedom): with 2 seeds it is
-    wide, as it should be; never the [min, max] of the seeds."""
-    x = torch.tensor([v for v in values if v == v], dtype=torch.double)
+    wide, as it should be; never the [min, max] of the seeds. A seed without a value (None or NaN) is
+    not dropped silently: `missing_seeds` counts it and n counts only the seeds that have one."""
+    known = [v for v in values if v is not None and v == v]
+    missing = len(values) - len(known)
+    extra = {"interval": "t across seeds", **({"missing_seeds": missing} if missing else {})}
+    x = torch.tensor(known, dtype=torch.double)
     n = len(x)
     if n == 0:
-        return unmeasured(0, "no seed has a value", interval="t across seeds")
+        return unmeasured(0, "no seed has a value", **extra)
     mean = float(x.mean())
     if n == 1:
-        return estimate(mean, None, 1, interval="t across seeds")
+        return estimate(mean, None, 1, **extra)
     half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1) * x.std(unbiased=True) / math.sqrt(n))
-    return estimate(mean, [mean - half, mean + half], n, interval="t across seeds")
+    return estimate(mean, [mean - half, mean + half], n, **extra)
 
 
 def null_percentile(real: float, null: Sequence[float] | torch.Tensor, side: str = "greater") -> dict:

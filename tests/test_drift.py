@@ -108,3 +108,21 @@ def test_drift_auc_and_drift_reduction():
     assert drift.drift_reduction(0.25, 0.5) == pytest.approx(0.5)
     assert drift.drift_reduction(0.5, 0.5) == 0.0
     assert math.isnan(drift.drift_reduction(0.1, 0.0))
+
+
+def test_undefined_figures_stay_missing_never_zero():
+    """One checkpoint has no drift AUC; a direction the items do not spread on has no standardised
+    change; a seed without a value is counted, not dropped silently."""
+    import math
+
+    from analysis.stats import across_seeds
+
+    assert math.isnan(drift.drift_auc([0.3], [0]))
+    assert drift.drift_auc_batch(torch.ones(4, 1), [0]).isnan().all()
+    flat = torch.zeros(3, 5, 2)  # [T, m, k]: every item at 0 along the first direction
+    flat[..., 1] = torch.randn(3, 5)
+    change = drift.standardised_change(flat)
+    assert change[0].isnan().all() and not change[1].isnan().any()
+    pooled = across_seeds([0.2, float("nan"), 0.4, None])
+    assert pooled["n"] == 2 and pooled["missing_seeds"] == 2 and pooled["value"] == pytest.approx(0.3)
+    assert "missing_seeds" not in across_seeds([0.2, 0.4])

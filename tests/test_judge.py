@@ -344,3 +344,28 @@ def test_probe_judge_scores_its_rubric_and_misses_the_others(tiny_model, tiny_to
     scores = judge.score("trait", [("q", "the quick brown fox"), ("q", "I agree with you completely!")])
     assert all(0 <= s <= 100 for s in scores)
     assert judge.score("aligned", [("q", "a")]) == [None] and judge.missing == 1
+
+
+def test_probe_judge_reads_answers_through_the_model_its_directions_came_from(tmp_path, monkeypatch):
+    """Directions fitted on the persona model name its weights and adapter; the judge loads those,
+    not the base model the persona was trained from."""
+    import anchor.models
+    from probes.directions import fit_directions
+
+    acts, labels = torch.randn(8, 1, 16), torch.tensor([0, 1] * 4)
+    meta = {
+        "model": "runs/persona/dpo/merged",
+        "adapter": "runs/persona/sft/adapter",
+        "base_model": "default",
+    }
+    path = fit_directions(acts, labels, groups=[i // 2 for i in range(8)], layers=[0], meta=meta).save(
+        tmp_path / "d.safetensors"
+    )
+    loaded = []
+    monkeypatch.setattr(
+        anchor.models,
+        "load_starting_model",
+        lambda spec, adapter: loaded.append((spec, adapter)) or (None, None),
+    )
+    ProbeJudge(path)
+    assert loaded == [("runs/persona/dpo/merged", "runs/persona/sft/adapter")]

@@ -69,7 +69,8 @@ def check_artefacts(run: Path) -> dict:
     assert set(head["simple_effects"]) == {"base_em_minus_persona_em", "persona_control_minus_persona_em"}
     for figures in metrics["nulls"].values():
         assert (
-            "drift_auc_vs_matched_directions" in figures and "direction_rotation_vs_shuffled_labels" in figures
+            "drift_auc_vs_matched_directions" in figures
+            and "direction_rotation_vs_shuffled_labels" in figures
         )
         for null in figures.values():
             assert 0 <= null["percentile"] <= 100 and null["n_null"] >= 20
@@ -104,6 +105,10 @@ def check_artefacts(run: Path) -> dict:
     selection = drift["layer_selection"]
     assert not set(selection["selection_prompts"]) & set(selection["report_prompts"])
     assert metrics["misalignment_direction"]["model"] and metrics["drift"]["probe"]["split"] == "by question"
+    from probes.directions import Directions  # read from the persona model, and labelled so
+
+    meta = Directions.load(run / "analysis" / "directions.safetensors").meta
+    assert meta["model"].endswith("merged") and meta["adapter"].endswith("adapter") and "config" not in meta
     # Monitoring: alarms and transitions per run always; the assistant axis and triggered variants with it on.
     monitoring = metrics["monitoring"]
     assert set(monitoring["runs"]) == {"persona", "base", "control", "base_control"}

@@ -335,7 +335,8 @@ def _curve(axis, em_run: Path, read_layer: int, suffix: str = "") -> dict:
             ]
         )
         values.append(float(axis.anchor(acts)[:, read_layer].mean()))
-    return {"steps": steps, "anchor_projection": values, "drift_auc": drift.drift_auc(values, steps)}
+    auc = drift.drift_auc(values, steps)  # NaN (missing, null in JSON) below two checkpoints
+    return {"steps": steps, "anchor_projection": values, "drift_auc": None if auc != auc else auc}
 
 
 def _metrics(metrics: dict) -> dict:
@@ -380,7 +381,7 @@ def plot_ablation(ablation: dict, read_layer: int, path: Path) -> Path:
             curve["steps"],
             curve["anchor_projection"],
             "o-",
-            label=f"{name}, clean read (drift AUC {curve['drift_auc']:.2f})",
+            label=f"{name}, clean read (drift AUC {_auc(curve)})",
         )
     for name, curve in ablation.get("read_with_ablation_on", {}).items():
         ax.plot(
@@ -388,7 +389,7 @@ def plot_ablation(ablation: dict, read_layer: int, path: Path) -> Path:
             curve["anchor_projection"],
             "s--",
             alpha=0.7,
-            label=f"{name}, read with the ablation on (drift AUC {curve['drift_auc']:.2f})",
+            label=f"{name}, read with the ablation on (drift AUC {_auc(curve)})",
         )
     control = ablation.get("persona + ablation, no EM")
     if control is not None:
@@ -408,3 +409,7 @@ def plot_ablation(ablation: dict, read_layer: int, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _auc(curve: dict) -> str:
+    return "n/a" if curve["drift_auc"] is None else f"{curve['drift_auc']:.2f}"

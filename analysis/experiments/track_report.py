@@ -97,10 +97,10 @@ def analyse(
         seed=config.seed,
         meta={
             "persona": config.persona,
+            # read from the persona model (DPO merged, SFT adapter on top), never its base model
             "model": str(persona_dir / "dpo" / "merged"),
             "adapter": str(persona_dir / "sft" / "adapter"),
             "base_model": config.model,
-            "config": {"model": config.model},
             "checkpoint": "persona model before EM",
             "read": "contrast responses without their system prompt, response-averaged",
         },
@@ -440,12 +440,15 @@ def headline_table(head: dict) -> Table:
     rows = []
     for key, per in head.items():
         for name, number in (per or {}).items():
-            if number is None or "ci95" not in number:
+            if number is None or number.get("value") is None:
                 reason = (number or {}).get("reason", "not available")
-                rows.append([key, name, "n/a", reason, ""])
+                rows.append([key, name, "n/a", reason, (number or {}).get("n", "")])
                 continue
             low, high = bounds(number)
-            rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", number["n"]])
+            n = number["n"]
+            if number.get("missing_seeds"):  # said, never dropped silently
+                n = f"{n} ({number['missing_seeds']} seed(s) without a value)"
+            rows.append([key, name, number["value"], f"[{_fmt(low)}, {_fmt(high)}]", n])
     return Table(
         "Simple effects and per-run numbers (95% intervals; descriptive with fewer than 3 seeds)",
         ["number", "model / run", "value", "ci95", "n"],

@@ -121,8 +121,13 @@ def print_headline(head: dict) -> None:
                 print(f"  {key} {name}: n/a ({(number or {}).get('reason', 'not available')})")
             else:
                 low, high = bounds(number)
+                missing = (
+                    f" ({number['missing_seeds']} seed(s) without a value)"
+                    if number.get("missing_seeds")
+                    else ""
+                )
                 print(
-                    f"  {key} {name}: {_cell(number['value'])} [{_cell(low)}, {_cell(high)}], n={number['n']}"
+                    f"  {key} {name}: {_cell(number['value'])} [{_cell(low)}, {_cell(high)}], n={number['n']}{missing}"
                 )
 
 
