@@ -17,7 +17,7 @@ def test_bench_generate_times_each_method_beside_the_limit(tiny_dir, tmp_path):
     assert {"hf", "limit"} <= set(results)
     assert set(results) - {"limit"} | set(measured["unavailable"]) == set(args.methods)
     assert measured["unavailable"]["vllm"]  # not installed here, or no CUDA: said, not skipped silently
-    for name, r in results.items():
+    for r in results.values():
         assert len(r["seconds"]) == 2 and r["tokens_per_s"] > 0
     assert results["limit"]["tokens"] == 3 * 4 and 0 < results["hf"]["tokens"] <= 3 * 4
     assert results["hf"]["greedy_identical"]
