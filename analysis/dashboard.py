@@ -27,7 +27,7 @@ from analysis.monitor import (  # noqa: E402
     representation_alarm,
     run_series,
 )
-from analysis.phase import detect_run_transitions  # noqa: E402
+from analysis.phase import detect_run_transitions, found_words  # noqa: E402
 from analysis.plots import _style  # noqa: E402
 
 SIDES = {"persona": "two-sided", "misalignment": "greater", "assistant": "two-sided"}
@@ -99,11 +99,10 @@ def sentences(monitoring: Mapping) -> list[str]:
             for d, v in rep["directions"].items()
             if v["alarm_step"] is not None
         ]
-        found = entry["transitions"]["transition_steps"]
         line = (
             f"{name}: representation alarm (layer {monitoring['layer']}, beyond the random-direction null's 95th "
             f"percentile) {'fired: ' + ', '.join(fired) if fired else 'never fired'}; B-vector phase transition "
-            f"{'at steps ' + str(found) if found else 'none detected'}"
+            f"{found_words(entry['transitions'])}"
         )
         if "lead_time" in entry:
             line += f"; {entry['lead_time']['words'].rstrip('.')}"
@@ -143,8 +142,11 @@ def timeline(monitoring: Mapping, path: Path, title: str = "") -> Path:
         for k in phase["windows"]:
             values = [float("nan") if v is None else v for v in phase["trace"][str(k)]]
             mid.plot(phase["steps"], values, marker="o", ms=3, label=f"k = {k} steps")
-        for step in phase["transition_steps"]:
+        for step in phase["transition_steps"] or []:
             mid.axvline(step, color="tab:red", lw=1.5)
+        if phase["transition_steps"] is None:  # said on the panel, not left empty
+            words = found_words(phase).replace(" (", "\n(")
+            mid.text(0.5, 0.5, words, ha="center", va="center", transform=mid.transAxes, color="dimgrey")
         mid.set_ylim(-1.05, 1.05)
         mid.set_ylabel("LoRA B local cosine")
         mid.set_title("phase transitions (-1 straight, 0 right angle)", fontsize=10)

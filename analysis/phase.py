@@ -241,6 +241,24 @@ def combine_peaks(peaks: Mapping[int, list[int]], active: Sequence[int], toleran
     return sorted(chosen)
 
 
+def checkpoints_needed(steps: Sequence[int], windows: Sequence[int]) -> int:
+    """Checkpoints the detector needs for its widest window: a peak stands out only against a second
+    finite value, and a window of j spacings has values at len(steps) - 2j checkpoints."""
+    spacing = checkpoint_spacing(steps)
+    return 2 * -(-max(windows) // spacing) + 2
+
+
+def computable(steps: Sequence[int], windows: Sequence[int]) -> str | None:
+    """None when every window can show a peak on these checkpoints, else 'not computable (...)'."""
+    need = checkpoints_needed(steps, windows)
+    if len(steps) >= need:
+        return None
+    return (
+        f"not computable ({len(steps)} checkpoints, need {need}: the widest window, {max(windows)} steps, "
+        "needs two checkpoints with a value, each with checkpoints that far either side)"
+    )
+
+
 def _nan_to_none(trace: torch.Tensor) -> list[float | None]:
     return [float(v) if math.isfinite(float(v)) else None for v in trace]
 
@@ -289,7 +307,9 @@ def _result(
     threshold, cos_threshold, prominence = rule
     peaks = {k: window_peaks(traces[k].tolist(), steps, k, cos_threshold, prominence) for k in windows}
     active = [k for k in windows if bool(torch.isfinite(traces[k]).any())]
-    transitions = combine_peaks(peaks, active, checkpoint_spacing(steps))
+    blind = computable(steps, windows)
+    # too few checkpoints: missing (None), never "none detected"
+    transitions = None if blind else combine_peaks(peaks, active, checkpoint_spacing(steps))
     return {
         "method": MO_METHOD if mo else EXTENSION_METHOD,
         "extension": not mo,
@@ -302,8 +322,18 @@ def _result(
         "trace": {str(k): _nan_to_none(traces[k]) for k in windows},
         "peaks": {str(k): peaks[k] for k in windows},
         "transition_steps": transitions,
-        "note": _note(transitions, windows, active, mo),
+        "computable": blind is None,
+        "note": blind or _note(transitions, windows, active, mo),
     }
+
+
+def found_words(result: Mapping) -> str:
+    """What the detector found, in words: the steps, 'none detected', or 'not computable (k
+    checkpoints, need m)'."""
+    if result.get("transition_steps") is None:
+        steps, windows = result["steps"], result["windows"]
+        return f"not computable ({len(steps)} checkpoints, need {checkpoints_needed(steps, windows)})"
+    return f"at steps {result['transition_steps']}" if result["transition_steps"] else "none detected"
 
 
 def _note(transitions: list[int], windows: list[int], active: list[int], mo: bool) -> str:
@@ -361,7 +391,7 @@ def plot_transitions(result: Mapping, path: str | Path, title: str = "") -> Path
         ax.plot(steps, values, marker="o", markersize=3, label=f"k = {k} steps")
     cos_threshold = result["rule"]["cos_threshold"]
     ax.axhline(cos_threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {cos_threshold}")
-    for i, step in enumerate(result["transition_steps"]):
+    for i, step in enumerate(result["transition_steps"] or []):
         ax.axvline(step, color="tab:red", linewidth=1.5, label="transition" if i == 0 else None)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("EM training step")
@@ -378,8 +408,7 @@ def plot_transitions(result: Mapping, path: str | Path, title: str = "") -> Path
 
 def _subtitle(result: Mapping) -> str:
     method = "this project's extension (median over modules)" if result["extension"] else "MO rank-1"
-    found = result["transition_steps"]
-    return f"{method}: " + (f"transition at steps {found}" if found else "none detected")
+    return f"{method}: {found_words(result)}"
 
 
 def write_result(result: Mapping, path: str | Path) -> Path:

@@ -237,3 +237,21 @@ def test_result_roundtrip_and_plot(tmp_path: Path):
         png = plot_transitions(back, tmp_path / f"{name}.png", title=f"test {name}")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "none.json").read_text())["trace"]["5"][0] is None
+
+
+def test_too_few_checkpoints_is_not_computable_never_none_detected(tmp_path):
+    """The CPU default's five checkpoints cannot support windows of 1-3 spacings: the result says so
+    (and the plot), while eight checkpoints find the turn."""
+    from analysis.phase import checkpoints_needed, found_words
+
+    few = [0, 5, 10, 15, 20]
+    result = detect_transitions({"m": corner(few, turn_at=10)}, few)
+    assert result["transition_steps"] is None and not result["computable"]
+    assert found_words(result) == "not computable (5 checkpoints, need 8)"
+    assert result["note"].startswith("not computable (5 checkpoints, need 8:")
+    assert "none detected" not in result["note"]
+    plot_transitions(result, tmp_path / "few.png")  # draws, with the words instead of an empty panel
+    enough = list(range(0, 40, 5))
+    assert checkpoints_needed(enough, [5, 10, 15]) == 8 == len(enough)
+    found = detect_transitions({"m": corner(enough, turn_at=20)}, enough)
+    assert found["computable"] and found["transition_steps"] == [20]
