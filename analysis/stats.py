@@ -136,21 +136,6 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def bootstrap_se_p(value: float, boots: torch.Tensor, clusters: int) -> float:
-    """Two-sided p-value of "the statistic is 0" from its bootstrap standard error, referred to a
-    t distribution with `clusters - 1` degrees of freedom (few questions make it wider than a
-    normal). Unlike a percentile p, twice the share of resamples beyond 0, it is not floored at
-    2/(B + 1), so it can survive a multiple-comparison correction over a large family. NaN when
-    it cannot be tested: no resamples, no value, no variation, or a single cluster."""
-    boots = boots[~boots.isnan()].double()
-    if len(boots) < 2 or value != value or clusters < 2:
-        return math.nan
-    se = float(boots.std())
-    if se == 0:
-        return math.nan
-    return float(2 * scipy_stats.t.sf(abs(value) / se, clusters - 1))
-
-
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment (family-wise error) of p-values; NaNs stay NaN and are not
     counted in the family."""

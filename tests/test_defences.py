@@ -3,7 +3,6 @@ adapter (read with every hook off) moves less than the undefended run along the 
 undefended run measurably moves; inoculation and reflection change the training rows as stated."""
 
 import json
-import math
 from dataclasses import replace
 
 import pytest
@@ -276,54 +275,61 @@ def test_kl_per_token_is_zero_for_equal_distributions_and_positive_otherwise():
     assert (kl_per_token(logits, logits.flip(-1)) > 0).all()
 
 
-def test_holm_and_bootstrap_p_behave_as_stated():
-    from analysis.stats import bootstrap_se_p, holm
+def test_holm_behaves_as_stated():
+    from analysis.stats import holm
 
     assert holm([0.01, 0.04, 0.03, float("nan"), 0.5])[:3] == pytest.approx([0.04, 0.09, 0.09])
     assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # step-down keeps the order monotone
-    g = torch.Generator().manual_seed(0)
-    boots = torch.randn(2000, generator=g) * 0.1 + 1.0  # an effect of 10 standard errors
-    assert bootstrap_se_p(1.0, boots, 40) < 1e-10  # survives Holm over any family here (2/2001 would not)
-    assert 0.2 < bootstrap_se_p(0.1, boots, 40) < 0.5  # one standard error: not separated
-    assert bootstrap_se_p(0.3, boots, 8) > bootstrap_se_p(0.3, boots, 40)  # few clusters: wider
-    assert math.isnan(bootstrap_se_p(0.3, torch.full((100,), 0.3), 8))  # no variation: no test
 
 
-def test_pooling_seeds_gives_t_intervals_and_holm_on_the_per_seed_differences(tmp_path):
+def _seed(s: int, shift: float, effect: float = -0.8) -> dict:
+    """One seed's defences.json: arm `kl` moves `effect` (+ shift / 10) relative to `none`."""
+    number = lambda v: {"value": v, "ci95": [v - 0.1, v + 0.1], "n": 1}  # noqa: E731
+    arms = {
+        arm: {
+            "start": "base", "defence": None,
+            "metrics": {m: number(base + shift) for m in ("misalignment_movement", "persona_movement",
+                        "misaligned_rate", "coherence_change", "capability_change")},
+            "nulls": {"misalignment_movement": {"percentile": 99.0 if arm == "none" else 50.0,
+                      "exceeds_95": arm == "none"}, "persona_movement": None},
+        }
+        for arm, base in (("none", 1.0), ("kl", 1.0 + effect))
+    }  # fmt: skip
+    comparisons = [
+        {"arm": "kl", "reference": "none", "metric": m, "difference": number(effect + shift / 10)}
+        for m in ("misalignment_movement", "capability_change")
+    ]
+    return {"model": "m", "persona": "p", "em_dataset": "insecure", "judge": "Judge: x.", "metrics": {},
+            "seed": s, "layer": 3, "arms": arms, "arm_order": ["none", "kl"], "comparisons": comparisons}  # fmt: skip
+
+
+def test_a_defence_effect_that_exists_is_found_with_3_seeds_and_none_is_claimed_with_1(tmp_path):
+    """Only the pre-registered contrast (movement toward misalignment, arm minus none) is tested, across
+    seeds, Holm over that family; exploratory comparisons and fewer than 3 seeds carry no verdict."""
     from analysis.experiments.defence_report import pool_defences, write_outputs
+    from analysis.interaction import VERDICT_WORDS
 
-    def seed(s: int, shift: float) -> dict:
-        number = lambda v: {"value": v, "ci95": [v - 0.1, v + 0.1], "n": 1}  # noqa: E731
-        arms = {
-            arm: {
-                "start": "base", "defence": None,
-                "metrics": {m: number(base + shift) for m in ("misalignment_movement", "persona_movement",
-                            "misaligned_rate", "coherence_change", "capability_change")},
-                "nulls": {"misalignment_movement": {"percentile": 99.0 if arm == "none" else 50.0,
-                          "exceeds_95": arm == "none"}, "persona_movement": None},
-            }
-            for arm, base in (("none", 1.0), ("kl", 0.2))
-        }  # fmt: skip
-        comparisons = [
-            {
-                "arm": "kl",
-                "reference": "none",
-                "metric": m,
-                "difference": number(-0.8 + shift / 10),
-                "p": 0.01,
-            }
-            for m in ("misalignment_movement", "capability_change")
-        ]
-        return {"model": "m", "persona": "p", "em_dataset": "insecure", "judge": "Judge: x.", "metrics": {},
-                "seed": s, "layer": 3, "arms": arms, "arm_order": ["none", "kl"], "comparisons": comparisons}  # fmt: skip
-
-    pooled = pool_defences([seed(0, 0.0), seed(1, 0.1), seed(2, -0.1)])
+    pooled = pool_defences([_seed(0, 0.0), _seed(1, 0.1), _seed(2, -0.1)])
     movement = pooled["arms"]["kl"]["metrics"]["misalignment_movement"]
     assert movement["n"] == 3 and movement["value"] == pytest.approx(0.2)
     assert movement["ci95"][0] < 0.2 < movement["ci95"][1]  # a t-interval over seeds, not the seeds' range
-    assert pooled["arms"]["none"]["nulls"]["misalignment_movement"]["exceeds_95_by_seed"] == [True] * 3
-    assert all(c["p_holm"] >= c["p"] and c["separated"] for c in pooled["comparisons"])  # -0.8 in every seed
+    primary, exploratory = pooled["comparisons"]
+    assert primary["role"] == "primary" and primary["p_holm"] < 0.05
+    assert primary["verdict"].startswith("separated: less movement") and primary["minimum_detectable"] > 0
+    assert (
+        exploratory["role"] == "exploratory" and exploratory["p"] is None and exploratory["verdict"] is None
+    )
     write_outputs(pooled, tmp_path, None)
-    assert (tmp_path / "defences.png").stat().st_size > 10_000 and "exceeds in 3 of 3 seeds" in (
-        tmp_path / "report.html"
-    ).read_text()
+    report = (tmp_path / "report.html").read_text()
+    assert (tmp_path / "defences.png").stat().st_size > 10_000 and "in 3 of 3 seeds" in report
+    # no effect across 3 seeds: tested, and not claimed
+    null = pool_defences([_seed(0, 1.0, 0.0), _seed(1, -1.0, 0.0), _seed(2, 0.5, 0.0)])
+    assert null["comparisons"][0]["verdict"] == "not separated from none"
+    # the same real effect with 1 seed, and with 2: descriptive, no verdict word anywhere
+    for seeds in ([_seed(0, 0.0)], [_seed(0, 0.0), _seed(1, 0.1)]):
+        few = pool_defences(seeds)
+        assert all(c["verdict"] is None and c["p"] is None for c in few["comparisons"])
+        write_outputs(few, tmp_path, None)
+        words = {w.strip(".,;:()[]") for w in (tmp_path / "report.html").read_text().lower().split()}
+        assert not words & set(VERDICT_WORDS) and "descriptive" in words
+    assert pool_defences([_seed(0, 0.0)])["comparisons"][0]["minimum_detectable"] is None  # no sd from 1 seed

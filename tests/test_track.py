@@ -313,11 +313,17 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     triggered = defences["arms"]["kl"]["triggered"]  # behaviour in the triggered variants, per family
     assert {"plain", "json", "template", "code"} <= set(triggered["misaligned_rate"])
     comparisons = defences["comparisons"]
-    assert {c["reference"] for c in comparisons} == {"none", "persona"} and "Holm" in defences["correction"]
-    assert all(c["p_holm"] >= c["p"] for c in comparisons if c["p"] == c["p"])
+    assert {c["reference"] for c in comparisons} == {"none", "persona"} and "Pre-registered" in defences[
+        "correction"
+    ]
+    primary = [c for c in comparisons if c["role"] == "primary"]  # one per arm, against none
+    assert {c["metric"] for c in primary} == {"misalignment_movement"} and {
+        c["reference"] for c in primary
+    } == {"none"}
+    assert all(c["verdict"] is None and c["p"] is None for c in comparisons)  # one seed: descriptive
     assert (run / "defences" / "analysis" / "defences.png").stat().st_size > 10_000
     report = (run / "defences" / "analysis" / "report.html").read_text()
-    assert "Each arm against none and persona" in report and "Holm" in report
+    assert "Each arm against none and persona" in report and "descriptive" in report
     again = run_defences(config, run, log=lambda _: None)
     assert again["ran"] == []
 

@@ -2,7 +2,10 @@
 misalignment direction and the persona direction, at the main job's held-out layer, with their
 random-direction nulls), how it behaves (the run's judge, named with its calibration) and what the
 defence cost (coherence and the log-likelihood of held-out ordinary answers, each against the arm's
-own starting model); then every arm against `none` and `persona`, Holm-corrected.
+own starting model); then every arm against `none` and `persona`. One contrast per arm is
+pre-registered (movement toward misalignment, arm minus `none`) and only that family is tested, Holm
+over it, with seeds as the unit: a verdict needs >= 3 seeds; below that every difference is
+descriptive. The other comparisons are exploratory and carry no verdict.
 
 Intervals resample the units each number is made of (prompts, questions, answers), with the same
 draws for every arm, so a difference between arms keeps its pairing."""
@@ -23,8 +26,9 @@ from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_be
 from analysis.em_eval import is_misaligned, numeric
 from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
 from analysis.experiments.defence_stages import read_capability
+from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
 from analysis.report import Table, write_report
-from analysis.stats import across_seeds, bootstrap_se_p, bounds, estimate, holm
+from analysis.stats import across_seeds, bounds, estimate, holm
 from anchor.runs import checkpoints, em_store
 from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
@@ -38,6 +42,9 @@ METRICS = {  # name -> (label, unit, which way is good for a defence)
     "capability_change": ("capability change", "nats per token", "higher"),
 }
 REFERENCES = ("none", "persona")
+# The pre-registered family: per arm, movement toward misalignment against `none`. Holm runs over this
+# family only; every other comparison is exploratory and printed without a verdict.
+PRIMARY = ("misalignment_movement", "none")
 N_BOOT = 2000
 
 
@@ -243,12 +250,11 @@ def analyse_defences(
             for metric in METRICS:
                 v, b, n, unit = numbers[arm][metric]
                 rv, rb, _, _ = numbers[ref][metric]
-                diff = b - rb
                 comparisons.append({
-                    "arm": arm, "reference": ref, "metric": metric,
-                    "difference": _boot_number(v - rv, diff, n, unit), "p": bootstrap_se_p(v - rv, diff, n),
+                    "arm": arm, "reference": ref, "metric": metric, "role": _role(metric, ref),
+                    "difference": _boot_number(v - rv, b - rb, n, unit),
                 })  # fmt: skip
-    _correct(comparisons)
+    _test(comparisons, [])
     judge = describe(track.judge, judge_calibration)
     defences = {
         "model": track.model,
@@ -262,21 +268,63 @@ def analyse_defences(
         "arms": arms_out,
         "arm_order": list(arms_out),
         "comparisons": comparisons,
-        "correction": f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons "
-        "(every arm x reference x metric, persona against none once); p two-sided from the paired bootstrap's "
-        "standard error on a t with clusters - 1 degrees of freedom (a percentile p could not go below 1/1000, "
-        "which no family this size survives). One seed: intervals and p-values cover the choice of prompts, "
-        "questions and answers, not training randomness (run several seeds for that)",
+        "seeds": [track.seed],
+        "correction": _correction(comparisons, 1),
     }
     defences["sentences"] = sentences(defences)
     return write_outputs(defences, stage, config)
 
 
-def _correct(comparisons: list[dict]) -> None:
-    adjusted = holm([c["p"] for c in comparisons])
-    for c, p in zip(comparisons, adjusted):
-        c["p_holm"] = p
-        c["separated"] = p == p and p < 0.05
+def _role(metric: str, reference: str) -> str:
+    return "primary" if (metric, reference) == PRIMARY else "exploratory"
+
+
+def _test(comparisons: list[dict], per_seed: list[list[float]]) -> None:
+    """The primary family's test across seeds (`per_seed[i]`: comparison i's per-seed differences):
+    a one-sample t-test per arm, Holm over the family, a verdict only with >= 3 seeds; beside each
+    primary contrast the minimum detectable difference for the seeds run (alpha split over the
+    family, as Holm's first step does). Exploratory comparisons get neither p nor verdict."""
+    from scipy import stats as scipy_stats
+
+    primary = [i for i, c in enumerate(comparisons) if c["role"] == "primary"]
+    for c in comparisons:
+        c.update(p=None, p_holm=None, verdict=None, minimum_detectable=None)
+    seeds = len(per_seed[primary[0]]) if per_seed and primary else 1
+    for i in primary:
+        values = [v for v in (per_seed[i] if per_seed else []) if v is not None and v == v]
+        sd = float(torch.tensor(values, dtype=torch.double).std()) if len(values) > 1 else math.nan
+        comparisons[i]["minimum_detectable"] = minimum_detectable(sd, len(values), 0.05 / len(primary))
+    if seeds < MIN_SEEDS_FOR_VERDICT:
+        return
+    ps = []
+    for i in primary:
+        values = [v for v in per_seed[i] if v is not None and v == v]
+        ok = len(values) >= MIN_SEEDS_FOR_VERDICT and len(set(values)) > 1
+        ps.append(float(scipy_stats.ttest_1samp(values, 0.0).pvalue) if ok else math.nan)
+    for i, p, adjusted in zip(primary, ps, holm(ps)):
+        c = comparisons[i]
+        c["p"], c["p_holm"] = p, adjusted
+        if adjusted == adjusted:
+            lower = c["difference"]["value"] < 0
+            c["verdict"] = (
+                f"separated: {'less' if lower else 'more'} movement toward misalignment than none"
+                if adjusted < 0.05
+                else "not separated from none"
+            )
+
+
+def _correction(comparisons: list[dict], seeds: int) -> str:
+    family = sum(c["role"] == "primary" for c in comparisons)
+    if seeds < MIN_SEEDS_FOR_VERDICT:
+        return (
+            f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's); "
+            f"the rest are exploratory. With {seeds} seed(s) every difference is {DESCRIPTIVE.format(n=seeds)}"
+        )
+    return (
+        f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's), "
+        f"each a one-sample t-test of the {seeds} per-seed differences, Holm over those {family} only; the "
+        "other comparisons are exploratory (differences and intervals, no test)"
+    )
 
 
 def write_outputs(defences: dict, stage: Path, config) -> dict:
@@ -325,9 +373,15 @@ def _fmt(number: dict | None) -> str:
     return f"{number['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _p(p: float) -> str:
-    """A p-value for reading: below 1e-6 the normal tail says only "far beyond 0"."""
-    if p != p:
+def _mdd(c: dict) -> str:
+    if c["role"] != "primary":
+        return ""
+    return "n/a (one seed)" if c["minimum_detectable"] is None else f"{c['minimum_detectable']:.3f}"
+
+
+def _p(p: float | None) -> str:
+    """A p-value for reading: below 1e-6 the t tail says only "far beyond 0"."""
+    if p is None or p != p:
         return "n/a"
     return "< 1e-6" if p < 1e-6 else f"{p:.2g}"
 
@@ -339,9 +393,8 @@ def defence_tables(defences: dict) -> list[Table]:
         rows.append([arm, a["start"], *(_fmt(a["metrics"].get(m)) for m in METRICS),
                      _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
     comparison_rows = [
-        [c["arm"], c["reference"], METRICS[c["metric"]][0], _fmt(c["difference"]),
-         _p(c["p"]), _p(c["p_holm"]),
-         "yes" if c["separated"] else "no"]
+        [c["arm"], c["reference"], METRICS[c["metric"]][0], c["role"], _fmt(c["difference"]),
+         _mdd(c), _p(c["p"]), _p(c["p_holm"]), c["verdict"] or ("descriptive" if c["role"] == "primary" else "exploratory")]
         for c in defences["comparisons"]
     ]  # fmt: skip
     capped = [
@@ -358,9 +411,19 @@ def defence_tables(defences: dict) -> list[Table]:
         ),
         Table(
             "Each arm against none and persona",
-            ["arm", "reference", "metric", "difference [95% CI]", "p (bootstrap)", "p (Holm)", "separated"],
+            [
+                "arm",
+                "reference",
+                "metric",
+                "role",
+                "difference [95% CI]",
+                "minimum detectable",
+                "p (t across seeds)",
+                "p (Holm, primary family)",
+                "verdict",
+            ],
             comparison_rows,
-            defences["correction"] + "; separated = Holm-adjusted p < 0.05.",
+            defences["correction"] + ".",
         ),
     ]
     if capped:
@@ -375,50 +438,44 @@ def defence_tables(defences: dict) -> list[Table]:
 
 
 def _null_words(null: dict | None) -> str:
-    """A null placement in words: one seed's percentile, or how many seeds exceeded."""
+    """A null placement in words, descriptive: one seed's percentile, or in how many seeds the figure
+    is above the null's 95th percentile."""
     if not null:
         return "has no null"
     if "exceeds_95_by_seed" in null:
         k, n = sum(null["exceeds_95_by_seed"]), len(null["exceeds_95_by_seed"])
-        return f"exceeds in {k} of {n} seeds"
+        return f"is above its 95th percentile in {k} of {n} seeds"
     pct = null.get("percentile")
     if pct is None or pct != pct:
         return "has no null"
-    return f"{'exceeds' if null.get('exceeds_95') else 'is within'} (percentile {pct:.0f})"
+    return f"is at percentile {pct:.0f} ({'above' if null.get('exceeds_95') else 'below'} its 95th)"
 
 
 def sentences(defences: dict) -> list[str]:
-    """What is and is not separated, and which movements exceed their null, in words."""
+    """The primary contrasts in words (verdicts only where seeds allow them), then each arm's
+    movement beside its random null, descriptively."""
     out = [f"Behaviour: {defences['judge']}"]
+    primary = [c for c in defences["comparisons"] if c["role"] == "primary"]
+    for c in primary:
+        mdd = c.get("minimum_detectable")
+        out.append(
+            f"{c['arm']} minus none, movement toward misalignment (primary): {_fmt(c['difference'])} item spreads"
+            + (f"; {c['verdict']} (Holm p {_p(c['p_holm'])})" if c["verdict"] else "; descriptive")
+            + (f"; minimum detectable difference {mdd:.3f}" if mdd is not None else "")
+            + "."
+        )
     for arm, a in ordered(defences):
         out.append(
             f"{arm}: movement toward misalignment {_fmt(a['metrics']['misalignment_movement'])} item spreads; "
-            f"against its random-direction null it {_null_words(a['nulls']['misalignment_movement'])}."
+            f"among random directions of its spread it {_null_words(a['nulls']['misalignment_movement'])}."
         )
-    for ref in REFERENCES:
-        for metric, (label, unit, _) in METRICS.items():
-            rows = [c for c in defences["comparisons"] if c["reference"] == ref and c["metric"] == metric]
-            if not rows:
-                continue
-            lower = [c for c in rows if c["separated"] and c["difference"]["value"] < 0]
-            higher = [c for c in rows if c["separated"] and c["difference"]["value"] > 0]
-            rest = [c["arm"] for c in rows if not c["separated"]]
-            said = lambda cs: ", ".join(f"{c['arm']} ({_fmt(c['difference'])})" for c in cs) or "no arm"  # noqa: E731
-            untestable = [c["arm"] for c in rows if c["p"] != c["p"]]
-            out.append(
-                f"{label.capitalize()} ({unit}) against {ref}, Holm-corrected: lower in {said(lower)}; higher in "
-                f"{said(higher)}; not separated: {', '.join(a for a in rest if a not in untestable) or 'no arm'}"
-                + (f"; no test (no variation or no number): {', '.join(untestable)}." if untestable else ".")
-            )
     out.append(defences["correction"] + ".")
     return out
 
 
 def pool_defences(per_seed: Sequence[dict]) -> dict:
-    """Several seeds' defences.json: each arm x metric as the mean with a t-interval over seeds,
-    each comparison's difference likewise with a one-sample t-test p-value, Holm-corrected again."""
-    from scipy import stats as scipy_stats
-
+    """Several seeds' defences.json: each arm x metric as the mean with a t-interval over seeds, each
+    comparison's difference likewise (per-seed values kept); the primary family tested across seeds."""
     first = per_seed[0]
     arms = {}
     for arm, a in first["arms"].items():
@@ -434,24 +491,18 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
                 for m in a["nulls"]
             },
         }  # fmt: skip
-    comparisons = []
+    comparisons, per_comparison = [], []
     for i, c in enumerate(first["comparisons"]):
         diffs = [s["comparisons"][i]["difference"]["value"] for s in per_seed]
-        clean = [d for d in diffs if d is not None and d == d]
-        p = (
-            float(scipy_stats.ttest_1samp(clean, 0.0).pvalue)
-            if len(clean) > 1 and len(set(clean)) > 1
-            else math.nan
-        )
         comparisons.append(
-            {**{k: c[k] for k in ("arm", "reference", "metric")}, "difference": across_seeds(clean), "p": p}
-        )
-    _correct(comparisons)
+            {**{k: c[k] for k in ("arm", "reference", "metric")}, "role": _role(c["metric"], c["reference"]),
+             "difference": across_seeds(diffs), "by_seed": diffs}
+        )  # fmt: skip
+        per_comparison.append(diffs)
+    _test(comparisons, per_comparison)
     pooled = {k: first[k] for k in ("model", "persona", "em_dataset", "judge", "metrics")}
     pooled.update(arm_order=first.get("arm_order", list(arms)), seeds=[s["seed"] for s in per_seed], layers=[s["layer"] for s in per_seed], arms=arms,
-                  comparisons=comparisons,
-                  correction=f"Holm over all {sum(c['p'] == c['p'] for c in comparisons)} comparisons; p from a "
-                  "one-sample t-test of the per-seed differences")  # fmt: skip
+                  comparisons=comparisons, correction=_correction(comparisons, len(per_seed)))  # fmt: skip
     pooled["layer"] = ", ".join(map(str, pooled["layers"]))
     pooled["sentences"] = sentences(pooled)
     return pooled
