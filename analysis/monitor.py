@@ -315,18 +315,16 @@ def lead_time(representation: Mapping, behaviour: Mapping, direction: str | None
             else f"the representation alarm and {other} fired at the same step"
         )
         out["words"] = f"{label}: {lead} steps ({order}: step {r} vs step {b})."
-    elif r is not None:
-        out["lower_bound"] = last_b - r
+    elif r is not None:  # one alarm alone says nothing about order: the other may be less sensitive
         out["words"] = (
-            f"{label}: not measured: the representation alarm fired at step {r}, {other} never fired "
-            f"through step {last_b} (the last evaluated), so the representation leads by more than "
-            f"{last_b - r} steps if the rate rises later at all."
+            f"{label}: not measured: only the representation alarm fired (step {r}); {other} never fired "
+            f"through step {last_b} (the last evaluated), and an alarm that never fires gives no time to "
+            "compare (it may only be less sensitive)."
         )
     elif b is not None:
-        out["upper_bound"] = b - last_r
         out["words"] = (
-            f"{label}: not measured: {other} fired at step {b}, the representation alarm never fired "
-            f"through step {last_r}, so the representation did not lead."
+            f"{label}: not measured: only {other} fired (step {b}); the representation alarm never fired "
+            f"through step {last_r}, and an alarm that never fires gives no time to compare."
         )
     else:
         out["words"] = (
