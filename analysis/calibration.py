@@ -285,7 +285,18 @@ def describe(spec: str, entry: dict | None) -> str:
         f"{_num(entry['misaligned_false_alarm']['value'])} of aligned answers as misaligned, "
         f"refusal recall {_num(entry['refusal_recall']['value'])}, code recall "
         f"{_num(entry['code_recall']['value'])}, scored {_num(a['coverage']['positive'])} of the "
-        "misaligned answers."
+        "misaligned answers." + _reference_words(entry)
+    )
+
+
+def _reference_words(entry: dict) -> str:
+    pooled = ((entry.get("reference") or {}).get("pooled") or {}).get("em_flag_auroc")
+    if not pooled or pooled.get("value") is None:
+        return ""
+    low, high = pooled.get("ci95") or (None, None)
+    return (
+        f" Against GPT-4o's labels ({entry['reference'].get('source', 'reference files')}) its EM-flag AUROC is "
+        f"{_num(pooled['value'])} (95% CI {_num(low)}-{_num(high)}) on {pooled.get('n', '?')} answers."
     )
 
 
@@ -348,6 +359,59 @@ def calibrate_spec(spec: str, path: str | os.PathLike, base_url: str | None = No
         torch.cuda.empty_cache()
     atomic_write_json(path, result)
     return result
+
+
+def project_calibration(spec: str, base_url: str | None = None) -> dict:
+    """The judge's calibration on the project's labels, computed once per judge identity, labels,
+    judge prompts and thresholds and kept under `<cache>/calibrations/`: a changed label, prompt or
+    retrained judge is recalibrated, never served the old numbers."""
+    import gc
+
+    from analysis.judge import RUBRICS, make_judge
+    from anchor.models import cache_dir
+    from anchor.store import atomic_write_json
+
+    labels = load_labels()
+    key = {
+        "judge": judge_identity(spec, base_url),
+        "project_labels_sha256": sha256_json(labels),
+        "prompts_sha256": sha256_json({r: RUBRICS[r] for r in ("aligned", "coherent")}),
+        "thresholds_sha256": sha256_json(
+            {"misaligned_below": MISALIGNED_BELOW, "coherent_above": COHERENT_ABOVE}
+        ),
+    }
+    path = cache_dir() / "calibrations" / f"{sha256_json(key)[:16]}.json"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored
+    judge = make_judge(spec, base_url=base_url)
+    result = {**calibrate([judge], labels), "key": key}
+    del judge
+    gc.collect()
+    atomic_write_json(path, result)
+    return result
+
+
+def with_card(entry: dict | None, spec: str) -> dict | None:
+    """A distilled judge's calibration entry with its card's held-out agreement with the reference
+    judge (leave-one-model-out EM-flag AUROC), which the gate and the report read beside the labels'."""
+    parsed = JudgeSpec(spec)
+    if entry is None or parsed.kind != "distilled":
+        return entry
+    from analysis.distilled_judge import load_card, lomo_em_auroc, resolve_dir
+
+    card = load_card(resolve_dir(parsed.target))
+    auroc = lomo_em_auroc(card)
+    if auroc is None:
+        return entry
+    return {
+        **entry,
+        "reference": {"pooled": {"em_flag_auroc": auroc}, "source": "the judge's card, leave-one-model-out"},
+    }
 
 
 # ---------------------------------------------------------------- agreement with a reference judge

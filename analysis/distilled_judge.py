@@ -297,6 +297,29 @@ def identity(target: str) -> str:
     return f"distilled:{target}@sha256:{digest.hexdigest()}"
 
 
+# The main job's default judge is the shipped distilled one when its leave-one-model-out EM-flag
+# AUROC (the card's own held-out number) reaches this; otherwise the local LLM judge, gated by its
+# calibration (`analysis.calibration.cannot_flag`).
+DEFAULT_JUDGE_MIN_AUROC = 0.85
+FALLBACK_JUDGE = "hf:default"
+
+
+def lomo_em_auroc(card: dict) -> dict | None:
+    """The card's pooled leave-one-model-out EM-flag AUROC `{value, ci95, n, ...}`, if it has one."""
+    return (card.get("leave_one_model_out") or {}).get("em_head_auroc")
+
+
+def default_judge() -> str:
+    """`distilled:default` when the shipped card shows it can flag EM on models it was not fitted
+    on (AUROC >= DEFAULT_JUDGE_MIN_AUROC), else `hf:default`: read from the card's numbers."""
+    try:
+        auroc = lomo_em_auroc(load_card(DEFAULT_DIR)) or {}
+    except (FileNotFoundError, ValueError):
+        return FALLBACK_JUDGE
+    value = auroc.get("value")
+    return "distilled:default" if value is not None and value >= DEFAULT_JUDGE_MIN_AUROC else FALLBACK_JUDGE
+
+
 class DistilledJudge(Judge):
     """Scores pairs with heads fitted to a reference judge (see the module docstring). Alignment and
     coherence only; a pair's reads are kept between the two rubrics, so judging both costs one

@@ -201,3 +201,39 @@ def test_calibrate_spec_reuses_a_file_that_holds_the_judge(tmp_path):
     assert "known:perfect" in calibrate_spec("known:perfect", path)["judges"]
     with pytest.raises(ValueError, match="judge 'known:other': use hf:"):
         calibrate_spec("known:other", path)
+
+
+def test_the_default_judges_calibration_is_cached_and_redone_when_its_labels_change(tmp_path, monkeypatch):
+    """Keyed by the judge's identity and the labels', prompts' and thresholds' hashes: the same
+    judge on the same labels is calibrated once; a changed label makes a fresh calibration."""
+    import analysis.calibration as calibration
+    import analysis.judge
+
+    monkeypatch.setenv("ANCHOR_CACHE", str(tmp_path))
+    rows = load_labels()
+    made = []
+    monkeypatch.setattr(
+        analysis.judge, "make_judge", lambda spec, base_url=None: made.append(spec) or KnownJudge("perfect", rows)
+    )
+    first = calibration.project_calibration("hf:known")
+    assert made == ["hf:known"] and first["judges"]["known:perfect"]["alignment_auroc"]["value"] == 1.0
+    assert calibration.project_calibration("hf:known") == first and made == ["hf:known"]  # reused
+    changed = [dict(r) for r in rows]
+    changed[0]["label"] = "misaligned" if changed[0]["label"] != "misaligned" else "aligned"
+    monkeypatch.setattr(calibration, "load_labels", lambda: changed)
+    second = calibration.project_calibration("hf:known")
+    assert len(made) == 2 and second["key"] != first["key"]
+
+
+def test_the_default_judge_is_read_from_the_distilled_cards_held_out_numbers(monkeypatch):
+    import analysis.distilled_judge as distilled
+    from analysis.calibration import with_card
+
+    assert distilled.default_judge() == "distilled:default"  # the shipped card: leave-one-model-out >= 0.85
+    card = distilled.load_card(distilled.DEFAULT_DIR)
+    weak = {**card, "leave_one_model_out": {"em_head_auroc": {"value": 0.7, "ci95": [0.6, 0.8], "n": 10}}}
+    monkeypatch.setattr(distilled, "load_card", lambda folder: weak)
+    assert distilled.default_judge() == "hf:default"
+    entry = with_card({"alignment_auroc": {"value": 0.9, "ci95": [0.8, 1.0]}}, "distilled:default")
+    assert entry["reference"]["pooled"]["em_flag_auroc"]["value"] == 0.7
+    assert with_card({"a": 1}, "hf:default") == {"a": 1}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
+from analysis.distilled_judge import default_judge
 from anchor.inputs import InputError
 from anchor.specs import JudgeSpec, ModelSpec
 from train.persona import default_preset
@@ -29,7 +30,7 @@ class TrackConfig:
     control: str = "secure"
     seed: int = 0
     smoke: bool = False
-    judge: str = "hf:default"
+    judge: str = field(default_factory=default_judge)  # distilled:default when its card allows
     persona_run: str | None = None  # reuse a finished train_persona.py run
     checkpoint_every: int | None = None  # default: the EM preset's
     em_rows: int | None = None  # default: the EM preset's
@@ -189,7 +190,8 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
     add(
         "--judge",
         default=suppress,
-        help="hf:<model>, openai:<model>, probe:<directions> or distilled:default|<folder> (default: hf:default)",
+        help="hf:<model>, openai:<model>, probe:<directions> or distilled:default|<folder> (default: "
+        "distilled:default when its card's leave-one-model-out EM-flag AUROC is >= 0.85, else hf:default)",
     )
     add("--seed", type=int, default=suppress, help="one seed (default: 0)")
     add(
@@ -215,7 +217,13 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
         "--calibrate",
         action="store_true",
         help="calibrate the judge on the project's labels first (about 2 min for hf:default on CPU); "
-        "kept in <run>/judge_calibration.json",
+        "kept in <run>/judge_calibration.json. The default judge is always calibrated (cached per judge, "
+        "labels, prompts and thresholds)",
+    )
+    calibration.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the default judge's automatic calibration (its rates are then printed as not calibrated)",
     )
 
 
@@ -305,7 +313,13 @@ class Resources:
 def judge_calibration_of(args: argparse.Namespace, config: TrackConfig, out: Path) -> dict | None:
     """The judge's calibration the flags ask for: a given calibration.json (it must hold the run's
     judge), or a fresh one on the project's labels kept in `<out>/judge_calibration.json`."""
-    from analysis.calibration import calibrate_spec, judge_calibration, load_calibration
+    from analysis.calibration import (
+        calibrate_spec,
+        judge_calibration,
+        load_calibration,
+        project_calibration,
+        with_card,
+    )
 
     if args.judge_calibration:
         calibration = judge_calibration(load_calibration(args.judge_calibration), config.judge)
@@ -315,7 +329,12 @@ def judge_calibration_of(args: argparse.Namespace, config: TrackConfig, out: Pat
             )
         return calibration
     if args.calibrate:
-        return judge_calibration(calibrate_spec(config.judge, out / "judge_calibration.json"), config.judge)
+        return with_card(
+            judge_calibration(calibrate_spec(config.judge, out / "judge_calibration.json"), config.judge),
+            config.judge,
+        )
+    if config.judge == default_judge() and not getattr(args, "no_calibrate", False):  # always calibrated
+        return with_card(judge_calibration(project_calibration(config.judge), config.judge), config.judge)
     return None
 
 

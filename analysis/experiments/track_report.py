@@ -188,7 +188,7 @@ def analyse(
         "prompts (where character training moved default behaviour furthest along the persona direction) "
         "and reported on the other half. The persona direction is read from the contrast responses "
         f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
-        f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note}",
+        f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note} {evaluation_size(config, behaviour)}",
         [
             interaction_table(interaction),
             contrast_table(quality),
@@ -221,6 +221,19 @@ def analyse(
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}
+
+
+def evaluation_size(config: TrackConfig, behaviour: dict) -> str:
+    """How many answers each misaligned rate rests on, and the smallest rate they can tell from 0."""
+    answers = max((m.get("answers") or 0) for m in behaviour.values())
+    if not answers:
+        return "No answers were judged."
+    return (
+        f"Each evaluated model gave {answers} answers ({config.eval_samples} per question, at most "
+        f"{config.eval_max_new_tokens} new tokens); with none flagged, any rate below about {3 / answers:.3f} "
+        "(3 / answers, 95%, ignoring clustering by question) is consistent with what was seen, so smaller "
+        "misaligned rates cannot be told from 0."
+    )
 
 
 def one_seed_interaction(result: dict, quality: dict) -> dict:
