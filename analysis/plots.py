@@ -18,6 +18,7 @@ RUN_STYLE = {
     "persona": ("tab:blue", "persona model + EM"),
     "base": ("tab:red", "base model + EM"),
     "control": ("tab:green", "persona model + secure control"),
+    "base_control": ("tab:purple", "base model + secure control"),
 }
 
 

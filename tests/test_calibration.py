@@ -213,7 +213,9 @@ def test_the_default_judges_calibration_is_cached_and_redone_when_its_labels_cha
     rows = load_labels()
     made = []
     monkeypatch.setattr(
-        analysis.judge, "make_judge", lambda spec, base_url=None: made.append(spec) or KnownJudge("perfect", rows)
+        analysis.judge,
+        "make_judge",
+        lambda spec, base_url=None: made.append(spec) or KnownJudge("perfect", rows),
     )
     first = calibration.project_calibration("hf:known")
     assert made == ["hf:known"] and first["judges"]["known:perfect"]["alignment_auroc"]["value"] == 1.0

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.calibration import cannot_flag
+from analysis.calibration import DEFAULT_LABELS, cannot_flag
 from analysis.drift_report import BASE, BASE_CONTROL, CONTROL, PERSONA, RUNS
 from analysis.experiments.inputs import check_track_inputs
 from analysis.experiments.options import (
@@ -55,6 +55,7 @@ from analysis.experiments.track_stages import (
     write_assistant_axis,
     write_contrast,
     write_contrast_pairs,
+    write_likelihoods,
     write_misalignment_direction,
 )
 from analysis.report import add_table, timings_table
@@ -348,10 +349,20 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         **{f"{name}_end": em_source(out / folder) for name, folder in RUNS.items()},
     }
     evaluations: dict[str, StageOutput] = {}
+    likelihoods: dict[str, StageOutput] = {}
     for name, source in sources.items():
         run(job.evaluation_stage(name, source, job.triggered if name.endswith("_end") else None))
+        # the judge-free read, on the model the evaluation just loaded (one load for both)
+        run(
+            job.stage(
+                f"likelihood/{name}",
+                {"source": source, "labels": FileInput(DEFAULT_LABELS)},
+                write_likelihoods,
+            )
+        )
         release_models()
         evaluations[name] = StageOutput(out / "eval" / name)
+        likelihoods[name] = StageOutput(out / "likelihood" / name)
     intermediate: dict[str, dict[int, str]] = {r: {} for r in RUNS}  # run -> {step: eval name}
     if job.monitor_every is not None:  # behaviour at every monitor_every-th checkpoint
         for r, folder in RUNS.items():
@@ -369,6 +380,7 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         "persona": StageOutput(job.persona_dir / "sft"),
         "runs": {r: StageOutput(em_stage(out / f)) for r, f in RUNS.items()},
         "evaluations": evaluations,
+        "likelihoods": likelihoods,
         "intermediate": {r: {str(k): v for k, v in steps.items()} for r, steps in intermediate.items()},
         "contrast_pairs": StageOutput(out / "contrast_pairs"),
         "contrast": StageOutput(out / "contrast"),

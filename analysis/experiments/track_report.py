@@ -23,9 +23,10 @@ from analysis.drift_report import (
     compute_drift,
     null_directions,
 )
-from analysis.experiments.track_stages import judged_misalignment_direction, load_items
+from analysis.experiments.track_stages import judged_misalignment_direction, load_items, read_likelihoods
 from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
+from analysis.likelihood_read import likelihood_read, reference_answers
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
@@ -54,6 +55,7 @@ def write_analysis(inputs: Inputs, stage: Path) -> dict:
         inputs.judge_calibration,
         intermediate,
         list(inputs.evaluations.values()),
+        {name: read_likelihoods(folder) for name, folder in inputs.likelihoods.items()},
     )
 
 
@@ -67,6 +69,7 @@ def analyse(
     judge_calibration: dict | None = None,
     intermediate: dict[str, dict[int, str]] | None = None,
     evaluations: list[Path] | None = None,
+    likelihoods: dict[str, list[float]] | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
     runs = {name: out / folder for name, folder in RUNS.items()}
@@ -112,6 +115,7 @@ def analyse(
     for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
         behaviour[name] = json.loads((out / "eval" / name / "summary.json").read_text())["metrics"]
     head = headline(result, behaviour)
+    likelihood = likelihood_reads(likelihoods or {}, config.seed)
     runs_result = result["runs"]
     monitoring = _monitoring(
         config, out, runs, result, directions, misalignment, behaviour, intermediate, labels
@@ -177,6 +181,7 @@ def analyse(
         "contrast_pairs": quality,
         "contrast": json.loads((out / "contrast" / "done.json").read_text()),
         "misalignment_direction": misalignment.meta,
+        "likelihood_read": likelihood,
         "monitoring": monitoring,
     }
     metrics["judge"] = {"spec": config.judge, "calibration": judge_calibration, "note": judge_note}
@@ -194,6 +199,7 @@ def analyse(
             contrast_table(quality),
             Table("Drift table", TABLE_HEADER, [[r[k] for k in TABLE_KEYS] for r in table], judge_note),
             headline_table(head),
+            likelihood_table(likelihood),
             Table(
                 f"Nulls at layer {layer}: the control run first, random nulls second",
                 NULL_HEADER,
@@ -213,6 +219,7 @@ def analyse(
         "monitoring": monitoring["sentences"],
         "simple_effects": result["simple_effects"],
         "interaction": interaction,
+        "likelihood_read": likelihood,
         "best_layer": layer,
         "report": str(out / "report.html"),  # the job publishes the stage's copy there
         "plots": [str(p) for _, p in images],
@@ -221,6 +228,44 @@ def analyse(
     }
     atomic_write_json(stage / "summary.json", summary)
     return {"best_layer": layer}
+
+
+def likelihood_reads(likelihoods: dict[str, list[float]], seed: int) -> dict:
+    """The judge-free read of every evaluated model against the model it started from (the persona
+    model against the base model: what character training itself did)."""
+    if not likelihoods:
+        return {}
+    rows = reference_answers()
+    starts = {
+        "persona": "base",
+        **{f"{r}_end": "base" if r in (BASE, BASE_CONTROL) else "persona" for r in RUNS},
+    }
+    return {
+        name: {**likelihood_read(likelihoods[start], likelihoods[name], rows, seed=seed), "against": start}
+        for name, start in starts.items()
+        if name in likelihoods and start in likelihoods
+    }
+
+
+def likelihood_table(likelihood: dict) -> Table:
+    rows = []
+    for name, number in likelihood.items():
+        low, high = bounds(number)
+        shown = "n/a" if number["value"] is None else f"{number['value']:+.4f}"
+        interval = number.get("reason") if number["value"] is None else f"[{_fmt(low)}, {_fmt(high)}]"
+        rows.append([READ_NAMES.get(name, name), number["against"], shown, interval, number["n"]])
+    return Table(
+        "Judge-free behavioural read: log-likelihood of misaligned minus aligned reference answers",
+        ["model", "against", "change (nats/token)", "95% interval", "questions"],
+        rows,
+        "Per question, the change in mean per-token log-likelihood of the project's answers labelled misaligned "
+        "minus that of its answers labelled aligned, from the starting model to this one; averaged over questions, "
+        "bootstrapped over questions. Positive: misaligned answers became relatively more likely. No sampling, no "
+        "judge. One seed: descriptive.",
+    )
+
+
+READ_NAMES = {"persona": "persona model", **{f"{r}_end": f"{RUN_NAMES[r]} (end)" for r in RUN_NAMES}}
 
 
 def evaluation_size(config: TrackConfig, behaviour: dict) -> str:

@@ -246,6 +246,23 @@ def evaluate_model(inputs: Inputs, stage: Path) -> dict:
     return {"misaligned_rate": summary["metrics"]["misaligned_rate"]["value"]}
 
 
+def write_likelihoods(inputs: Inputs, stage: Path) -> dict:
+    """Mean per-token log-likelihood of each reference answer (labelled misaligned or aligned) under
+    one model (`inputs.source`): the judge-free behavioural read compares these across models."""
+    from analysis.capability import answer_log_likelihoods
+    from analysis.likelihood_read import reference_answers
+
+    model, tokenizer = load_source(inputs.source)
+    rows = reference_answers(labels=inputs.labels)
+    values = answer_log_likelihoods(model, tokenizer, rows)
+    atomic_write_json(stage / "log_likelihoods.json", {"values": values.tolist(), "answers": len(rows)})
+    return {"answers": len(rows)}
+
+
+def read_likelihoods(stage: Path) -> list[float]:
+    return json.loads((stage / "log_likelihoods.json").read_text())["values"]
+
+
 def write_assistant_axis(inputs: Inputs, stage: Path) -> dict:
     """The assistant axis (a variant of Lu et al. 2026): the base model's own default answers
     minus the mean of role-played answers over the project's role set, read without the system

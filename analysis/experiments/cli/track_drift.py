@@ -87,6 +87,17 @@ def main() -> None:
         cells = [_cell(row[k]) for k in TABLE_KEYS]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     print_headline(summary["headline"])
+    reads = summary.get("likelihood_read") or {}
+    if reads:
+        print(
+            "\njudge-free read (change in log-likelihood of misaligned minus aligned reference answers, nats/token):"
+        )
+    for name, number in reads.items():
+        low, high = bounds(number)
+        value = _cell(number["value"]) if number["value"] is not None else f"n/a ({number.get('reason')})"
+        print(
+            f"  {name} against {number['against']}: {value} [{_cell(low)}, {_cell(high)}], {number['n']} questions"
+        )
     print("\nnulls (the control run first, random nulls second):")
     for line in summary["null_summary"]:
         print(f"  {line}")
