@@ -290,7 +290,11 @@ def compute_drift(
                 )
             else:
                 series["misalignment_movement"].append(None)
-            series["cka_to_start"].append(drift.linear_cka(_acts(run, c, "neutral"), start_neutral).tolist())
+            neutral = _acts(run, c, "neutral")
+            series["cka_to_start"].append(drift.linear_cka(neutral, start_neutral).tolist())
+            # its null: the same reads with the rows' correspondence broken (with few rows in many
+            # dimensions, unrelated activations already reach a high CKA)
+            series["cka_null_shuffled_rows"].append(_cka_null(neutral, start_neutral, seed).tolist())
         steps = [step_of(c) for c in ckpts]
         per_item[name] = torch.stack(items)
         shifts[name] = (start_questions[:, best], _acts(run, ckpts[-1], "em_questions")[:, best])
@@ -364,7 +368,16 @@ SERIES = (
     "em_shift_cos_judged_misalignment",
     "misalignment_movement",
     "cka_to_start",
+    "cka_null_shuffled_rows",
 )
+
+
+def _cka_null(x: torch.Tensor, y: torch.Tensor, seed: int, n: int = 20) -> torch.Tensor:
+    """`[L]`: the mean linear CKA of `x` with `y` over `n` shufflings of `x`'s rows."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([drift.linear_cka(x[torch.randperm(len(x), generator=g)], y) for _ in range(n)]).mean(
+        0
+    )
 
 
 def _listed(values: torch.Tensor) -> object:

@@ -220,3 +220,10 @@ def test_the_nulls_group_each_figure_beside_its_control_run_first(experiment):
     base = rows[("drift AUC along the persona direction (item spreads)", "base")]
     assert base["after control data"] == "no control run" and base["EM - control"] == "n/a"
     assert len(rows) == 2 * len(nulls["persona"])  # every figure, for both starts
+
+
+def test_cka_is_reported_beside_its_shuffled_row_null(experiment):
+    """Few rows in many dimensions make unrelated activations look similar: the null says how much."""
+    run = experiment["result"]["runs"]["control"]
+    assert all(abs(c - 1) < 1e-5 for c in run["cka_to_start"][0])  # step 0 against itself
+    assert all(0 < n < 0.95 for n in run["cka_null_shuffled_rows"][0])

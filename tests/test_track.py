@@ -40,6 +40,7 @@ def check_artefacts(run: Path) -> dict:
             "probe_transfer",
             "misalignment_movement",
             "cka_to_start",
+            "cka_null_shuffled_rows",
         ):
             assert len(data[key]) == n and len(data[key][0]) == drift["n_layers"]
         assert data["direction_stability"][0] != [] and 0.0 <= data["drift_auc"]

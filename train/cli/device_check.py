@@ -315,9 +315,8 @@ def corpus_texts() -> list[str]:
     from train.data import load_em_dataset
 
     texts: list[str] = []
-    for name in ("SYSTEM_PROMPTS", "QUESTIONS", "ANSWERS"):
-        texts += [t for t in getattr(probe_sets, name) if t]
-    texts += [t for pair in probe_sets.FOLLOW_UPS for t in pair]
+    texts += [t for t in probe_sets.SYSTEM_PROMPTS if t]
+    texts += [t for pair in (*probe_sets.PAIRS, *probe_sets.FOLLOW_UPS) for t in pair]
     for questions in QUESTION_SETS.values():
         texts += [p for q in questions for p in q.paraphrases]
     for dataset, n in (("insecure", 600), ("secure", 200), ("medical_bad", 150), ("financial_risky", 150)):
