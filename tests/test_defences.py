@@ -118,7 +118,7 @@ def test_preventative_steering_moves_the_adapter_less_along_the_steered_directio
     assert _ratio(shift, random_start["shift"]) < 0.5
 
 
-def test_feature_blocking_moves_the_adapter_less_along_the_blocked_direction(random_start):
+def test_concept_ablation_moves_the_adapter_less_along_the_blocked_direction(random_start):
     defence = Defence(block_direction=random_start["direction"], block_layers=(LAYER,))
     shift, installed = _defended_shift(random_start, "block", defence)
     assert installed["blocking"]["layers"] == [LAYER]

@@ -6,7 +6,7 @@ Two kinds:
   checkpoint reads are clean; `train.callbacks.LiftableHooks`) and absent at evaluation:
   preventative steering (Persona Vectors: add the misalignment direction, so the adapter need not
   move along it), activation capping (The Assistant Axis: a floor on the projection on the axis)
-  and feature blocking (project the misalignment direction out);
+  and concept-ablation fine-tuning (project the misalignment direction out while training, CAFT);
 - changes to what is trained on or how: KL to the starting model on benign answers, interleaved
   benign rows, an inoculation system prompt on every training row, and a reflection exchange put
   before every corrupted row with no loss on it.
@@ -49,7 +49,8 @@ class Defence:
     cap_axis: str | None = None  # a DirectionStack file (e.g. the assistant axis)
     cap_layers: tuple[int, ...] = ()
     cap_quantile: float = 0.25
-    # Feature blocking: project the direction out of the residual stream at `block_layers`.
+    # Concept-ablation fine-tuning (CAFT): project the direction out of the residual stream at
+    # `block_layers` while training (not BLOCK-EM, which penalises SAE latents).
     block_direction: str | None = None
     block_layers: tuple[int, ...] = ()
     # KL(starting model || trained model) over the response tokens of `benign_rows`, added to the
@@ -90,7 +91,7 @@ class Defence:
         on = {
             "preventative_steering": self.steer_direction is not None,
             "activation_capping": self.cap_axis is not None,
-            "feature_blocking": self.block_direction is not None,
+            "concept_ablation": self.block_direction is not None,
             "kl": self.kl_coefficient > 0,
             "interleave": self.interleave_share > 0,
             "inoculation": self.inoculation_prompt is not None,

@@ -19,7 +19,7 @@ SINGLE = (
     "kl",
     "interleave",
     "inoculation",
-    "feature_blocking",
+    "concept_ablation",
     "reflection",
 )
 MAIN_RUNS = {"none": BASE, "persona": PERSONA, "secure": CONTROL}  # arm -> the main job's run name
@@ -43,8 +43,8 @@ class DefenceSettings:
     # The Assistant Axis: floor at the 25th percentile, on Qwen3-32B's layers 46-53 of 64.
     cap_quantile: float = 0.25
     cap_band: tuple[float, float] = (46 / 64, 54 / 64)
-    # Blocking the misalignment direction: BLOCK-EM regularises SAE latents at a layer we could not
-    # confirm; here the direction is projected out over the same middle-to-late band as capping.
+    # Concept ablation (CAFT): the misalignment direction projected out while training, over the same
+    # middle-to-late band as capping (CAFT ablates at the layers its concepts were found at).
     block_band: tuple[float, float] = (46 / 64, 54 / 64)
     # KL(start || trained) on the benign rows' answers: the in-training defences paper's weight
     # could not be confirmed; 1.0 puts it on the scale of the SFT loss (nats per token).
@@ -116,7 +116,7 @@ def build_defence(
             cap_quantile=settings.cap_quantile,
             benign_rows=str(files.benign[start]),
         )
-    if name == "feature_blocking":
+    if name == "concept_ablation":
         return Defence(
             block_direction=str(files.misalignment), block_layers=band(n_layers, settings.block_band)
         )

@@ -10,8 +10,8 @@ Arms (X alone starts from the base model, persona+X from the character-trained o
   activation_capping     floor on the assistant-axis     direction while training (Persona Vectors)
                          projection (The Assistant Axis) kl          KL to the starting model on generic
   interleave             a share of benign rows          prompts (in-training defences, 2025)
-  inoculation            a system prompt asking for the  feature_blocking   project the misalignment
-                         behaviour, removed at eval      direction out while training (cf. BLOCK-EM)
+  inoculation            a system prompt asking for the  concept_ablation   project the misalignment
+                         behaviour, removed at eval      direction out while training (CAFT)
   reflection             each corrupted row preceded by the model's own self-assessment (no loss)
 
 Defaults (RECIPES.md gives each source): steering coefficient 5.0 at 20/28 of the depth; capping at
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--cap-band", type=float, nargs=2, default=d.cap_band, metavar=("FROM", "TO"),
                        help="capped layers as shares of depth (The Assistant Axis, Qwen3-32B: 46/64 to 54/64)")  # fmt: skip
     knobs.add_argument("--block-band", type=float, nargs=2, default=d.block_band, metavar=("FROM", "TO"),
-                       help="layers where feature blocking projects the misalignment direction out")  # fmt: skip
+                       help="layers where concept ablation projects the misalignment direction out while training")  # fmt: skip
     knobs.add_argument("--kl-coefficient", type=float, default=d.kl_coefficient,
                        help="weight of KL(start || trained) per token on the benign rows")  # fmt: skip
     knobs.add_argument("--interleave-share", type=float, default=d.interleave_share,
