@@ -260,7 +260,7 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
 def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkeypatch):
     """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
     and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
-    a kill mid-arm resumes at that arm; the comparison is Holm-corrected and plotted."""
+    a kill mid-arm resumes at that arm; the comparison is pre-registered and plotted."""
     from analysis.experiments.defence_arms import DefenceSettings
     from analysis.experiments.defences import DefencesConfig, run_defences
 
@@ -295,6 +295,8 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     assert not any(r.startswith(("em_", "eval/")) for r in summary["ran"])  # the main job's runs reused
     defences = json.loads(Path(summary["defences"]).read_text())
     assert defences["arm_order"] == list(arms) and set(defences["arms"]) == set(arms)
+    ran = {r["stage"] for r in defences["timings"]}  # this call's time, stage by stage
+    assert "defences/analysis" in ran and "other" in ran and set(summary["ran"]) <= ran
     none_done = json.loads((run / "em_base" / "em" / "done.json").read_text())
     for arm in arms[3:]:
         done = json.loads((run / "defences" / "arms" / arm / "em" / "done.json").read_text())

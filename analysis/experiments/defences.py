@@ -45,6 +45,7 @@ from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import (
     _finetune_em,
+    add_timings,
     assistant_axis_inputs,
     em_run_config,
     evaluation_inputs,
@@ -62,6 +63,7 @@ from analysis.experiments.track_stages import (
     release_models,
     write_assistant_axis,
 )
+from anchor import timings
 from anchor.constitution import Persona, persona_input
 from anchor.models import model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
@@ -96,8 +98,14 @@ def run_defences(
     if any(defence_of(a) == "inoculation" for a in config.arms):  # no prompt for the dataset: fail now
         inoculation_prompt(track.em_dataset, config.settings.inoculation_prompt)
     persona = check_track_inputs(track, out)  # every input, before the folder (and its lock) exists
-    with run_lock(out):
-        return _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
+    with run_lock(out), timings.recording() as recorder:
+        result = _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
+        if "defences/analysis" in result["ran"]:  # this call produced the analysis: its timings go with it
+            rows = recorder.rows()
+            analysis = out / "defences" / "analysis"
+            add_timings(analysis / "defences.json", [analysis / "report.html"], rows)
+            log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
+        return result
 
 
 def _run_defences(

@@ -285,20 +285,24 @@ def track_drift(
     with run_lock(out), timings.recording() as recorder:
         summary = run_main_job(job, log, overwrite)
         if "analysis" in summary["ran"]:  # this call produced the analysis: it carries this call's timings
-            add_timings(out, recorder.rows(), log)
+            rows = recorder.rows()
+            add_timings(
+                out / "analysis" / "metrics.json",
+                [out / "analysis" / "report.html", out / "report.html"],
+                rows,
+            )
+            log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
         return summary
 
 
-def add_timings(out: Path, rows: list[dict], log=print) -> None:
-    """This call's timings into the analysis's metrics.json and both copies of the report."""
-    metrics_path = out / "analysis" / "metrics.json"
+def add_timings(metrics_path: Path, reports: list[Path], rows: list[dict]) -> None:
+    """A call's timings into the metrics file its analysis wrote and into the reports."""
     metrics = json.loads(metrics_path.read_text())
     metrics["timings"] = rows
     atomic_write_json(metrics_path, metrics)
     table = timings_table(rows)
-    for report in (out / "analysis" / "report.html", out / "report.html"):
+    for report in reports:
         add_table(report, table)
-    log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
 
 
 def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
