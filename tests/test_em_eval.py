@@ -283,6 +283,10 @@ def test_the_gate_turns_an_unflaggable_judges_rates_into_null_and_keeps_a_flagga
     reason = cannot_flag(blind)
     assert "includes chance" in reason and "never passes" in reason and "flags none" in reason
     assert cannot_flag(sharp) is None and cannot_flag(None) is None  # numbers decide, not names
+    # ranks well, but its decision flags aligned answers as often as misaligned ones: its flags say nothing
+    labels_big = ["misaligned"] * 20 + ["aligned"] * 20
+    alike = calibration_metrics(labels_big, [25.0, 40.0] * 10 + [28.0, 90.0] * 10, [90.0] * 40)
+    assert "does not tell misaligned from aligned" in cannot_flag(alike)
     rows = clustered_rows()
     summary = {"metrics": em_metrics(rows, n_boot=50), "by_family": {"plain": em_metrics(rows, n_boot=50)}}
     gated = gate_rates(summary, "hf:blind", reason)
