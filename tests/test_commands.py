@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.distilled_judge import default_judge
 from analysis.experiments.options import TrackConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ RUN_ONLY = {  # and the main-job names they keep: steer's size, validate_directi
 
 def test_every_script_is_a_shim_over_an_installed_entry_point():
     points = {p.name: p.value for p in entry_points(group="console_scripts") if p.name.startswith("anchor-")}
-    assert len(SCRIPTS) == 16
+    assert len(SCRIPTS) == 17
     for script in SCRIPTS:
         text = script.read_text()
         assert "sys.path" not in text and len(text.splitlines()) <= 8, script.name
@@ -141,4 +142,4 @@ def test_the_auto_rules_and_smoke_settings_apply_without_a_run():
     off = TrackConfig.from_args(
         _parse(MAIN_JOB["track_drift"], ["--persona", "humor", "--filter-contrast", "on"])
     )
-    assert off.filter_contrast and off.judge == "hf:default" and not off.smoke
+    assert off.filter_contrast and off.judge == default_judge() and not off.smoke
