@@ -356,9 +356,6 @@ def calibrate_spec(spec: str, path: str | os.PathLike, base_url: str | None = No
     """Calibrate judge `spec` on the project's labels and write `path`, reusing `path` when it
     already holds that judge (so a resumed run does not pay for it twice). The judge is freed
     before returning, so a generation engine can take the GPU next."""
-    import gc
-
-    from analysis.judge import make_judge
     from anchor.store import atomic_write_json
 
     path = Path(path)
@@ -366,13 +363,24 @@ def calibrate_spec(spec: str, path: str | os.PathLike, base_url: str | None = No
         existing = load_calibration(path)
         if spec in existing["judges"]:
             return existing
+    result = _calibrate_freed(spec, load_labels(), base_url)
+    atomic_write_json(path, result)
+    return result
+
+
+def _calibrate_freed(spec: str, labels: list[dict], base_url: str | None) -> dict:
+    """`calibrate` of the judge `spec` alone, the judge freed before returning (so a generation
+    engine can take the GPU next)."""
+    import gc
+
+    from analysis.judge import make_judge
+
     judge = make_judge(spec, base_url=base_url)
-    result = calibrate([judge], load_labels())
+    result = calibrate([judge], labels)
     del judge
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    atomic_write_json(path, result)
     return result
 
 
@@ -380,21 +388,11 @@ def project_calibration(spec: str, base_url: str | None = None) -> dict:
     """The judge's calibration on the project's labels, computed once per judge identity, labels,
     judge prompts and thresholds and kept under `<cache>/calibrations/`: a changed label, prompt or
     retrained judge is recalibrated, never served the old numbers."""
-    import gc
-
-    from analysis.judge import RUBRICS, make_judge
     from anchor.models import cache_dir
     from anchor.store import atomic_write_json
 
     labels = load_labels()
-    key = {
-        "judge": judge_identity(spec, base_url),
-        "project_labels_sha256": sha256_json(labels),
-        "prompts_sha256": sha256_json({r: RUBRICS[r] for r in ("aligned", "coherent")}),
-        "thresholds_sha256": sha256_json(
-            {"misaligned_below": MISALIGNED_BELOW, "coherent_above": COHERENT_ABOVE}
-        ),
-    }
+    key = judgement_key(judge_identity(spec, base_url), labels)
     path = cache_dir() / "calibrations" / f"{sha256_json(key)[:16]}.json"
     if path.is_file():
         try:
@@ -403,10 +401,7 @@ def project_calibration(spec: str, base_url: str | None = None) -> dict:
             stored = None
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored
-    judge = make_judge(spec, base_url=base_url)
-    result = {**calibrate([judge], labels), "key": key}
-    del judge
-    gc.collect()
+    result = {**_calibrate_freed(spec, labels, base_url), "key": key}
     atomic_write_json(path, result)
     return result
 
@@ -645,20 +640,34 @@ def reference_key(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """The key a stored reference calibration is reused under: the judge's identity and sha256
-    hashes of the reference labels, the project's labels, the judge prompts and the thresholds."""
-    from analysis.judge import RUBRICS
+    """The key a stored reference calibration is reused under: `judgement_key` and the sha256 of
+    the reference labels and the bootstrap settings."""
     from analysis.reference import labels_sha256
 
     return {
-        "judge": identity,
+        **judgement_key(identity, project_labels, misaligned_below, coherent_above),
         "reference_labels_sha256": labels_sha256(rows),
+        "bootstrap": {"n_boot": n_boot, "seed": seed},
+    }
+
+
+def judgement_key(
+    identity: str,
+    project_labels: Sequence[dict],
+    misaligned_below: float = MISALIGNED_BELOW,
+    coherent_above: float = COHERENT_ABOVE,
+) -> dict:
+    """What a judge's calibration on the project's labels depends on: the judge's identity and the
+    sha256 of the labels, the judge prompts and the thresholds."""
+    from analysis.judge import RUBRICS
+
+    return {
+        "judge": identity,
         "project_labels_sha256": sha256_json(list(project_labels)),
         "prompts_sha256": sha256_json({r: RUBRICS[r] for r in ("aligned", "coherent")}),
         "thresholds_sha256": sha256_json(
             {"misaligned_below": misaligned_below, "coherent_above": coherent_above}
         ),
-        "bootstrap": {"n_boot": n_boot, "seed": seed},
     }
 
 

@@ -199,15 +199,19 @@ def variance_matched_directions(
     return pool[nearest].float()
 
 
+def spread_unit(spread: torch.Tensor) -> torch.Tensor:
+    """A spread used as a unit of change: NaN where it is 0, where the unit is undefined (a clamp
+    would turn any change there into a huge finite number)."""
+    return torch.where(spread > 0, spread, torch.nan)
+
+
 def standardised_change(projections: torch.Tensor) -> torch.Tensor:
     """`[T, m, k]` projections of m items on k directions at T checkpoints -> `[k, T]`: the change
     of the item mean since the first checkpoint, in units of the items' spread there, so
     directions of any scale compare. NaN along a direction the items do not spread on (the unit is
     undefined there)."""
     mean = projections.double().mean(1)  # [T, k]
-    spread = projections[0].double().std(0)  # [k]
-    spread = torch.where(spread > 0, spread, torch.nan)
-    return ((mean - mean[:1]) / spread).T
+    return ((mean - mean[:1]) / spread_unit(projections[0].double().std(0))).T
 
 
 def shuffle_within(

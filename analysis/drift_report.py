@@ -284,9 +284,8 @@ def compute_drift(
             if misalignment is not None:  # per layer: default behaviour's change along m, in item spreads
                 along = drift.projections(behaviour[report], misalignment)
                 along_0 = drift.projections(start_behaviour, misalignment)
-                spread = along_0.std(0)
                 series["misalignment_movement"].append(
-                    _listed((along.mean(0) - along_0.mean(0)) / torch.where(spread > 0, spread, torch.nan))
+                    _listed((along.mean(0) - along_0.mean(0)) / drift.spread_unit(along_0.std(0)))
                 )
             else:
                 series["misalignment_movement"].append(None)
@@ -474,17 +473,17 @@ def _headline(
 
 
 def null_directions(
-    axis: AnchorAxis, reference: Path, layer: int, direction: torch.Tensor, n: int, seed: int
-) -> torch.Tensor:
-    """`[n, d]` random unit directions at `layer` whose spread in the reference's activations (its
-    contrast reads and default behaviour pooled) matches `direction`'s: the null a standardised
-    figure along `direction` is placed in. Directions drawn from N(0, Sigma) would concentrate on
-    high-variance components, where a standardised change is small, so any direction of ordinary
-    spread would beat them (`drift.variance_matched_directions`)."""
+    axis: AnchorAxis, reference: Path, layer: int, directions: Mapping[str, torch.Tensor], n: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Per named direction, `[n, d]` random unit directions at `layer` whose spread in the
+    reference's activations (its contrast reads and default behaviour pooled, read once) matches
+    that direction's: the null a standardised figure along it is placed in. Directions drawn from
+    N(0, Sigma) would concentrate on high-variance components, where a standardised change is small,
+    so any direction of ordinary spread would beat them (`drift.variance_matched_directions`)."""
     pool = torch.cat(
         [axis.contrast[:, layer], default_behaviour(reference, checkpoints(reference)[0])[:, layer]]
     )
-    return drift.variance_matched_directions(pool, direction, n, seed)
+    return {name: drift.variance_matched_directions(pool, d, n, seed) for name, d in directions.items()}
 
 
 def _nulls(
@@ -514,8 +513,9 @@ def _nulls(
     report = torch.tensor(out["layer_selection"]["report_prompts"])
     v_unit = F.normalize(axis.v_r[best].double(), dim=0).float()
     m_unit = F.normalize(misalignment[best].double(), dim=0).float() if misalignment is not None else None
-    u = null_directions(axis, reference, best, v_unit, n_null, seed)  # [N, d], matched to the persona's
-    u_m = null_directions(axis, reference, best, m_unit, n_null, seed) if m_unit is not None else None
+    units = {"persona": v_unit, **({"misalignment": m_unit} if m_unit is not None else {})}
+    matched = null_directions(axis, reference, best, units, n_null, seed)  # each [N, d]
+    u, u_m = matched["persona"], matched.get("misalignment")
     contrast_r = axis.contrast[:, best]
     g = torch.Generator().manual_seed(seed + 1)
     shuffles = [drift.shuffle_within(labels, questions, g) for _ in range(n_null_fits)]

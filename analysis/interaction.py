@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as scipy_stats
 
+from analysis import drift
 from analysis.stats import across_seeds, estimate, unmeasured
 
 # the 2x2's cells: (starting model, data) -> the run's name in a tracked run (`analysis.drift_report.RUNS`)
@@ -58,7 +59,7 @@ def cell_movements(
     unit = F.normalize(direction.double(), dim=-1)
     project = lambda x: torch.einsum("mld,ld->ml", x.double(), unit)  # noqa: E731
     starts = {"persona": project(reads[CELLS["persona", "corrupted"]][0]), "base": project(reads["base"][0])}
-    spread = torch.sqrt((starts["persona"].var(0) + starts["base"].var(0)) / 2).clamp_min(1e-12)  # [L]
+    spread = drift.spread_unit(torch.sqrt((starts["persona"].var(0) + starts["base"].var(0)) / 2))  # [L]
     return {run: (project(end) - project(start)) / spread for run, (start, end) in reads.items()}
 
 

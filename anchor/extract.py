@@ -216,7 +216,8 @@ def read_rendered(
                 if pooled is None:
                     pooled = torch.empty(len(rendered), *values.shape[1:])
                 pooled[batch] = values
-            bar.update(sum(lengths[i] for i in batch))
-            timings.count(tokens_read=sum(lengths[i] for i in batch))
+            tokens = sum(lengths[i] for i in batch)
+            bar.update(tokens)
+            timings.count(tokens_read=tokens)
     bar.close()
     return (torch.cat(ragged) if read == "all_tokens" else pooled), chosen, lengths

@@ -77,7 +77,7 @@ def _movements(
         out[arm] = {}
         for name, unit in units.items():
             a, b = start @ unit, end @ unit
-            spread = a.std().clamp_min(1e-12)
+            spread = drift.spread_unit(a.std())
             value = float((b.mean() - a.mean()) / spread)
             boots = (b[index].mean(1) - a[index].mean(1)) / spread
             out[arm][name] = (value, boots, len(report))

@@ -101,10 +101,8 @@ def run_defences(
     with run_lock(out), timings.recording() as recorder:
         result = _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
         if "defences/analysis" in result["ran"]:  # this call produced the analysis: its timings go with it
-            rows = recorder.rows()
             analysis = out / "defences" / "analysis"
-            add_timings(analysis / "defences.json", [analysis / "report.html"], rows)
-            log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
+            add_timings(analysis / "defences.json", [analysis / "report.html"], recorder.rows(), log)
         return result
 
 

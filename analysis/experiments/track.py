@@ -285,24 +285,25 @@ def track_drift(
     with run_lock(out), timings.recording() as recorder:
         summary = run_main_job(job, log, overwrite)
         if "analysis" in summary["ran"]:  # this call produced the analysis: it carries this call's timings
-            rows = recorder.rows()
             add_timings(
                 out / "analysis" / "metrics.json",
                 [out / "analysis" / "report.html", out / "report.html"],
-                rows,
+                recorder.rows(),
+                log,
             )
-            log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
         return summary
 
 
-def add_timings(metrics_path: Path, reports: list[Path], rows: list[dict]) -> None:
-    """A call's timings into the metrics file its analysis wrote and into the reports."""
+def add_timings(metrics_path: Path, reports: list[Path], rows: list[dict], log=print) -> None:
+    """A call's timings into the metrics file its analysis wrote and into the reports; the log's last
+    line names the largest rows."""
     metrics = json.loads(metrics_path.read_text())
     metrics["timings"] = rows
     atomic_write_json(metrics_path, metrics)
     table = timings_table(rows)
     for report in reports:
         add_table(report, table)
+    log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
 
 
 def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:

@@ -16,7 +16,6 @@ from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import (
     BARE,
     BASE,
-    BASE_CONTROL,
     PERSONA,
     RUNS,
     anchor_axis,
@@ -24,9 +23,9 @@ from analysis.drift_report import (
     null_directions,
 )
 from analysis.experiments.track_stages import judged_misalignment_direction, load_items, read_likelihoods
-from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, headline, null_lines, null_rows
+from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, START_PAIRS, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
-from analysis.likelihood_read import likelihood_read, reference_answers
+from analysis.likelihood_read import likelihood_read
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
@@ -37,6 +36,9 @@ from probes.directions import DirectionStack, fit_directions
 
 if TYPE_CHECKING:
     from analysis.experiments.options import TrackConfig
+
+
+START_OF = {run: start for start, runs in START_PAIRS.items() for run in runs}  # each run's starting model
 
 
 def write_analysis(inputs: Inputs, stage: Path) -> dict:
@@ -69,7 +71,7 @@ def analyse(
     judge_calibration: dict | None = None,
     intermediate: dict[str, dict[int, str]] | None = None,
     evaluations: list[Path] | None = None,
-    likelihoods: dict[str, list[float]] | None = None,
+    likelihoods: dict[str, list[dict]] | None = None,
 ) -> dict:
     labels = torch.tensor([i.label for i in items])
     runs = {name: out / folder for name, folder in RUNS.items()}
@@ -126,7 +128,7 @@ def analyse(
 
     points = []
     for run in RUNS:
-        start = "base" if run in (BASE, BASE_CONTROL) else "persona"
+        start = START_OF[run]
         points += [
             {"run": run, "label": start, "anchor_projection": anchor(run, False), **_rate(behaviour[start])},
             {
@@ -230,18 +232,25 @@ def analyse(
     return {"best_layer": layer}
 
 
-def likelihood_reads(likelihoods: dict[str, list[float]], seed: int) -> dict:
+def likelihood_reads(likelihoods: dict[str, list[dict]], seed: int) -> dict:
     """The judge-free read of every evaluated model against the model it started from (the persona
-    model against the base model: what character training itself did)."""
+    model against the base model: what character training itself did), from the likelihood stages'
+    rows (the same reference answers, in the same order, under every model)."""
     if not likelihoods:
         return {}
-    rows = reference_answers()
+    answers = {name: [(r["question"], r["label"]) for r in rows] for name, rows in likelihoods.items()}
+    if len({tuple(a) for a in answers.values()}) > 1:
+        raise ValueError(f"the likelihood stages {sorted(likelihoods)} scored different reference answers")
+    score = lambda name: [r["log_likelihood"] for r in likelihoods[name]]  # noqa: E731
     starts = {
         "persona": "base",
-        **{f"{r}_end": "base" if r in (BASE, BASE_CONTROL) else "persona" for r in RUNS},
+        **{f"{r}_end": START_OF[r] for r in RUNS},
     }
     return {
-        name: {**likelihood_read(likelihoods[start], likelihoods[name], rows, seed=seed), "against": start}
+        name: {
+            **likelihood_read(score(start), score(name), likelihoods[name], seed=seed),
+            "against": start,
+        }
         for name, start in starts.items()
         if name in likelihoods and start in likelihoods
     }
@@ -356,7 +365,7 @@ def _monitoring(
     if config.monitor:
         by_step = {}
         for run in RUNS:
-            start = "base" if run == BASE else "persona"
+            start = START_OF[run]
             steps = result["runs"][run]["steps"]
             rates = {
                 0: behaviour[start]["misaligned_rate"],
@@ -371,7 +380,9 @@ def _monitoring(
     layer = result["best_layer"]
     axis_ = anchor_axis(runs[PERSONA], runs[BASE], labels, BARE, runs[config.axis])
     # the persona figures' null: random directions of the persona direction's spread
-    null = null_directions(axis_, runs[PERSONA], layer, axis_.v_r[layer], 200, config.seed)
+    null = null_directions(axis_, runs[PERSONA], layer, {"persona": axis_.v_r[layer]}, 200, config.seed)[
+        "persona"
+    ]
     monitoring = dashboard.monitor_runs(
         runs,
         layer,
@@ -470,7 +481,7 @@ def drift_table(result: dict, behaviour: dict) -> list[dict]:
     layer = result["best_layer"]
     rows = []
     for run, data in result["runs"].items():
-        start = "base" if run in (BASE, BASE_CONTROL) else "persona"
+        start = START_OF[run]
 
         def rate(name: str) -> float | None:
             value = behaviour[name]["misaligned_rate"]["value"]

@@ -101,13 +101,14 @@ def track_seeds(
     nulls_grouped = null_rows(pooled["nulls"])
     sentences = null_lines(nulls_grouped)
     detector = _detector(seeds, runs, per_seed)
-    sentences.append(
+    detector_words = (
         f"EM-vs-control drift detector (fitted on seed {detector['train_seeds']}, tested on {detector['test_seeds']}): "
         f"held-out AUROC {_fmt(detector['value'])} [{_fmt(detector['ci95'][0])}, {_fmt(detector['ci95'][1])}] "
         f"over {detector['n']} test checkpoints."
         if detector.get("value") is not None
         else f"EM-vs-control drift detector: not computable ({detector['reason']})."
     )
+    sentences.append(detector_words)
     judge_note = describe(config.judge, judge_calibration)
     interaction = pooled_interaction(per_seed)
     metrics = {
@@ -144,7 +145,7 @@ def track_seeds(
                 nulls_grouped,
                 NULL_NOTE,
             ),
-            Table("EM-vs-control drift detector", ["finding"], [[sentences[-1]]]),
+            Table("EM-vs-control drift detector", ["finding"], [[detector_words]]),
         ],
         [],
         {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},

@@ -253,14 +253,19 @@ def write_likelihoods(inputs: Inputs, stage: Path) -> dict:
     from analysis.likelihood_read import reference_answers
 
     model, tokenizer = load_source(inputs.source)
-    rows = reference_answers(labels=inputs.labels)
+    rows = reference_answers(inputs.labels)
     values = answer_log_likelihoods(model, tokenizer, rows)
-    atomic_write_json(stage / "log_likelihoods.json", {"values": values.tolist(), "answers": len(rows)})
+    scored = [
+        {"question": r["question"], "label": r["label"], "log_likelihood": v}
+        for r, v in zip(rows, values.tolist())
+    ]
+    atomic_write_json(stage / "log_likelihoods.json", {"rows": scored})
     return {"answers": len(rows)}
 
 
-def read_likelihoods(stage: Path) -> list[float]:
-    return json.loads((stage / "log_likelihoods.json").read_text())["values"]
+def read_likelihoods(stage: Path) -> list[dict]:
+    """Each reference answer's question, label and mean per-token log-likelihood under the model."""
+    return json.loads((stage / "log_likelihoods.json").read_text())["rows"]
 
 
 def write_assistant_axis(inputs: Inputs, stage: Path) -> dict:
