@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         "persona_shift.py",
         "finetune_em.py",
         "eval_em.py",
+        "export.py",
     ],
 )
 def test_scripts_have_help(script):
