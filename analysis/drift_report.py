@@ -6,7 +6,7 @@ Every EM run recorded the same probe sets at every checkpoint:
   that elicited or suppressed the trait, so the persona direction v_t is carried by the response
   text alone (the default for every persona-direction figure);
 - `persona_contrast`: the same responses read with their system prompt (the Persona Vectors way),
-  kept so the confound shows: there the direction mostly encodes which system prompt is present,
+  at the first and last checkpoint only, kept so the confound shows: there the direction mostly encodes which system prompt is present,
   which EM barely changes;
 - `em_questions`, `persona_questions`: prompts with no system prompt, read at the last prompt token
   (the model's default behaviour);
@@ -242,9 +242,10 @@ def compute_drift(
         series: dict[str, list] = {key: [] for key in SERIES}
         items, projected_by_checkpoint = [], []
         for c in ckpts:
-            contrast = {read: _acts(run, c, read) for read in (BARE, SYSTEM)}
+            contrast = {
+                read: _acts(run, c, read) for read in (BARE, SYSTEM) if f"{c}/{read}" in em_store(run)
+            }
             v_t = drift.persona_direction(contrast[BARE], labels)
-            v_t_system = drift.persona_direction(contrast[SYSTEM], labels)
             behaviour = default_behaviour(run, c)
             projected = drift.projections(behaviour[report], v_r)
             scaled = drift.rescale(projected, base_mean, persona_mean)
@@ -254,8 +255,12 @@ def compute_drift(
             questions_t = _acts(run, c, "em_questions")
             shift = drift.em_shift(questions_t, start_questions)
             series["direction_stability"].append(drift.direction_stability(v_t, v_r).tolist())
+            # the with-system read is taken at the first and last checkpoint only: None between
+            with_system = contrast.get(SYSTEM)
             series["direction_stability_with_system"].append(
-                drift.direction_stability(v_t_system, v_r_system).tolist()
+                drift.direction_stability(drift.persona_direction(with_system, labels), v_r_system).tolist()
+                if with_system is not None
+                else None
             )
             series["anchor_projection"].append(scaled.mean(0).tolist())
             series["anchor_low"].append(low.tolist())
@@ -264,7 +269,9 @@ def compute_drift(
                 drift.probe_transfer(*probes[BARE], contrast[BARE][test], labels[test]).tolist()
             )
             series["probe_transfer_with_system"].append(
-                drift.probe_transfer(*probes[SYSTEM], contrast[SYSTEM][test], labels[test]).tolist()
+                drift.probe_transfer(*probes[SYSTEM], with_system[test], labels[test]).tolist()
+                if with_system is not None
+                else None
             )
             series["subspace_overlap"].append(
                 drift.subspace_overlap(

@@ -28,9 +28,11 @@ def test_em_finetune_records_every_checkpoint_and_resumes(tiny_dir, tmp_path, mo
     assert done["recorded"] == [0, 1, 2]
     store = em_store(tmp_path / "run")
     for checkpoint in checkpoints(tmp_path / "run"):
-        for probe in ("neutral", "em_questions", "persona_contrast"):
+        for probe in ("neutral", "em_questions", "persona_contrast_bare"):
             assert f"{checkpoint}/{probe}" in store
         assert (em_adapter(tmp_path / "run", checkpoint) / "adapter_config.json").is_file()
+    # the with-system contrast read is taken at the two ends only
+    assert [f"{c}/persona_contrast" in store for c in checkpoints(tmp_path / "run")] == [True, False, True]
     first, last = (store.load(f"em/step-0000{s}/neutral").tensor for s in (0, 2))
     assert not torch.equal(first, last)  # training moved the activations
     assert finetune_em(config, tmp_path / "run", probes, log=log.append)["key"] == done["key"]

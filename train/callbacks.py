@@ -23,11 +23,14 @@ from train.distributed import barrier, is_main, params_sharded, rank, world_size
 
 @dataclass
 class ProbeSet:
-    """Conversations read at every checkpoint, with how to read them."""
+    """Conversations read at every checkpoint, with how to read them. `ends_only`: read at the
+    first and last checkpoint only, for a set whose figures compare the two ends (it skips the
+    reads nobody reports in between)."""
 
     conversations: Sequence[Conversation]
     read: ReadMode = "response_mean"
     layers: Sequence[int] | None = None
+    ends_only: bool = False
 
 
 # The liftable hooks installed on each model, keyed by its decoder-block list: the one module a
@@ -112,15 +115,19 @@ def record(
     meta: dict | None = None,
     write: bool = True,
     suffix: str = "",
+    end: bool = True,
 ) -> list[str]:
     """Read every probe set at one checkpoint into `store` as `<checkpoint>/<probe set><suffix>`,
     in eval mode (no dropout) and restoring the mode after. Returns the entry names. `write=False`
-    runs the read without saving it (a rank that only takes part in a sharded forward pass)."""
+    runs the read without saving it (a rank that only takes part in a sharded forward pass);
+    `end=False` (a checkpoint between the first and the last) skips the `ends_only` sets."""
     was_training = model.training
     model.eval()
     names = []
     try:
         for name, probe in probe_sets.items():
+            if probe.ends_only and not end:
+                continue
             acts = extract(
                 model, tokenizer, probe.conversations, layers=probe.layers, read=probe.read, progress=False
             )
@@ -163,7 +170,7 @@ class ActivationRecorder(TrainerCallback):
         self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
         self.recorded: list[int] = []
 
-    def _checkpoint(self, model, step: int) -> None:
+    def _checkpoint(self, model, step: int, end: bool = True) -> None:
         if step in self.recorded:
             return
         name = f"{self.stage}/step-{step:05d}"
@@ -182,16 +189,23 @@ class ActivationRecorder(TrainerCallback):
         }
         if is_main() or params_sharded():
             with torch.no_grad():
-                self._read(model, name, meta)
+                self._read(model, name, meta, end)
         barrier()
         self.recorded.append(step)
 
-    def _read(self, model, name: str, meta: dict) -> None:
+    def _read(self, model, name: str, meta: dict, end: bool) -> None:
         """The clean read, then one read per liftable hook on the model with only it on."""
         installed = liftable_hooks(model)
         with hooks_lifted(model):
             record(
-                model, self.tokenizer, self.store, self.probe_sets, name, {**meta, "hooks": None}, is_main()
+                model,
+                self.tokenizer,
+                self.store,
+                self.probe_sets,
+                name,
+                {**meta, "hooks": None},
+                is_main(),
+                end=end,
             )
         for hooks in (h for h in installed if h.read_with):
             others = [h for h in installed if h is not hooks]
@@ -207,6 +221,7 @@ class ActivationRecorder(TrainerCallback):
                     {**meta, "hooks": hooks.label},
                     is_main(),
                     suffix=f".{hooks.label}",
+                    end=end,
                 )
 
     def on_train_begin(
@@ -217,8 +232,8 @@ class ActivationRecorder(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kw
     ):
-        if state.global_step % self.every == 0:
-            self._checkpoint(model, state.global_step)
+        if state.global_step % self.every == 0:  # the last step is an end (read in full)
+            self._checkpoint(model, state.global_step, end=state.global_step >= state.max_steps)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kw

@@ -231,6 +231,9 @@ def train_dpo(
         beta=config.beta,
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, config.nll_weight],
+        # The reference is the frozen starting model: its log-probs are the same every epoch, so
+        # they are computed once up front (exact; about a third less time per step on CPU).
+        precompute_ref_log_probs=True,
         disable_tqdm=False,
         **trainer_arguments(config, out),
     )

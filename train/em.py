@@ -162,8 +162,8 @@ def em_probe_sets(
 ) -> dict[str, ProbeSet]:
     """The reads taken at every EM checkpoint: neutral conversations and the EM evaluation questions
     (`questions`: "broad" or "main") always; the persona contrast set when given (fixed responses,
-    so each checkpoint yields its own persona direction; read without and with its system prompt)
-    and held-out persona questions when given."""
+    so each checkpoint yields its own persona direction; read without its system prompt at every
+    checkpoint, with it at the first and last) and held-out persona questions when given."""
     sets = {
         "neutral": ProbeSet(neutral_conversations(n_neutral), read="response_mean"),
         "em_questions": ProbeSet(
@@ -175,7 +175,10 @@ def em_probe_sets(
         sets["persona_contrast_bare"] = ProbeSet(
             [item.bare_conversation for item in contrast], read="response_mean"
         )
-        sets["persona_contrast"] = ProbeSet([item.conversation for item in contrast], read="response_mean")
+        # the with-system read feeds only end-versus-start figures: read at the two ends
+        sets["persona_contrast"] = ProbeSet(
+            [item.conversation for item in contrast], read="response_mean", ends_only=True
+        )
     if persona_questions:
         sets["persona_questions"] = ProbeSet(
             [[{"role": "user", "content": q}] for q in persona_questions], read="prompt_last"
@@ -237,7 +240,10 @@ def em_stage_of(
     the ablation directions file, the defence's files, and the probe conversations (hashed), so a
     resampled contrast set or an edited dataset reruns the run instead of mixing stale reads."""
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
-    probe_key = {name: [prompt_set_hash(p.conversations), p.read] for name, p in probes.items()}
+    probe_key = {
+        name: [prompt_set_hash(p.conversations), p.read, *(["ends_only"] if p.ends_only else [])]
+        for name, p in probes.items()
+    }
     run = asdict(config)
     if config.defence is None:
         del run["defence"]
