@@ -103,3 +103,33 @@ def test_loader_accepts_external_files_and_rejects_unknown_names(tmp_path):
         load_em_dataset("insecur")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_em_dataset(tmp_path / "missing.jsonl")
+
+
+def test_a_hub_dataset_reads_from_the_cache_and_fails_at_once_when_absent(tmp_path, monkeypatch):
+    """`hf:OWNER/NAME[:SPLIT]` reads a cached hub snapshot through `datasets` into a chat JSONL keyed
+    by the snapshot's revision; offline, an id not in the cache fails naming the id and the cache."""
+    import json
+
+    from anchor.inputs import InputError
+    from train.data import dataset_path, load_em_dataset
+    from train.inputs import check_dataset
+
+    cache = tmp_path / "hub"
+    repo = cache / "datasets--someone--em-rows"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (snapshot / "train.jsonl").write_text("\n".join(json.dumps(row) for _ in range(3)) + "\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("ANCHOR_CACHE", str(tmp_path / "anchor"))
+    path = dataset_path("hf:someone/em-rows:train")
+    assert "0123abcd" in path.name and load_em_dataset("hf:someone/em-rows") == [row["messages"]] * 3
+    with pytest.raises(
+        InputError, match=r"--em-dataset 'someone/absent': not in the Hugging Face cache \(.*hub\)"
+    ):
+        check_dataset("hf:someone/absent", "--em-dataset")

@@ -78,3 +78,52 @@ def test_bad_em_input_fails_before_training(tiny_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no-adapter"):
         finetune_em(EMRunConfig(model=tiny_dir, adapter=str(tmp_path / "no-adapter")), tmp_path / "d")
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_published_checkpoints_read_as_the_run_that_saved_them(tiny_dir, tmp_path):
+    """A folder of PEFT checkpoints (`checkpoint-N/`, as trainers and the Model Organisms release lay
+    them out) copied from a finished run reads back into the same activations at every step, step 0
+    being the starting model itself; the imported run loads like a trained one."""
+    import shutil
+
+    from anchor.published import resolve_published
+    from anchor.stages import run_stage
+    from train.em import import_em_stage
+
+    contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
+    probes = em_probe_sets(n_neutral=2, contrast=contrast, questions="main")
+    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=8, record_every=1)
+    finetune_em(config, tmp_path / "run", probes, log=lambda _: None)
+    published = tmp_path / "published"
+    for step in (1, 2):
+        shutil.copytree(em_adapter(tmp_path / "run", f"em/step-{step:05d}"), published / f"checkpoint-{step}")
+    source = resolve_published(str(published), "--em-checkpoints")
+    done = run_stage(import_em_stage(config, tmp_path / "imported", source, probes), lambda _: None)
+    assert done["recorded"] == [0, 1, 2] and source.identity.startswith("files:")
+    trained, imported = em_store(tmp_path / "run"), em_store(tmp_path / "imported")
+    assert checkpoints(tmp_path / "imported") == checkpoints(tmp_path / "run")
+    for checkpoint in checkpoints(tmp_path / "run"):
+        for probe in probes:
+            name = f"{checkpoint}/{probe}"
+            assert (name in trained) == (name in imported)
+            if name in trained:
+                assert torch.allclose(trained.load(name).tensor, imported.load(name).tensor, atol=1e-5), name
+    model, _ = load_em_model(tmp_path / "imported")
+    assert hasattr(model, "peft_config")
+
+
+def test_a_hub_id_not_in_the_cache_fails_at_once_offline(tmp_path, monkeypatch):
+    from anchor.inputs import InputError
+    from anchor.published import resolve_published
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(
+        InputError, match=r"--em-checkpoints 'nobody/no-such-run': not in the Hugging Face cache"
+    ):
+        resolve_published("nobody/no-such-run", "--em-checkpoints")
+    with pytest.raises(InputError, match="no checkpoint-N/ or step-N/"):
+        from anchor.published import checkpoint_folders
+
+        (tmp_path / "empty").mkdir()
+        checkpoint_folders(tmp_path / "empty", "--em-checkpoints")

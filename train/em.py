@@ -18,10 +18,11 @@ from anchor.em_questions import QUESTION_SETS
 from anchor.extract import prompt_set_hash
 from anchor.models import load_starting_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
-from anchor.runs import EM, em_stage, read_em_run, stage_store
+from anchor.published import Published, checkpoint_folders
+from anchor.runs import EM, checkpoint_dir, em_stage, read_em_run, stage_store
 from anchor.stages import Content, FileInput, Inputs, Stage, run_stage
 from probes.contrast import ContrastItem
-from train.callbacks import ActivationRecorder, ProbeSet
+from train.callbacks import ActivationRecorder, ProbeSet, record
 from train.data import dataset_path, load_em_dataset
 from train.defences import (
     Defence,
@@ -240,10 +241,7 @@ def em_stage_of(
     the ablation directions file, the defence's files, and the probe conversations (hashed), so a
     resampled contrast set or an edited dataset reruns the run instead of mixing stale reads."""
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
-    probe_key = {
-        name: [prompt_set_hash(p.conversations), p.read, *(["ends_only"] if p.ends_only else [])]
-        for name, p in probes.items()
-    }
+    probe_key = _probe_key(probes)
     run = asdict(config)
     if config.defence is None:
         del run["defence"]
@@ -313,3 +311,92 @@ def read_run_config(run_dir: str | Path) -> EMRunConfig:
     """The `EMRunConfig` a finished run was trained with (its stage's declared inputs)."""
     saved = read_em_run(run_dir)
     return EMRunConfig(**{f.name: saved[f.name] for f in fields(EMRunConfig) if f.name in saved})
+
+
+def _probe_key(probes: Mapping[str, ProbeSet]) -> dict:
+    """The probe sets as a stage reads them: each one's conversations (hashed) and how it is read."""
+    return {
+        name: [prompt_set_hash(p.conversations), p.read, *(["ends_only"] if p.ends_only else [])]
+        for name, p in probes.items()
+    }
+
+
+def import_em_stage(
+    config: EMRunConfig,
+    run_dir: str | Path,
+    published: Published,
+    probe_sets: Mapping[str, ProbeSet],
+    root: str | Path | None = None,
+) -> Stage:
+    """An EM run someone else trained, as a stage of the same layout as `em_stage_of`'s: its
+    checkpoints (`published`, a folder of PEFT adapters `checkpoint-N/` or `step-N/` on the model
+    `config` starts from) read on the probe sets. Its key is the starting model, the checkpoints'
+    identity and the probe conversations; `config`'s training fields are not read (and not keyed)."""
+    probes = dict(probe_sets)
+    inputs: dict = {
+        "run": {
+            "model": config.model,
+            "adapter": config.adapter,
+            "upstream": config.upstream,
+            "dataset": f"published:{published.spec}",
+        },  # fmt: skip
+        "published": {"spec": published.spec, "identity": published.identity, "folder": str(published.path)},
+        "probes": Content(probes, _probe_key(probes)),
+    }
+    root = Path(root) if root is not None else Path(run_dir)
+    return Stage(root, str(em_stage(run_dir).relative_to(root)), inputs, import_em)
+
+
+def import_em(inputs: Inputs, stage: Path) -> dict:
+    """Each published checkpoint read as the training callback reads its own (`ActivationRecorder`):
+    step 0 is the starting model itself when the folder has no step 0 (a fresh LoRA adapter adds
+    nothing); the adapters are copied beside the reads, so the run loads like a trained one."""
+    import shutil
+
+    from peft import PeftModel
+
+    found = checkpoint_folders(Path(inputs.published["folder"]), "--em-checkpoints")
+    model, tokenizer = load_starting_model(inputs.run["model"], inputs.run["adapter"], training_device())
+    store = stage_store(stage)
+    meta = {
+        "model": inputs.run["model"],
+        "adapter": inputs.run["adapter"],
+        "published": inputs.published["spec"],
+    }
+    steps = sorted({0, *found})
+    peft_model = None
+    for step in steps:
+        name, end = f"{EM}/step-{step:05d}", step in (steps[0], steps[-1])
+        if step not in found:  # step 0 with no adapter: the starting model
+            record(
+                model,
+                tokenizer,
+                store,
+                inputs.probes,
+                name,
+                {**meta, "step": step, "checkpoint": None},
+                end=end,
+            )
+            continue
+        adapter = f"step-{step:05d}"
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(found[step]), adapter_name=adapter)
+        else:
+            previous = peft_model.active_adapter
+            peft_model.load_adapter(str(found[step]), adapter_name=adapter)
+            peft_model.set_adapter(adapter)
+            peft_model.delete_adapter(previous)
+        record(
+            peft_model, tokenizer, store, inputs.probes, name,
+            {**meta, "step": step, "checkpoint": found[step].name}, end=end,
+        )  # fmt: skip
+        shutil.copytree(found[step], checkpoint_dir(stage, step), dirs_exist_ok=True)
+    shutil.copytree(found[steps[-1]], stage / "adapter", dirs_exist_ok=True)
+    return {
+        "steps": steps[-1],
+        "recorded": steps,
+        "published": inputs.published["spec"],
+        "checkpoints": {str(s): f.name for s, f in found.items()},
+        "losses": None,  # not in a folder of adapters
+        "rows": None,
+    }

@@ -28,13 +28,18 @@ if TYPE_CHECKING:
     from train.em import EMRunConfig
     from train.persona import PersonaRunConfig
 
-CHAT_FORMAT = 'a chat JSONL: one {"messages": [...]} per line, ending on the assistant turn'
+CHAT_FORMAT = (
+    'a chat JSONL: one {"messages": [...]} per line, ending on the assistant turn, or a hub dataset '
+    "hf:OWNER/NAME[:SPLIT] with a messages column"
+)
 
 
 def check_dataset(name_or_path: str, flag: str = "--dataset") -> int:
     """Every row of a shipped dataset or a user's chat JSONL is valid; returns the row count."""
     try:
         return len(load_em_dataset(name_or_path))
+    except InputError:  # already names the flag and the value (a hub id not in the cache)
+        raise
     except (OSError, ValueError) as err:
         raise InputError(
             f"{flag} {name_or_path!r}: {err}. Give one of {', '.join(NAMES)} or {CHAT_FORMAT}"

@@ -79,10 +79,46 @@ def load_chat_jsonl(path: str | os.PathLike) -> list[Conversation]:
     return conversations
 
 
+HUB_PREFIX = "hf:"
+
+
+def hub_dataset_file(spec: str) -> Path:
+    """`hf:OWNER/NAME[:SPLIT]` (split default `train`) as a local chat JSONL: the hub snapshot (from
+    the cache, or downloaded when online) read with `datasets`, written once per revision under the
+    project's cache, so the EM stage keys its rows by content like any other file. Rows need a
+    `messages` list, as the published EM datasets have."""
+    from datasets import load_dataset
+
+    from anchor.models import cache_dir
+    from anchor.published import resolve_published
+
+    repo, _, split = spec.removeprefix(HUB_PREFIX).partition(":")
+    published = resolve_published(repo, "--em-dataset", repo_type="dataset")
+    split = split or "train"
+    revision = (
+        published.identity.rsplit("@", 1)[-1]
+        if published.identity.startswith("hub:")
+        else published.identity[6:18]
+    )
+    path = cache_dir() / "datasets" / f"{repo.replace('/', '__')}__{split}__{revision}.jsonl"
+    if not path.is_file():
+        try:
+            rows = load_dataset(str(published.path), split=split)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{spec}: no split {split!r} readable by datasets ({err})") from None
+        if "messages" not in rows.column_names:
+            raise ValueError(f"{spec}: rows have no 'messages' column (columns: {rows.column_names})")
+        atomic_write_jsonl(path, ({"messages": m} for m in rows["messages"]))
+    return path
+
+
 def dataset_path(name_or_path: str | os.PathLike) -> Path:
-    """A shipped dataset by name (`insecure`, `secure`, ...) or any chat JSONL path."""
+    """A shipped dataset by name (`insecure`, `secure`, ...), a hub dataset (`hf:OWNER/NAME[:SPLIT]`)
+    or any chat JSONL path."""
     if str(name_or_path) in NAMES:
         return DATA_DIR / f"{name_or_path}.jsonl"
+    if str(name_or_path).startswith(HUB_PREFIX):
+        return hub_dataset_file(str(name_or_path))
     path = Path(name_or_path)
     if path.suffix != ".jsonl" and not path.exists():
         raise ValueError(
