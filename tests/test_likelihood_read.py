@@ -2,6 +2,8 @@
 and none where there is none; on a tiny model trained on misaligned answers it moves the right way."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +51,33 @@ def test_a_tiny_model_trained_on_misaligned_answers_reads_positive(tiny_model, t
     after = answer_log_likelihoods(model, tiny_tokenizer, rows)
     read = likelihood_read(before.tolist(), after.tolist(), rows)
     assert read["value"] > 0 and read["ci95"][0] > 0
+
+
+def test_the_defences_read_each_arm_against_its_own_start_question_by_question(tmp_path):
+    """An arm that made misaligned answers likelier than aligned ones reads positive against its own
+    starting model; an arm whose every answer moved alike reads 0; a stage that scored other
+    answers is refused."""
+    from analysis.experiments.defence_report import _likelihood_gaps
+
+    rows = [(q, label) for q in ("q1", "q2", "q3") for label in ("misaligned", "aligned")]
+
+    def stage(name: str, scores: list[float], answers=rows) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        scored = [{"question": q, "label": lab, "log_likelihood": s} for (q, lab), s in zip(answers, scores)]
+        (folder / "log_likelihoods.json").write_text(json.dumps({"rows": scored}))
+        return folder
+
+    start = [-2.0] * 6
+    stages = {
+        "start_base": stage("start_base", start),
+        "start_persona": stage("start_persona", [-3.0] * 6),
+        "none": stage("none", [-1.0, -2.0] * 3),  # misaligned answers +1 nat, aligned unchanged
+        "persona+kl": stage("kl", [-2.5] * 6),  # everything moved alike from its start (-3)
+    }
+    gaps = _likelihood_gaps(stages)
+    assert set(gaps) == {"none", "persona+kl"}
+    assert gaps["none"].tolist() == [1.0, 1.0, 1.0] and gaps["persona+kl"].tolist() == [0.0, 0.0, 0.0]
+    other = [(q, "aligned") for q in ("q1", "q2", "q3") for _ in range(2)]
+    with pytest.raises(ValueError, match="different reference answers"):
+        _likelihood_gaps({**stages, "x": stage("x", start, other)})

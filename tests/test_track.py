@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.experiments.options import SMOKE, TrackConfig
+from analysis.experiments.options import SMOKE, Resources, TrackConfig
 from analysis.experiments.track import track_drift
+from analysis.experiments.tracking import drift_scalars, read_scalars
 from anchor.inputs import InputError
 from anchor.stages import SUPERSEDED, Stage, is_complete, read_done, stage_identity
 from train import em
@@ -127,6 +128,31 @@ def check_artefacts(run: Path) -> dict:
     return metrics
 
 
+def check_tensorboard(run: Path, metrics: dict) -> None:
+    """Each EM run's TensorBoard events hold its training loss and, beside it, the drift reads at
+    the recorded checkpoints' steps (at the chosen layer)."""
+    drift = metrics["drift"]
+    layer = drift["best_layer"]
+    folders = {
+        "persona": "em_persona",
+        "base": "em_base",
+        "control": "em_control",
+        "base_control": "em_base_control",
+    }
+    for name, folder in folders.items():
+        data = drift["runs"][name]
+        scalars = read_scalars(run / folder / "em" / "tensorboard")
+        assert scalars["train/loss"] and max(scalars["train/loss"]) == data["steps"][-1]
+        projection = scalars["drift/persona_projection"]
+        assert sorted(projection) == data["steps"]
+        for step, by_layer in zip(data["steps"], data["anchor_projection"]):
+            assert abs(projection[step] - by_layer[layer]) < 1e-5
+        assert sorted(scalars["drift/direction_stability"]) == data["steps"]
+        for step, values in drift_scalars(metrics, name, run).items():  # behaviour where measured
+            for tag, value in values.items():
+                assert abs(scalars[tag][step] - value) < 1e-5, (folder, tag, step)
+
+
 OCT_CONSTITUTION = [  # the public Open Character Training hand-written format, no contrast file
     {
         "trait": "I answer with dry irony and mock enthusiasm, especially when a question is obvious.",
@@ -174,12 +200,13 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
         return real(*args, **kwargs)
 
     monkeypatch.setattr(em, "train_sft", killed_second_em_run)
+    tensorboard = Resources(report_to="tensorboard")  # training losses and drift reads as events
     with pytest.raises(KeyboardInterrupt):
-        track_drift(config, run, log=lambda _: None)
+        track_drift(config, run, log=lambda _: None, resources=tensorboard)
     monkeypatch.setattr(em, "train_sft", real)
     log = []
     start = time.perf_counter()
-    summary = track_drift(config, run, log=log.append)
+    summary = track_drift(config, run, log=log.append, resources=tensorboard)
     wall = time.perf_counter() - start
     assert "stage em_persona/em: complete, skipped" in log and "stage dpo: complete, skipped" in log
     assert summary["ran"][0] == "em_base/em"  # resumed at the killed stage
@@ -207,8 +234,11 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     if quality["warning"]:  # a random-weight model separates nothing: the report says so
         assert "at chance" in quality["warning"] and "at chance" in report
     assert "stage contrast_pairs: complete, skipped" in log  # derived once, reused on resume
-    again = track_drift(config, run, log=lambda _: None)
+    check_tensorboard(run, metrics)
+    again = track_drift(config, run, log=lambda _: None, resources=tensorboard)
     assert again["ran"] == [] and again["table"] == summary["table"]
+    for folder in ("em_persona", "em_base", "em_control", "em_base_control"):  # logged once
+        assert len(list((run / folder / "em" / "tensorboard").glob("*.drift"))) == 1
 
     steer = subprocess.run(
         [sys.executable, ROOT / "scripts" / "steer.py", "--run", run, "--smoke"],

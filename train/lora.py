@@ -15,6 +15,7 @@ import torch
 from anchor import engines, timings
 from anchor.chat import Conversation, validate_conversation
 from anchor.constitution import Persona
+from train import tracking
 from train.distributed import split_batch, world_size
 
 
@@ -78,7 +79,8 @@ def resolve_optimizer(name: str) -> str:
 def trainer_arguments(config: LoraTraining, out: Path) -> dict:
     """Keyword arguments shared by TRL's DPOConfig and SFTConfig. Under `accelerate launch` the
     preset's effective batch (batch x accumulation) is split over the processes, so the
-    optimizer steps and checkpoints are those of a single-process run."""
+    optimizer steps and checkpoints are those of a single-process run. The tracker (`report_to`,
+    the run's name) is the one the command chose for this process (`train.tracking`)."""
     per_device, accumulation = split_batch(
         config.batch_size * config.grad_accum, config.batch_size, world_size()
     )
@@ -97,7 +99,7 @@ def trainer_arguments(config: LoraTraining, out: Path) -> dict:
         max_length=config.max_length,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        **tracking.trainer_kwargs(out),
         seed=config.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # fp32 on CPU
         # Recomputing activations saves GPU memory for 7B models; on CPU it only costs time.
@@ -130,16 +132,17 @@ def train_lora(
     from datasets import Dataset
 
     engines.assert_no_engine("training")
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(list(rows)),
-        processing_class=tokenizer,
-        peft_config=lora_config(config),
-        callbacks=list(callbacks),
-        **extra,
-    )
-    trainer.train()
+    with tracking.training_run(out):  # the tracker's run is this stage's (TensorBoard: <out>/tensorboard)
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(list(rows)),
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=list(callbacks),
+            **extra,
+        )
+        trainer.train()
     timings.count(optimizer_steps=trainer.state.global_step)
     trainer.save_model(str(out / "adapter"))  # rank 0 writes; gathers sharded (ZeRO-3) weights first
     return trainer

@@ -26,7 +26,9 @@ from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_be
 from analysis.em_eval import is_misaligned, numeric
 from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
 from analysis.experiments.defence_stages import read_capability
+from analysis.experiments.track_stages import read_likelihoods
 from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
+from analysis.likelihood_read import question_gaps
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bounds, estimate, holm
 from anchor.runs import checkpoints, em_store
@@ -40,6 +42,8 @@ METRICS = {  # name -> (label, unit, which way is good for a defence)
     "misaligned_rate": ("misaligned rate", "share of answers", "lower"),
     "coherence_change": ("coherence change", "judge points", "higher"),
     "capability_change": ("capability change", "nats per token", "higher"),
+    # judge-free: the change in log-likelihood of misaligned minus aligned reference answers
+    "likelihood_read": ("likelihood read (misaligned minus aligned)", "nats per token", "lower"),
 }
 REFERENCES = ("none", "persona")
 # The pre-registered family: per arm, movement toward misalignment against `none`. Holm runs over this
@@ -155,6 +159,21 @@ def _capability(capability: Mapping[str, Path]) -> dict[str, torch.Tensor]:
     }
 
 
+def _likelihood_gaps(likelihoods: Mapping[str, Path]) -> dict[str, torch.Tensor]:
+    """Per arm, the likelihood read's per-question gaps against the arm's starting model (paired
+    across arms: every stage scored the same reference answers)."""
+    rows = {name: read_likelihoods(path) for name, path in likelihoods.items()}
+    answers = {name: [(r["question"], r["label"]) for r in scored] for name, scored in rows.items()}
+    if len({tuple(a) for a in answers.values()}) > 1:
+        raise ValueError(f"the likelihood stages {sorted(rows)} scored different reference answers")
+    score = lambda name: [r["log_likelihood"] for r in rows[name]]  # noqa: E731
+    return {
+        arm: question_gaps(score(f"start_{start_of(arm)}"), score(arm), scored)
+        for arm, scored in rows.items()
+        if not arm.startswith("start_")
+    }
+
+
 def analyse_defences(
     config,
     out: Path,
@@ -162,6 +181,7 @@ def analyse_defences(
     run_dirs: Mapping[str, Path],
     evals: Mapping[str, Path],
     capability: Mapping[str, Path],
+    likelihoods: Mapping[str, Path],
     items: Sequence[ContrastItem],
     judge_calibration: dict | None,
 ) -> dict:
@@ -197,6 +217,9 @@ def analyse_defences(
     g = torch.Generator().manual_seed(track.seed + 11)
     n_answers = len(next(iter(loglik.values())))
     answer_draws = torch.randint(n_answers, (N_BOOT, n_answers), generator=g)
+    gaps = _likelihood_gaps(likelihoods)
+    n_questions = len(next(iter(gaps.values())))
+    question_draws = torch.randint(max(n_questions, 1), (N_BOOT, n_questions), generator=g)
 
     numbers: dict[str, dict[str, tuple[float, torch.Tensor, int, str]]] = {}
     for arm in run_dirs:
@@ -212,6 +235,13 @@ def analyse_defences(
             change[answer_draws].mean(1),
             n_answers,
             "answers",
+        )
+        gap = gaps[arm]  # one question draw for every arm: differences between arms are paired
+        arm_numbers["likelihood_read"] = (
+            float(gap.mean()) if n_questions >= 2 else math.nan,
+            gap[question_draws].mean(1) if n_questions >= 2 else torch.full((N_BOOT,), math.nan),
+            n_questions,
+            "questions",
         )
         if f"{arm}+capped" in behaviour:
             arm_numbers["misaligned_rate_capped"] = (

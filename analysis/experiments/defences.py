@@ -27,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from analysis.calibration import DEFAULT_LABELS
 from analysis.capability import ORDINARY_ANSWERS_FILE
 from analysis.experiments.defence_arms import (
     MAIN_RUNS,
@@ -62,6 +63,7 @@ from analysis.experiments.track_stages import (
     persona_source,
     release_models,
     write_assistant_axis,
+    write_likelihoods,
 )
 from anchor import timings
 from anchor.constitution import Persona, persona_input
@@ -70,6 +72,7 @@ from anchor.prompt_pool import GENERIC_PROMPTS_FILE
 from anchor.runlock import run_lock
 from anchor.runs import em_stage
 from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage, stage_identity
+from train import tracking
 from train.defences import inoculation_prompt
 
 
@@ -98,7 +101,7 @@ def run_defences(
     if any(defence_of(a) == "inoculation" for a in config.arms):  # no prompt for the dataset: fail now
         inoculation_prompt(track.em_dataset, config.settings.inoculation_prompt)
     persona = check_track_inputs(track, out)  # every input, before the folder (and its lock) exists
-    with run_lock(out), timings.recording() as recorder:
+    with run_lock(out), timings.recording() as recorder, tracking.reporting(resources.report_to, out):
         result = _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
         if "defences/analysis" in result["ran"]:  # this call produced the analysis: its timings go with it
             analysis = out / "defences" / "analysis"
@@ -184,6 +187,8 @@ def _run_defences(
     }
     evals: dict[str, Path] = {"start_base": out / "eval" / "base", "start_persona": out / "eval" / "persona"}
     capability: dict[str, Path] = {}
+    # the starting models' likelihood reads are the main job's
+    likelihoods: dict[str, Path] = {f"start_{start}": out / "likelihood" / start for start in starts}
     answers = {"answers": FileInput(ORDINARY_ANSWERS_FILE), "limit": settings.capability_answers}
     for start in starts:  # the cost is measured against the starting model
         if any(start_of(a) == start for a in config.arms):
@@ -208,6 +213,16 @@ def _run_defences(
         # cost: log-likelihood of held-out ordinary answers, written independently of every model here
         capability[arm] = d / "capability" / arm
         run(f"defences/capability/{arm}", {**answers, "source": source}, write_capability)
+        # the judge-free behavioural read (the main job's stages where the run is the main job's)
+        if arm in REUSED:
+            likelihoods[arm] = out / "likelihood" / f"{MAIN_RUNS[arm]}_end"
+        else:
+            likelihoods[arm] = d / "likelihood" / arm
+            run(
+                f"defences/likelihood/{arm}",
+                {"source": source, "labels": FileInput(DEFAULT_LABELS)},
+                write_likelihoods,
+            )
         release_models()
 
     analysis_inputs = {
@@ -216,6 +231,7 @@ def _run_defences(
         "runs": {a: StageOutput(em_stage(r)) for a, r in run_dirs.items()},
         "evaluations": {a: StageOutput(p) for a, p in evals.items()},
         "capability": {a: StageOutput(p) for a, p in capability.items()},
+        "likelihoods": {a: StageOutput(p) for a, p in likelihoods.items()},
         "track_analysis": StageOutput(out / "analysis"),
         "contrast": StageOutput(out / "contrast"),
         "misalignment": StageOutput(out / "misalignment"),
@@ -244,6 +260,7 @@ def write_defences_analysis(inputs: Inputs, stage: Path) -> dict:
         {a: folder.parent for a, folder in inputs.runs.items()},
         dict(inputs.evaluations),
         dict(inputs.capability),
+        dict(inputs.likelihoods),
         load_items(inputs.contrast / "contrast.jsonl"),
         inputs.judge_calibration,
     )
@@ -259,6 +276,7 @@ def defences_seeds(
     log=print,
     judge_calibration: dict | None = None,
     overwrite: bool = False,
+    resources: Resources = Resources(),  # noqa: B008 (frozen, as track_drift's)
 ) -> dict:
     """The whole comparison once per seed (each a resumable run of `plan.runs`, shared with the main
     job's seeds), then every arm x metric and every comparison pooled over seeds in
@@ -273,6 +291,7 @@ def defences_seeds(
             replace(config, track=track),
             run,
             log=log,
+            resources=resources,
             judge_calibration=judge_calibration,
             overwrite=overwrite,
         ),

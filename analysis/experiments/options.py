@@ -19,6 +19,7 @@ import torch
 from analysis.distilled_judge import default_judge
 from anchor.inputs import InputError
 from anchor.specs import JudgeSpec, ModelSpec
+from train import tracking
 from train.persona import default_preset
 
 
@@ -277,11 +278,14 @@ class Resources:
     """How the job uses the machine; nothing here changes a result, so none of it enters a stage key.
 
     `num_processes` > 1 runs each training stage data-parallel under `accelerate launch` (the
-    generation, evaluation and analysis stages stay in this one process)."""
+    generation, evaluation and analysis stages stay in this one process). `report_to` logs the
+    training losses, and after the analysis each EM run's drift reads, to a tracker
+    (`train.tracking`, `analysis.experiments.tracking`)."""
 
     num_processes: int = 1
     gpu_memory_utilization: float = 0.85
     accelerate_config: str | None = None  # e.g. train/accelerate/zero3.yaml
+    report_to: str = "none"  # none, trackio, wandb or tensorboard
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,10 +308,11 @@ class Resources:
             default=Resources.gpu_memory_utilization,
             help=f"share of the GPU's memory a vLLM engine may take (default: {Resources.gpu_memory_utilization})",
         )
+        tracking.add_argument(group)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Resources:
-        return cls(args.num_processes, args.gpu_memory_utilization, args.accelerate_config)
+        return cls(args.num_processes, args.gpu_memory_utilization, args.accelerate_config, args.report_to)
 
 
 def judge_calibration_of(args: argparse.Namespace, config: TrackConfig, out: Path) -> dict | None:

@@ -58,6 +58,7 @@ from analysis.experiments.track_stages import (
     write_likelihoods,
     write_misalignment_direction,
 )
+from analysis.experiments.tracking import log_drift
 from analysis.report import add_table, timings_table
 from anchor import timings
 from anchor.constitution import Persona, persona_input
@@ -66,6 +67,7 @@ from anchor.runlock import run_lock
 from anchor.runs import checkpoints, em_stage, step_of
 from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, run_stage, stage_identity
 from anchor.store import atomic_write_bytes, atomic_write_json
+from train import tracking
 from train.defences import Defence
 from train.em import EMRunConfig, em_probe_sets, em_stage_of, finetune_em
 from train.launch import launch
@@ -278,12 +280,16 @@ def track_drift(
 ) -> dict:
     """The whole experiment; `judge_calibration` (analysis.calibration.judge_calibration's entry for
     config.judge) is reported beside the behavioural numbers. `overwrite` discards finished stages
-    whose inputs changed instead of setting them aside."""
+    whose inputs changed instead of setting them aside. `resources.report_to` logs the training
+    losses and, after the analysis, each EM run's drift reads to that tracker
+    (`analysis.experiments.tracking`)."""
     out = Path(out)
+    tracking.check_tracker(resources.report_to)  # a missing package fails before any work
     persona = check_track_inputs(config, out)  # every input, before any model loads or folder is made
     job = plan_main_job(config, out, persona, resources, judge_calibration)
-    with run_lock(out), timings.recording() as recorder:
+    with run_lock(out), timings.recording() as recorder, tracking.reporting(resources.report_to, out):
         summary = run_main_job(job, log, overwrite)
+        log_drift(out, resources.report_to, log)  # once per analysis and tracker; none: nothing
         if "analysis" in summary["ran"]:  # this call produced the analysis: it carries this call's timings
             add_timings(
                 out / "analysis" / "metrics.json",

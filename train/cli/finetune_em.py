@@ -22,13 +22,14 @@ from pathlib import Path
 
 from anchor.inputs import InputError
 from anchor.runlock import run_lock
+from train import tracking
 from train.data import NAMES
 from train.distributed import is_main, world_size
 from train.em import PRESETS, EMRunConfig, em_plan, em_probe_sets, finetune_em
 from train.inputs import check_contrast_items, check_em_inputs
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -62,6 +63,12 @@ def main() -> None:
         action="store_true",
         help="print the fully resolved configuration and planned data sizes as JSON, and exit",
     )
+    tracking.add_argument(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     model, adapter = args.model, args.adapter
@@ -92,7 +99,7 @@ def main() -> None:
         return
     contrast = check_contrast_items(args.contrast) if args.contrast else None
     start = time.perf_counter()
-    with run_lock(out):
+    with run_lock(out), tracking.reporting(args.report_to, out):
         done = finetune_em(config, out, em_probe_sets(contrast=contrast))
     if not is_main():
         return

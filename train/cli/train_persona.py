@@ -21,6 +21,7 @@ from pathlib import Path
 
 from anchor.inputs import InputError
 from anchor.runlock import run_lock
+from train import tracking
 from train.distributed import is_main
 from train.inputs import check_persona_inputs
 from train.persona import (
@@ -33,7 +34,7 @@ from train.persona import (
 )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -79,6 +80,12 @@ def main() -> None:
     parser.add_argument(
         "--out", help="run directory (default: runs/persona/<persona>-<model>-<preset>-s<seed>)"
     )
+    tracking.add_argument(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     preset = "smoke" if args.smoke else args.preset or default_preset()
@@ -102,7 +109,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         check_persona_inputs(config, out)  # every input, before the folder (and its lock) exists
-        with run_lock(out, "persona folder"):
+        with run_lock(out, "persona folder"), tracking.reporting(args.report_to, out):
             summary = train_persona(config, out, stages=tuple(s for s in STAGES if s in args.stages))
     except InputError as err:
         parser.error(str(err))

@@ -141,7 +141,13 @@ def main() -> None:
     try:
         calibration = judge_calibration_of(args, track, outs[0])
         if plan is not None:
-            summary = defences_seeds(config, plan, judge_calibration=calibration, overwrite=args.overwrite)
+            summary = defences_seeds(
+                config,
+                plan,
+                judge_calibration=calibration,
+                overwrite=args.overwrite,
+                resources=Resources.from_args(args),
+            )
         else:
             summary = run_defences(
                 config,
