@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from analysis.experiments.options import SMOKE, Resources, TrackConfig
 from analysis.experiments.track import track_drift
@@ -285,6 +286,57 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     monkeypatch.setattr(em, "train_sft", real)
     track_drift(config, run, log=lambda _: None)  # the stopped stage is debris; the kept one comes back
     assert (run / "em_persona" / "em" / "done.json").is_file()
+
+
+def _close(a, b, where: str = "") -> None:
+    """Nested JSON values equal, numbers to 1e-4 (activations read twice agree to float error)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-4, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def test_a_published_em_run_gives_the_drift_table_of_the_run_it_came_from(workspace):
+    """`--em-checkpoints`: the base run's own checkpoints copied out as a published folder
+    (`checkpoint-N/`, step 0 left out: it is the starting model) replace training that cell; the
+    other runs are kept, and the base run's drift table is the trained run's."""
+    import shutil
+
+    root, tiny, constitution = workspace
+    original, run, published = root / "derived", root / "imported", root / "published-base"
+    shutil.copytree(original, run)
+    steps = sorted((original / "em_base" / "em" / "checkpoints").glob("step-*"))
+    for checkpoint in steps[1:]:
+        shutil.copytree(checkpoint, published / f"checkpoint-{int(checkpoint.name.removeprefix('step-'))}")
+    config = TrackConfig(
+        persona=str(constitution),
+        model=tiny,
+        judge=f"hf:{tiny}",
+        em_checkpoints={"base": str(published)},
+        **{**SMOKE, "monitor": True},
+    )
+    log = []
+    track_drift(config, run, log=log.append)
+    assert "stage em_base/em: running" in log  # the trained base run is set aside, the others kept
+    for kept in ("em_persona", "em_control", "em_base_control"):
+        assert f"stage {kept}/em: complete, skipped" in log
+    done = read_done(run / "em_base" / "em")
+    assert done["recorded"] == [int(p.name.removeprefix("step-")) for p in steps] and done["losses"] is None
+
+    def table(r: Path) -> dict:
+        drift = json.loads((r / "analysis" / "metrics.json").read_text())["drift"]["runs"]["base"]
+        assert drift.pop("run_dir") == str(r / "em_base")
+        return drift
+
+    _close(table(original), table(run), "drift.runs.base")
 
 
 def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkeypatch):
@@ -596,3 +648,38 @@ def test_track_drift_smoke_on_the_default_model(tmp_path):
     assert "drift table" in out.stdout and str(tmp_path / "report.html") in out.stdout
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "nothing to do" in again.stdout
+
+
+def test_a_published_persona_adapter_is_the_persona_model_keyed_by_its_files(tiny_dir, tmp_path):
+    """`--persona-adapter`: a PEFT adapter folder on the base model is the persona model (its EM runs
+    start from it merged; its identity is its files'); `--em-checkpoints` values name their cell."""
+    from peft import LoraConfig, get_peft_model
+
+    from analysis.experiments.inputs import check_track_inputs
+    from analysis.experiments.options import em_checkpoints_of
+    from analysis.experiments.track import persona_model
+    from analysis.experiments.track_stages import load_source, release_models
+    from anchor import load_model
+    from anchor.published import resolve_published
+
+    assert em_checkpoints_of(["org/run", "persona=x"]) == {"base": "org/run", "persona": "x"}
+    with pytest.raises(InputError, match="two folders for the base cell"):
+        em_checkpoints_of(["x", "base=y"])
+    base, _ = load_model(tiny_dir)
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+        tmp_path / "adapter"
+    )
+    persona = persona_model(
+        tiny_dir, tmp_path / "unused", resolve_published(str(tmp_path / "adapter"), "--x")
+    )
+    assert persona.start == (tiny_dir, str(tmp_path / "adapter")) and persona.identity.startswith("files:")
+    model, _ = load_source(persona.source)
+    ids = torch.tensor([[1, 2, 3]])
+    fresh, _ = load_model(tiny_dir)
+    assert not torch.allclose(model(ids).logits, fresh(ids).logits)  # the adapter is on, merged
+    release_models()
+    config = TrackConfig(
+        persona="sycophancy", model=tiny_dir, judge=f"hf:{tiny_dir}", persona_adapter=str(tmp_path)
+    )
+    with pytest.raises(InputError, match="--persona-adapter .*no adapter_config.json"):
+        check_track_inputs(config, tmp_path / "out")

@@ -14,6 +14,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import torch
+
 from anchor.em_questions import QUESTION_SETS
 from anchor.extract import prompt_set_hash
 from anchor.models import load_starting_model, model_depth, resolve_spec
@@ -347,6 +349,26 @@ def import_em_stage(
     return Stage(root, str(em_stage(run_dir).relative_to(root)), inputs, import_em)
 
 
+def zero_adapter(source: Path, target: Path) -> None:
+    """`source`'s adapter with every LoRA B set to 0: what a fresh adapter is (PEFT initialises B to
+    0), so a published run without step 0 gets the step-0 adapter a trained run saves (the
+    B-trajectory analyses start from it)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "adapter_config.json", target / "adapter_config.json")
+    file = source / "adapter_model.safetensors"
+    weights = (
+        load_file(str(file))
+        if file.is_file()
+        else torch.load(source / "adapter_model.bin", weights_only=True)
+    )
+    zeroed = {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}
+    save_file(zeroed, str(target / "adapter_model.safetensors"))
+
+
 def import_em(inputs: Inputs, stage: Path) -> dict:
     """Each published checkpoint read as the training callback reads its own (`ActivationRecorder`):
     step 0 is the starting model itself when the folder has no step 0 (a fresh LoRA adapter adds
@@ -367,7 +389,8 @@ def import_em(inputs: Inputs, stage: Path) -> dict:
     peft_model = None
     for step in steps:
         name, end = f"{EM}/step-{step:05d}", step in (steps[0], steps[-1])
-        if step not in found:  # step 0 with no adapter: the starting model
+        if step not in found:  # step 0 with no adapter: the starting model, saved as a fresh adapter
+            zero_adapter(found[steps[1]], checkpoint_dir(stage, step))
             record(
                 model,
                 tokenizer,

@@ -50,8 +50,8 @@ from analysis.experiments.track import (
     assistant_axis_inputs,
     em_run_config,
     evaluation_inputs,
+    persona_model,
     persona_run_dir,
-    persona_start,
     run_probe_sets,
     track_drift,
 )
@@ -60,7 +60,6 @@ from analysis.experiments.track_stages import (
     em_source,
     evaluate_model,
     load_items,
-    persona_source,
     release_models,
     write_assistant_axis,
     write_likelihoods,
@@ -69,9 +68,10 @@ from anchor import timings
 from anchor.constitution import Persona, persona_input
 from anchor.models import model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
+from anchor.published import resolve_published
 from anchor.runlock import run_lock
 from anchor.runs import em_stage
-from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage, stage_identity
+from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage
 from train import tracking
 from train.defences import inoculation_prompt
 
@@ -132,9 +132,12 @@ def _run_defences(
     summary = track_drift(
         track, out, log=tracked, resources=resources, judge_calibration=judge_calibration, overwrite=overwrite
     )
-    persona_dir = persona_run_dir(track, out)
-    starts = {"base": (track.model, None), "persona": persona_start(persona_dir)}
-    sources = {"base": base_source(track.model), "persona": persona_source(persona_dir)}
+    published = (
+        resolve_published(track.persona_adapter, "--persona-adapter") if track.persona_adapter else None
+    )
+    persona = persona_model(track.model, persona_run_dir(track, out), published)
+    starts = {"base": (track.model, None), "persona": persona.start}
+    sources = {"base": base_source(track.model), "persona": persona.source}
     settings = config.settings
     wanted = needs(config.arms)
 
@@ -163,7 +166,6 @@ def _run_defences(
     items = load_items(out / "contrast" / "contrast.jsonl")
     probes = run_probe_sets(track, persona, items)
     n_layers = model_depth(track.model)
-    persona_identity = stage_identity(persona_dir / "sft")
     run_dirs: dict[str, Path] = {}
     for arm in config.arms:
         if arm in REUSED:
@@ -174,7 +176,7 @@ def _run_defences(
             track,
             track.em_dataset,
             starts[start],
-            None if start == "base" else persona_identity,
+            None if start == "base" else persona.identity,
             build_defence(arm, settings, files, n_layers, track.em_dataset),
         )
         run_dirs[arm] = d / "arms" / arm

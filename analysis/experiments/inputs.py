@@ -20,6 +20,7 @@ from anchor.inputs import (
     check_persona,
     check_positive,
 )
+from anchor.published import check_peft_adapter, checkpoint_folders, resolve_published
 from anchor.questions import training_pool
 from train.inputs import check_dataset, check_persona_run
 
@@ -52,6 +53,19 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
         )
     if config.persona_run is not None:
         check_persona_run(config.persona_run, config.persona, config.model)
+    if config.persona_adapter is not None:
+        if config.persona_run is not None:
+            raise InputError("--persona-adapter and --persona-run both give the persona model; give one")
+        adapter = resolve_published(config.persona_adapter, "--persona-adapter")
+        check_peft_adapter(adapter.path, "--persona-adapter")
+    from analysis.experiments.options import EM_CELLS
+
+    for cell, spec in (config.em_checkpoints or {}).items():
+        if cell not in EM_CELLS:
+            raise InputError(
+                f"--em-checkpoints {cell}={spec}: unknown cell {cell!r}; choose from {', '.join(EM_CELLS)}"
+            )
+        checkpoint_folders(resolve_published(spec, "--em-checkpoints").path, "--em-checkpoints")
     check_output_dir(out)
     return persona
 

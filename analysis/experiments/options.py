@@ -33,6 +33,10 @@ class TrackConfig:
     smoke: bool = False
     judge: str = field(default_factory=default_judge)  # distilled:default when its card allows
     persona_run: str | None = None  # reuse a finished train_persona.py run
+    persona_adapter: str | None = None  # a published persona LoRA (folder or hub id) instead of training one
+    # EM runs someone else trained, by cell of the 2x2 (persona, base, control, base_control): a folder
+    # or hub id of PEFT checkpoints, read instead of training that cell
+    em_checkpoints: dict[str, str] | None = None
     checkpoint_every: int | None = None  # default: the EM preset's
     em_rows: int | None = None  # default: the EM preset's
     contrast_questions_per_trait: int = 2
@@ -138,6 +142,7 @@ _FIELD_FLAGS = (
     "contrast",
     "teacher",
     "persona_run",
+    "persona_adapter",
     "judge",
     "seed",
 )
@@ -180,6 +185,22 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
         "itself for distillation, a templated negation of each trait for the pairs)",
     )
     add("--persona-run", default=suppress, help="reuse this finished train_persona.py run directory")
+    add(
+        "--persona-adapter",
+        default=suppress,
+        help="start from a published persona LoRA instead of character training: a PEFT adapter folder on "
+        "--model, or a hub id (as Open Character Training publishes one per persona)",
+    )
+    add(
+        "--em-checkpoints",
+        nargs="+",
+        metavar="[CELL=]PATH_OR_HUB_ID",
+        default=suppress,
+        help="analyse EM runs someone else trained instead of training them: a folder (or hub id) of PEFT "
+        "checkpoints (checkpoint-N/ or step-N/, as the Model Organisms release lays them out) on the cell's "
+        "starting model; CELL is persona, base, control or base_control (default base: a published EM run "
+        "of the base model)",
+    )
     add(
         "--filter-contrast",
         choices=["auto", "on", "off"],
@@ -239,7 +260,24 @@ def _given(args: argparse.Namespace) -> dict:
         given["monitor"] = True
     if "filter_contrast" in flags:
         given["filter_contrast"] = flags["filter_contrast"]
+    if "em_checkpoints" in flags:
+        given["em_checkpoints"] = em_checkpoints_of(flags["em_checkpoints"])
     return given
+
+
+EM_CELLS = ("persona", "base", "control", "base_control")
+
+
+def em_checkpoints_of(values: list[str]) -> dict[str, str]:
+    """`[CELL=]PATH` values as {cell: path}; a bare path is the base cell's."""
+    cells: dict[str, str] = {}
+    for value in values:
+        cell, sep, path = value.partition("=")
+        cell, path = (cell, path) if sep and cell in EM_CELLS else ("base", value)
+        if cell in cells:
+            raise InputError(f"--em-checkpoints: two folders for the {cell} cell ({cells[cell]!r}, {path!r})")
+        cells[cell] = path
+    return cells
 
 
 def _apply(config: TrackConfig, given: dict) -> TrackConfig:

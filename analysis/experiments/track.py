@@ -30,7 +30,7 @@ stage bodies live in `track_stages`, the analysis and report in `track_report`, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ from analysis.experiments.track_stages import (
     evaluate_model,
     load_items,
     persona_source,
+    published_persona_source,
     release_models,
     write_assistant_axis,
     write_contrast,
@@ -62,6 +63,7 @@ from analysis.experiments.tracking import log_drift
 from analysis.report import add_table, timings_table
 from anchor import timings
 from anchor.constitution import Persona, persona_input
+from anchor.published import Published, resolve_published
 from anchor.roles import ROLES_FILE
 from anchor.runlock import run_lock
 from anchor.runs import checkpoints, em_stage, step_of
@@ -69,7 +71,7 @@ from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, r
 from anchor.store import atomic_write_bytes, atomic_write_json
 from train import tracking
 from train.defences import Defence
-from train.em import EMRunConfig, em_probe_sets, em_stage_of, finetune_em
+from train.em import EMRunConfig, em_probe_sets, em_stage_of, finetune_em, import_em_stage
 from train.launch import launch
 from train.persona import (
     SMOKE_NEUTRAL_PROBES,
@@ -126,6 +128,8 @@ class MainJob:
     analysis: dict
     config_record: dict
     resources: Resources
+    persona_adapter: Published | None = None  # a published persona model: no character training
+    em_checkpoints: dict[str, Published] = field(default_factory=dict)  # cell -> published EM run
 
     def stage(self, name: str, inputs: dict, body) -> Stage:
         return Stage(self.out, name, inputs, body)
@@ -194,6 +198,13 @@ def plan_main_job(
         analysis={"config": asdict(config), "judge_calibration": judge_calibration},
         config_record=asdict(config),
         resources=resources,
+        persona_adapter=(
+            resolve_published(config.persona_adapter, "--persona-adapter") if config.persona_adapter else None
+        ),
+        em_checkpoints={
+            cell: resolve_published(spec, "--em-checkpoints")
+            for cell, spec in (config.em_checkpoints or {}).items()
+        },
     )
 
 
@@ -326,10 +337,11 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
     def run(stage: Stage) -> dict:
         return run_stage(stage, track, overwrite)
 
-    # 1. character training (its own run folder, locked while it is written)
-    with run_lock(job.persona_dir, "persona folder"):
-        _train_persona(job.persona, job.persona_dir, job.resources, track, overwrite)
-    persona_model = persona_start(job.persona_dir)
+    # 1. character training (its own run folder, locked while it is written), or a published persona
+    if job.persona_adapter is None:
+        with run_lock(job.persona_dir, "persona folder"):
+            _train_persona(job.persona, job.persona_dir, job.resources, track, overwrite)
+    persona = persona_model(job.persona.model, job.persona_dir, job.persona_adapter)
 
     # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
     # read by every checkpoint; the judge-free misalignment direction; the assistant axis
@@ -342,21 +354,25 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
     probes = em_probe_sets(job.probes["n_neutral"], items, list(job.held_out), job.probes["questions"])
 
     # 3. the 2x2's four runs, activations at every checkpoint, all on one shared recipe
-    persona_identity = stage_identity(job.persona_dir / "sft")  # a retrained persona reruns its EM runs
+    # (a published EM run is read at its own checkpoints instead of being trained)
     base_model = (job.persona.model, None)
-    starts = {PERSONA: persona_model, BASE: base_model, CONTROL: persona_model, BASE_CONTROL: base_model}
-    upstream = {PERSONA: persona_identity, BASE: None, CONTROL: persona_identity, BASE_CONTROL: None}
+    starts = {PERSONA: persona.start, BASE: base_model, CONTROL: persona.start, BASE_CONTROL: base_model}
+    # a retrained (or republished) persona reruns its EM runs
+    upstream = {PERSONA: persona.identity, BASE: None, CONTROL: persona.identity, BASE_CONTROL: None}
     for name, folder in RUNS.items():
         model, adapter = starts[name]
         em_config = replace(
             job.em, dataset=job.datasets[name], model=model, adapter=adapter, upstream=upstream[name]
         )
-        _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite)
+        if name in job.em_checkpoints:
+            run(import_em_stage(em_config, out / folder, job.em_checkpoints[name], probes, root=out))
+        else:
+            _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite)
 
     # 4. behaviour: the two starting models and the end of each EM run
     sources = {
         "base": base_source(job.persona.model),
-        "persona": persona_source(job.persona_dir),
+        "persona": persona.source,
         **{f"{name}_end": em_source(out / folder) for name, folder in RUNS.items()},
     }
     evaluations: dict[str, StageOutput] = {}
@@ -388,7 +404,7 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
     analysis_inputs = {
         **job.analysis,
         "root": Content(str(out), None),  # where the stages below live; their identities are the key
-        "persona": StageOutput(job.persona_dir / "sft"),
+        "persona": persona.analysis,
         "runs": {r: StageOutput(em_stage(out / f)) for r, f in RUNS.items()},
         "evaluations": evaluations,
         "likelihoods": likelihoods,
@@ -413,6 +429,30 @@ def publish(source: Path, target: Path) -> None:
 def persona_start(persona_dir: Path) -> tuple[str, str]:
     """(model, adapter) of the character-trained model: the DPO-merged weights with the SFT adapter."""
     return str(persona_dir / "dpo" / "merged"), str(persona_dir / "sft" / "adapter")
+
+
+@dataclass(frozen=True)
+class PersonaModel:
+    """The persona model the EM runs start from and the evaluations read, trained here or published."""
+
+    start: tuple[str, str]  # (model, adapter) as load_starting_model reads them
+    source: dict  # as an evaluation stage's input
+    identity: str  # its EM runs' upstream: a retrained persona or another revision reruns them
+    analysis: StageOutput | dict  # as the analysis stage declares it
+
+
+def persona_model(model: str, persona_dir: Path, published: Published | None) -> PersonaModel:
+    """The character-trained model of `persona_dir` (its training finished), or `published`, a
+    persona adapter on `model` (`--persona-adapter`)."""
+    if published is None:
+        return PersonaModel(
+            persona_start(persona_dir),
+            persona_source(persona_dir),
+            stage_identity(persona_dir / "sft"),
+            StageOutput(persona_dir / "sft"),
+        )
+    source = published_persona_source(model, published)
+    return PersonaModel((model, str(published.path)), source, published.identity, source)
 
 
 def run_probe_sets(config: TrackConfig, persona: Persona, items: list) -> dict:

@@ -41,6 +41,14 @@ if TYPE_CHECKING:
 START_OF = {run: start for start, runs in START_PAIRS.items() for run in runs}  # each run's starting model
 
 
+def persona_start_of(persona: Path | dict) -> tuple[str, str]:
+    """(model, adapter) of the persona model the analysis declared: the persona run's SFT stage
+    (DPO-merged weights, SFT adapter on top), or a published adapter on the base model."""
+    if isinstance(persona, dict):
+        return persona["model"], persona["adapter"]
+    return str(persona.parent / "dpo" / "merged"), str(persona / "adapter")
+
+
 def write_analysis(inputs: Inputs, stage: Path) -> dict:
     """The analysis stage's body: it reads the stages it declares (the EM runs, the evaluations,
     the contrast and misalignment stages, the persona run) under the run folder."""
@@ -52,7 +60,7 @@ def write_analysis(inputs: Inputs, stage: Path) -> dict:
         Path(inputs.root),
         stage,
         load_items(inputs.contrast / "contrast.jsonl"),
-        inputs.persona.parent,
+        persona_start_of(inputs.persona),
         read_done(inputs.contrast_pairs),
         inputs.judge_calibration,
         intermediate,
@@ -66,7 +74,7 @@ def analyse(
     out: Path,
     stage: Path,
     items: list[ContrastItem],
-    persona_dir: Path,
+    persona_start: tuple[str, str],
     pairs_done: dict,
     judge_calibration: dict | None = None,
     intermediate: dict[str, dict[int, str]] | None = None,
@@ -102,9 +110,10 @@ def analyse(
         seed=config.seed,
         meta={
             "persona": config.persona,
-            # read from the persona model (DPO merged, SFT adapter on top), never its base model
-            "model": str(persona_dir / "dpo" / "merged"),
-            "adapter": str(persona_dir / "sft" / "adapter"),
+            # read from the persona model (DPO merged with the SFT adapter on top, or a published
+            # adapter on the base model), never its base model alone
+            "model": persona_start[0],
+            "adapter": persona_start[1],
             "base_model": config.model,
             "checkpoint": "persona model before EM",
             "read": "contrast responses without their system prompt, response-averaged",

@@ -28,6 +28,7 @@ from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import HFGenerator, make_generator
 from anchor.models import load_model, load_starting_model
+from anchor.published import Published
 from anchor.roles import load_roles, shared_questions
 from anchor.runs import em_stage, load_em_model
 from anchor.stages import Inputs, StageOutput, read_done, stage_identity
@@ -147,6 +148,11 @@ def persona_source(persona_dir: Path) -> dict:
     }
 
 
+def published_persona_source(model: str, adapter: Published) -> dict:
+    """A published persona adapter on the base model (`--persona-adapter`), keyed by its identity."""
+    return {"kind": "adapter", "model": model, "adapter": str(adapter.path), "identity": adapter.identity}
+
+
 def em_source(run: Path, checkpoint: str | None = None, capped: bool = False) -> dict:
     """An EM run's model at its end (or at a recorded checkpoint); `capped`: with the activation
     caps it trained with on (a capping arm's evaluation)."""
@@ -160,6 +166,8 @@ def source_spec(source: dict) -> tuple[str, str | None]:
         return source["model"], None
     if source["kind"] == "persona":
         return str(source["dpo"] / "merged"), str(source["sft"] / "adapter")
+    if source["kind"] == "adapter":
+        return source["model"], source["adapter"]
     raise ValueError(f"{source['kind']!r} is not a starting model")
 
 
@@ -176,7 +184,7 @@ def load_source(source: dict):
         _loaded.clear()
         if source["kind"] == "base":
             model = load_model(source["model"])
-        elif source["kind"] == "persona":
+        elif source["kind"] in ("persona", "adapter"):
             model = load_starting_model(*source_spec(source))
         elif source.get("capped"):
             model = load_capped(source["em"].parent)
