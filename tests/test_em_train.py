@@ -92,14 +92,14 @@ def test_published_checkpoints_read_as_the_run_that_saved_them(tiny_dir, tmp_pat
 
     contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
     probes = em_probe_sets(n_neutral=2, contrast=contrast, questions="main")
-    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=8, record_every=1)
+    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=16, record_every=1)
     finetune_em(config, tmp_path / "run", probes, log=lambda _: None)
     published = tmp_path / "published"
-    for step in (1, 2):
+    for step in (1, 2, 3, 4):  # four checkpoints, step 0 left out
         shutil.copytree(em_adapter(tmp_path / "run", f"em/step-{step:05d}"), published / f"checkpoint-{step}")
     source = resolve_published(str(published), "--em-checkpoints")
     done = run_stage(import_em_stage(config, tmp_path / "imported", source, probes), lambda _: None)
-    assert done["recorded"] == [0, 1, 2] and source.identity.startswith("files:")
+    assert done["recorded"] == [0, 1, 2, 3, 4] and source.identity.startswith("files:")
     trained, imported = em_store(tmp_path / "run"), em_store(tmp_path / "imported")
     assert checkpoints(tmp_path / "imported") == checkpoints(tmp_path / "run")
     for checkpoint in checkpoints(tmp_path / "run"):
