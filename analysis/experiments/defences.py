@@ -135,9 +135,9 @@ def _run_defences(
     published = (
         resolve_published(track.persona_adapter, "--persona-adapter") if track.persona_adapter else None
     )
-    persona = persona_model(track.model, persona_run_dir(track, out), published)
-    starts = {"base": (track.model, None), "persona": persona.start}
-    sources = {"base": base_source(track.model), "persona": persona.source}
+    persona_weights = persona_model(track.model, persona_run_dir(track, out), published)
+    starts = {"base": (track.model, None), "persona": persona_weights.start}
+    sources = {"base": base_source(track.model), "persona": persona_weights.source}
     settings = config.settings
     wanted = needs(config.arms)
 
@@ -176,7 +176,7 @@ def _run_defences(
             track,
             track.em_dataset,
             starts[start],
-            None if start == "base" else persona.identity,
+            None if start == "base" else persona_weights.identity,
             build_defence(arm, settings, files, n_layers, track.em_dataset),
         )
         run_dirs[arm] = d / "arms" / arm
