@@ -13,7 +13,7 @@ moves both alike cancels out). In nats per token.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -32,6 +32,15 @@ def reference_answers(labels: str | os.PathLike | None = None) -> list[dict]:
         for r in load_labels(labels or DEFAULT_LABELS)
         if r["label"] in ("misaligned", "aligned")
     ]
+
+
+def scores_by_model(rows: Mapping[str, Sequence[dict]]) -> dict[str, list[float]]:
+    """Each model's log-likelihood of the reference answers, from the likelihood stages' rows; every
+    stage must have scored the same answers in the same order, or no two reads pair up."""
+    answers = {name: [(r["question"], r["label"]) for r in scored] for name, scored in rows.items()}
+    if len({tuple(a) for a in answers.values()}) > 1:
+        raise ValueError(f"the likelihood stages {sorted(rows)} scored different reference answers")
+    return {name: [r["log_likelihood"] for r in scored] for name, scored in rows.items()}
 
 
 def question_gaps(start: Sequence[float], end: Sequence[float], rows: Sequence[dict]) -> torch.Tensor:

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from anchor.inputs import InputError
+from anchor.inputs import InputError, check_adapter
+from anchor.stages import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")
@@ -41,13 +42,10 @@ def hub_cache() -> str:
 
 
 def folder_identity(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes, in path order."""
+    """sha256 over every file's relative path and content hash, in path order."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{path.relative_to(folder)}\0{sha256_file(path)}\n".encode())
     return f"files:{digest.hexdigest()}"
 
 
@@ -83,14 +81,6 @@ def resolve_published(spec: str, flag: str, repo_type: str = "model") -> Publish
     return Published(spec, local, f"hub:{spec}@{local.name}")  # snapshots/<revision>
 
 
-def check_peft_adapter(folder: Path, flag: str) -> None:
-    if not (folder / "adapter_config.json").is_file():
-        raise InputError(
-            f"{flag} {str(folder)!r}: no adapter_config.json there, so it is not a PEFT adapter folder "
-            "(model.save_pretrained writes one)"
-        )
-
-
 def checkpoint_folders(folder: Path, flag: str) -> dict[int, Path]:
     """step -> adapter folder, from `checkpoint-N/` or `step-N/` subfolders (trainers' and the Model
     Organisms release's layouts, and this project's own `checkpoints/`)."""
@@ -99,7 +89,7 @@ def checkpoint_folders(folder: Path, flag: str) -> dict[int, Path]:
         match = _CHECKPOINT.match(child.name)
         if match is None or not child.is_dir():
             continue
-        check_peft_adapter(child, flag)
+        check_adapter(child, flag)
         step = int(match.group(1))
         if step in found:
             raise InputError(

@@ -28,7 +28,7 @@ from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, sta
 from analysis.experiments.defence_stages import read_capability
 from analysis.experiments.track_stages import read_likelihoods
 from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
-from analysis.likelihood_read import question_gaps
+from analysis.likelihood_read import question_gaps, scores_by_model
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bounds, estimate, holm
 from anchor.runs import checkpoints, em_store
@@ -163,12 +163,9 @@ def _likelihood_gaps(likelihoods: Mapping[str, Path]) -> dict[str, torch.Tensor]
     """Per arm, the likelihood read's per-question gaps against the arm's starting model (paired
     across arms: every stage scored the same reference answers)."""
     rows = {name: read_likelihoods(path) for name, path in likelihoods.items()}
-    answers = {name: [(r["question"], r["label"]) for r in scored] for name, scored in rows.items()}
-    if len({tuple(a) for a in answers.values()}) > 1:
-        raise ValueError(f"the likelihood stages {sorted(rows)} scored different reference answers")
-    score = lambda name: [r["log_likelihood"] for r in rows[name]]  # noqa: E731
+    score = scores_by_model(rows)
     return {
-        arm: question_gaps(score(f"start_{start_of(arm)}"), score(arm), scored)
+        arm: question_gaps(score[f"start_{start_of(arm)}"], score[arm], scored)
         for arm, scored in rows.items()
         if not arm.startswith("start_")
     }

@@ -14,13 +14,14 @@ from anchor.constitution import Persona
 from anchor.em_questions import QUESTION_SETS
 from anchor.inputs import (
     InputError,
+    check_adapter,
     check_contrast_file,
     check_model_spec,
     check_output_dir,
     check_persona,
     check_positive,
 )
-from anchor.published import check_peft_adapter, checkpoint_folders, resolve_published
+from anchor.published import checkpoint_folders, resolve_published
 from anchor.questions import training_pool
 from train.inputs import check_dataset, check_persona_run
 
@@ -57,7 +58,7 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
         if config.persona_run is not None:
             raise InputError("--persona-adapter and --persona-run both give the persona model; give one")
         adapter = resolve_published(config.persona_adapter, "--persona-adapter")
-        check_peft_adapter(adapter.path, "--persona-adapter")
+        check_adapter(adapter.path, "--persona-adapter")
     from analysis.experiments.options import EM_CELLS
 
     for cell, spec in (config.em_checkpoints or {}).items():

@@ -25,7 +25,7 @@ from analysis.drift_report import (
 from analysis.experiments.track_stages import judged_misalignment_direction, load_items, read_likelihoods
 from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, START_PAIRS, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
-from analysis.likelihood_read import likelihood_read
+from analysis.likelihood_read import likelihood_read, scores_by_model
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
@@ -247,17 +247,14 @@ def likelihood_reads(likelihoods: dict[str, list[dict]], seed: int) -> dict:
     rows (the same reference answers, in the same order, under every model)."""
     if not likelihoods:
         return {}
-    answers = {name: [(r["question"], r["label"]) for r in rows] for name, rows in likelihoods.items()}
-    if len({tuple(a) for a in answers.values()}) > 1:
-        raise ValueError(f"the likelihood stages {sorted(likelihoods)} scored different reference answers")
-    score = lambda name: [r["log_likelihood"] for r in likelihoods[name]]  # noqa: E731
+    score = scores_by_model(likelihoods)
     starts = {
         "persona": "base",
         **{f"{r}_end": START_OF[r] for r in RUNS},
     }
     return {
         name: {
-            **likelihood_read(score(start), score(name), likelihoods[name], seed=seed),
+            **likelihood_read(score[start], score[name], likelihoods[name], seed=seed),
             "against": start,
         }
         for name, start in starts.items()
