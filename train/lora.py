@@ -41,6 +41,12 @@ class LoraTraining:
     max_length: int = 1024
     record_every: int = 10
     seed: int = 0
+    # "auto": bf16 autocast where the hardware computes bf16 natively (CUDA, or a CPU with AVX512-BF16
+    # or AMX), fp32 elsewhere. Resolved on construction, so a stage's key records what actually ran.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", resolve_precision(self.precision))
 
     @property
     def effective_batch(self) -> int:
@@ -64,6 +70,29 @@ CPU_TRAINING = dict(
     record_every=5,
 )
 SMOKE_TRAINING = dict(CPU_TRAINING, lora_rank=4, lora_alpha=8, batch_size=2, record_every=2)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16() -> bool:
+    """Whether bf16 matmuls run natively here. On CPUs without AVX512-BF16 or AMX, bf16 is emulated
+    and slower than fp32; with them a LoRA step of the default model runs about 1.75x faster
+    (BENCHMARKS.md, `scripts/bench_training.py`)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_precision(name: str) -> str:
+    """The training precision a preset's `precision` names: bf16 autocast with fp32 master weights
+    (the adapters are saved in fp32), or plain fp32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision={name!r}: choose one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return name
 
 
 def resolve_optimizer(name: str) -> str:
@@ -101,7 +130,7 @@ def trainer_arguments(config: LoraTraining, out: Path) -> dict:
         save_strategy="no",
         **tracking.trainer_kwargs(out),
         seed=config.seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # fp32 on CPU
+        bf16=config.precision == "bf16",  # autocast; the master weights and adapters stay fp32
         # Recomputing activations saves GPU memory for 7B models; on CPU it only costs time.
         gradient_checkpointing=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # lets accelerate run several CPU processes (gloo)
