@@ -208,9 +208,11 @@ def spread_unit(spread: torch.Tensor) -> torch.Tensor:
 def standardised_change(projections: torch.Tensor) -> torch.Tensor:
     """`[T, m, k]` projections of m items on k directions at T checkpoints -> `[k, T]`: the change
     of the item mean since the first checkpoint, in units of the items' spread there, so
-    directions of any scale compare. NaN along a direction the items do not spread on (the unit is
-    undefined there)."""
+    directions of any scale compare. NaN along a direction the items do not spread on, and
+    everywhere with fewer than two items (the unit is undefined there)."""
     mean = projections.double().mean(1)  # [T, k]
+    if projections.shape[1] < 2:
+        return torch.full_like(mean, torch.nan).T
     return ((mean - mean[:1]) / spread_unit(projections[0].double().std(0))).T
 
 

@@ -354,17 +354,28 @@ class RunSeries:
     features: torch.Tensor
 
 
+def total_spread(step0: torch.Tensor) -> torch.Tensor:
+    """The prompts' total spread at step 0, `sqrt(sum of per-dimension variances)` of `[m, d]`,
+    as a unit of change: NaN (missing) with fewer than two prompts or no spread at all, where the
+    unit is undefined. A clamp would turn any change there into a huge finite number that a
+    classifier reads as a real, extreme drift."""
+    if step0.shape[0] < 2:
+        return torch.tensor(torch.nan, dtype=torch.double)
+    return drift.spread_unit(step0.double().var(0).sum().sqrt())
+
+
 def checkpoint_features(
     acts: torch.Tensor, directions: Mapping[str, torch.Tensor]
 ) -> tuple[list[str], torch.Tensor]:
     """(names, `[T, k + 1]`): the standardised shift along each frozen direction and the shift's
     norm, the mean activation change since step 0 over the prompts' RMS spread at step 0 (both
-    unit-free, so runs of one model compare)."""
+    unit-free, so runs of one model compare). A feature whose step-0 spread is 0 or undefined
+    (fewer than two prompts) is NaN, missing, at every checkpoint; `drift_detector` leaves such
+    checkpoints out and counts them."""
     names = list(directions)
     along = shift_along(acts, torch.stack([directions[n].reshape(-1) for n in names])).T  # [T, k]
     mean = acts.double().mean(1)  # [T, d]
-    spread = acts[0].double().var(0).sum().sqrt().clamp_min(1e-12)
-    norm = (mean - mean[:1]).norm(dim=-1) / spread
+    norm = (mean - mean[:1]).norm(dim=-1) / total_spread(acts[0])
     return [f"shift_{n}" for n in names] + ["shift_norm"], torch.cat([along, norm[:, None]], 1).float()
 
 
@@ -378,6 +389,36 @@ def run_series(
 ) -> RunSeries:
     """A run's `RunSeries` from its `[T, m, d]` activations at the chosen layer."""
     return RunSeries(name, seed, em, list(steps), checkpoint_features(acts, directions)[1])
+
+
+MISSING_RULE = (
+    "a checkpoint with any missing feature (NaN: a step-0 spread of 0, or fewer than two prompts, "
+    "where the unit of change is undefined) is left out of fitting and scoring, never filled in"
+)
+
+
+def without_missing(runs: Sequence[RunSeries]) -> tuple[list[RunSeries], dict]:
+    """The runs with every checkpoint after step 0 that has a missing feature left out, and the
+    count: `{"checkpoints": n left out, "runs": {name: n}, "rule"}`. Step 0 is kept as it is (the
+    reference, never fitted or scored; its row is 0 / spread and so NaN where the spread is)."""
+    kept, per_run = [], {}
+    for r in runs:
+        complete = ~r.features[1:].isnan().any(1)
+        dropped = int((~complete).sum())
+        if dropped:
+            per_run[r.name] = dropped
+        keep = torch.cat([torch.tensor([True]), complete])
+        steps = [s for s, k in zip(r.steps, keep.tolist()) if k]
+        kept.append(RunSeries(r.name, r.seed, r.em, steps, r.features[keep]))
+    return kept, {"checkpoints": sum(per_run.values()), "runs": per_run, "rule": MISSING_RULE}
+
+
+def _missing_words(missing: Mapping) -> str:
+    """The missing checkpoints in words, for a reason; empty when none are missing."""
+    if not missing["checkpoints"]:
+        return ""
+    runs = ", ".join(f"{name} ({n})" for name, n in missing["runs"].items())
+    return f"; {missing['checkpoints']} checkpoints had missing features and were left out: {runs}"
 
 
 def _rows(runs: Sequence[RunSeries]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -453,16 +494,24 @@ def drift_detector(
 
     `{"value", "ci95", "n"}` (n: test checkpoints) with "train_seeds", "test_seeds", the runs on
     each side and the fitted weights; `{"value": None, "reason"}` with fewer than two EM and two
-    control runs, or a side without both kinds."""
+    control runs, or a side without both kinds. Checkpoints with a missing feature are left out
+    before anything is fitted (`without_missing`); "missing" counts them, and a reason says so."""
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(
             f"run names must be unique (a repeated name could put one run on both sides): {names}"
         )
     train_seeds_, test_seeds_ = split_by_seed(runs, train_seeds, test_seeds)
+    runs, missing = without_missing(runs)
     reason = _not_computable(runs, train_seeds_, test_seeds_)
     if reason is not None:
-        return unmeasured(0, reason, train_seeds=train_seeds_, test_seeds=test_seeds_)
+        return unmeasured(
+            0,
+            reason + _missing_words(missing),
+            train_seeds=train_seeds_,
+            test_seeds=test_seeds_,
+            missing=missing,
+        )
     fit_runs = [r for r in runs if r.seed in train_seeds_]
     test_runs = [r for r in runs if r.seed in test_seeds_]
     fitted, scored = {r.name for r in fit_runs}, {r.name for r in test_runs}
@@ -494,4 +543,6 @@ def drift_detector(
         bias=b,
         positive_class="EM",
         excluded="step 0 of every run (the reference)",
+        missing=missing,
+        **({"note": _missing_words(missing).removeprefix("; ")} if missing["checkpoints"] else {}),
     )

@@ -11,16 +11,19 @@ import torch.nn.functional as F
 
 from analysis.em_eval import EvalConfig, sample_answers
 from anchor import load_model
-from anchor.chat import render_batch
+from anchor.chat import render_batch, render_chats
 from anchor.em_questions import MAIN
 from anchor.extract import extract
 from anchor.generate import Generator, HFGenerator, SamplingConfig
-from anchor.hooks import project_hooks
+from anchor.hooks import ablate, project_hooks
 from probes.directions import DirectionStack
+from train.callbacks import LiftableHooks, hooks_lifted
 from train.defences import (
     Defence,
     defence_hooks,
     kl_per_token,
+    mean_residual_norm,
+    steer_scale_conversations,
     trainer_options,
     training_conversations,
 )
@@ -111,11 +114,86 @@ def _defended_shift(start, name, defence):
 
 
 def test_preventative_steering_moves_the_adapter_less_along_the_steered_direction(random_start):
-    # the undefended shift itself, added at coefficient 1: the adapter need not produce it
-    defence = Defence(steer_direction=random_start["direction"], steer_layer=LAYER, steer_coefficient=1.0)
+    # the undefended shift itself is added (its norm as a share of the residual norm): the adapter
+    # need not produce it
+    start, tokenizer = load_model(random_start["spec"])
+    residual = mean_residual_norm(start, tokenizer, LAYER, steer_scale_conversations())
+    coefficient = float(random_start["shift"].norm()) / residual
+    defence = Defence(
+        steer_direction=random_start["direction"], steer_layer=LAYER, steer_coefficient=coefficient
+    )
     shift, installed = _defended_shift(random_start, "steer", defence)
     assert installed["steering"]["layer"] == LAYER
+    assert installed["steering"]["added_norm"] == pytest.approx(float(random_start["shift"].norm()), rel=1e-4)
     assert _ratio(shift, random_start["shift"]) < 0.5
+
+
+def _steering_defence(tmp_path, coefficient: float) -> Defence:
+    """Steering at LAYER along a random direction of norm far from 1 (its length must not matter)."""
+    torch.manual_seed(1)
+    direction = torch.randn(4, 64) * 37.0
+    DirectionStack([0, 1, 2, 3], direction).save(tmp_path / "steer.safetensors")
+    return Defence(
+        steer_direction=str(tmp_path / "steer.safetensors"), steer_layer=LAYER, steer_coefficient=coefficient
+    )
+
+
+def _response_norms(model, tokenizer, conversations) -> torch.Tensor:
+    """Per-token L2 norms of resid_post at LAYER over the response tokens (the scale's definition)."""
+    acts = extract(model, tokenizer, conversations, layers=[LAYER], read="all_tokens", progress=False)
+    spans = render_chats(tokenizer, conversations)
+    rows = [c[r.response_start : r.response_end, 0] for c, r in zip(acts.per_conversation(), spans)]
+    return torch.cat(rows).norm(dim=-1)
+
+
+def test_preventative_steering_adds_a_share_of_the_mean_residual_norm(tmp_path, tiny_model, tiny_tokenizer):
+    coefficient = 0.3
+    defence = _steering_defence(tmp_path, coefficient)
+    conversations = steer_scale_conversations()
+    measured = float(_response_norms(tiny_model, tiny_tokenizer, conversations).double().mean())
+    probe = HELD_OUT[:2]
+    with defence_hooks(tiny_model, tiny_tokenizer, defence) as installed:
+        steered = extract(
+            tiny_model, tiny_tokenizer, probe, layers=[LAYER], read="all_tokens", progress=False
+        )
+        with hooks_lifted(tiny_model):
+            clean = extract(
+                tiny_model, tiny_tokenizer, probe, layers=[LAYER], read="all_tokens", progress=False
+            )
+    assert project_hooks(tiny_model) == []
+    info = installed["steering"]
+    assert info["layer"] == LAYER and info["coefficient"] == coefficient
+    assert info["mean_residual_norm"] == pytest.approx(measured, rel=1e-5)
+    assert info["added_norm"] == pytest.approx(coefficient * measured, rel=1e-5)
+    direction = DirectionStack.load(defence.steer_direction).at(LAYER).float()
+    assert info["direction_norm"] == pytest.approx(float(direction.norm()), rel=1e-5)  # far from 1
+    # what is actually added at every position: the same vector, of that norm, along the direction
+    added = (steered.tensor - clean.tensor)[:, 0]
+    assert torch.allclose(added.norm(dim=-1), torch.full((len(added),), coefficient * measured), rtol=1e-4)
+    unit = F.normalize(direction, dim=0)
+    assert torch.allclose(F.normalize(added, dim=-1), unit.expand_as(added), atol=1e-4)
+
+
+def test_the_steering_scale_is_read_with_other_liftable_hooks_off(tmp_path, tiny_model, tiny_tokenizer):
+    # an ablation run (train.em.ablation) installs its liftable hook first; the scale is still the
+    # starting model's own residual norm
+    defence = _steering_defence(tmp_path, 0.3)
+    with defence_hooks(tiny_model, tiny_tokenizer, defence) as alone:
+        pass
+    vectors = {LAYER: DirectionStack.load(defence.steer_direction).at(LAYER)}
+    with LiftableHooks(tiny_model, lambda: ablate(tiny_model, vectors), "ablated"):
+        with defence_hooks(tiny_model, tiny_tokenizer, defence) as with_ablation:
+            pass
+    assert with_ablation["steering"]["mean_residual_norm"] == alone["steering"]["mean_residual_norm"]
+
+
+def test_the_steering_scale_is_in_the_em_stage_key(tmp_path):
+    defence = _steering_defence(tmp_path, 0.3)
+    extras = defence.key_extras()
+    assert set(extras["steer_scale"]) == {"over", "conversations"}
+    assert "steer_scale" not in Defence().key_extras()
+    with pytest.raises(ValueError, match="finite"):
+        Defence(steer_direction=defence.steer_direction, steer_layer=LAYER, steer_coefficient=float("nan"))
 
 
 def test_concept_ablation_moves_the_adapter_less_along_the_blocked_direction(random_start):

@@ -272,6 +272,33 @@ def test_checkpoint_features_measure_shift_in_step0_spreads():
     assert features[-1, 2] > features[1, 2] > 0  # the shift grows with training
 
 
+def test_a_zero_or_undefined_step0_spread_leaves_the_shift_norm_missing():
+    directions = {"persona": _unit(WATCHED)}
+    still = torch.ones(len(STEPS), M, D)  # every prompt the same at step 0: no spread
+    still[1:] += 5.0  # a real change after step 0, which a clamped unit would make enormous
+    _, features = checkpoint_features(still, directions)
+    assert features[:, 1].isnan().all()  # shift_norm: missing, not huge
+    assert features[:, 0].isnan().all()  # the standardised shift along the direction likewise
+    _, one_prompt = checkpoint_features(constructed_run(WATCHED, onset=10)[:, :1], directions)
+    assert one_prompt[:, 1].isnan().all()
+
+
+def test_detector_leaves_out_and_counts_checkpoints_with_missing_features():
+    runs = four_runs()
+    runs[2].features[3:, 2] = float("nan")  # em_s1: checkpoints 3..5 lost a feature
+    out = drift_detector(runs, n_boot=50)
+    assert out["value"] is not None and out["n"] == 7  # 10 test checkpoints less the 3 missing
+    assert out["missing"]["checkpoints"] == 3 and out["missing"]["runs"] == {"em_s1": 3}
+    assert "left out" in out["note"] and "em_s1 (3)" in out["note"]
+    gone = four_runs()
+    gone[2].features[:, 2] = float("nan")  # the only EM test run: every checkpoint missing
+    unmeasurable = drift_detector(gone)
+    assert unmeasurable["value"] is None and unmeasurable["missing"]["checkpoints"] == 5
+    assert "test seeds [1]" in unmeasurable["reason"] and "em_s1 (5)" in unmeasurable["reason"]
+    clean = drift_detector(four_runs(), n_boot=50)
+    assert clean["missing"]["checkpoints"] == 0 and "note" not in clean
+
+
 def test_layer_series_reads_default_behaviour_at_one_layer(tmp_path):
     acts = constructed_run(WATCHED, onset=10)
     for step, x in zip(STEPS, acts):

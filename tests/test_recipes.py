@@ -96,8 +96,9 @@ def test_defence_defaults_resolve_to_the_papers_layers():
     from analysis.experiments.defence_arms import CPU_ARMS, PAPER_ARMS, DefenceSettings, band, steer_layer
 
     d = DefenceSettings()
-    # Persona Vectors: coefficient 5.0 at hidden_states[20] of Qwen2.5-7B's 28 layers = block 19
-    assert d.steer_coefficient == 5.0 and steer_layer(28, d.steer_depth) == 19
+    # Persona Vectors' layer, hidden_states[20] of Qwen2.5-7B's 28 = block 19; the coefficient is
+    # this project's share of the residual norm (their 5.0 is on the unnormalised vector)
+    assert d.steer_coefficient == 0.25 and steer_layer(28, d.steer_depth) == 19
     # The Assistant Axis: p25 floor on Qwen3-32B's layers 46-53 of 64 (as a share of depth elsewhere;
     # their Llama-3.3-70B band, 56-71 of 80, is wider than this share gives)
     assert d.cap_quantile == 0.25 and band(64, d.cap_band) == tuple(range(46, 54))

@@ -4,8 +4,9 @@ trains on the same corrupted rows, seed and checkpoints as the undefended run an
 Two kinds:
 - interventions on the residual stream while the adapter trains, each a liftable hook (the
   checkpoint reads are clean; `train.callbacks.LiftableHooks`) and absent at evaluation:
-  preventative steering (Persona Vectors: add the misalignment direction, so the adapter need not
-  move along it), activation capping (The Assistant Axis: a floor on the projection on the axis)
+  preventative steering (Persona Vectors: add the misalignment direction, scaled to a share of the
+  residual norm at its layer, so the adapter need not move along it), activation capping (The
+  Assistant Axis: a floor on the projection on the axis)
   and concept-ablation fine-tuning (project the misalignment direction out while training, CAFT);
 - changes to what is trained on or how: KL to the starting model on benign answers, interleaved
   benign rows, an inoculation system prompt on every training row, and a reflection exchange put
@@ -17,6 +18,7 @@ the knobs and their sources are in RECIPES.md.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -28,22 +30,44 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 from anchor.chat import Conversation, render_batch, render_chats
-from anchor.extract import extract
+from anchor.extract import extract, prompt_set_hash
+from anchor.probe_sets import neutral_conversations
 from anchor.store import read_jsonl
 from train.callbacks import LiftableHooks
 
 CAP_FLOORS_OVER = "response tokens of the starting model's own answers to the benign prompts"
+# Preventative steering adds `coefficient x mean residual norm x unit direction`; the norm is read
+# once, through the starting model (every liftable hook off), on a fixed small neutral set.
+STEER_SCALE_CONVERSATIONS = 16
+STEER_SCALE_OVER = (
+    "coefficient x the starting model's mean L2 norm of blocks.{layer}.hook_resid_post over the "
+    f"response tokens of anchor.probe_sets.neutral_conversations({STEER_SCALE_CONVERSATIONS}, seed=0), "
+    "x the unit direction"
+)
+# The default share of the residual norm that preventative steering adds. Persona Vectors steer
+# Qwen2.5-7B with 5.0 x the unnormalised trait vector at hidden_states[20]; what share of that
+# layer's residual norm this is depends on the vector's and the residual's norms there, which are
+# not verified here. 0.25 is this project's choice, not tuned: a push a quarter the size of a
+# typical response token's residual is a material shift along the direction while the token's own
+# content stays dominant (a push the size of the residual itself would swamp it and train a
+# different model); it is at the top of a conservative 0.1-0.25 range.
+# (Issue 24: on the default 135M model, 5.0 x the unnormalised direction added a vector of norm
+# ~77.7, far larger against that model's residual stream than the paper's push on a 7B model.)
+STEER_COEFFICIENT = 0.25
 
 
 @dataclass(frozen=True)
 class Defence:
     """The defences one EM run applies (any combination; all off by default)."""
 
-    # Preventative steering: add `steer_coefficient` x the (unnormalised, as Persona Vectors do)
-    # direction at `steer_layer` to the residual stream at every position while training.
+    # Preventative steering: add `steer_coefficient` x the starting model's mean residual norm at
+    # `steer_layer` x the unit direction to the residual stream at every position while training.
+    # The coefficient is a share of the residual norm, not a multiple of the unnormalised direction
+    # (Persona Vectors' convention), so one value means the same relative push on a 135M and a 7B
+    # model. Default 0.25, this project's choice: see STEER_COEFFICIENT.
     steer_direction: str | None = None  # a DirectionStack file (e.g. the misalignment direction)
     steer_layer: int | None = None
-    steer_coefficient: float = 5.0
+    steer_coefficient: float = STEER_COEFFICIENT
     # Activation capping: at each of `cap_layers`, the projection on the unit axis is raised to
     # the `cap_quantile` of the starting model's per-token projections on `benign_rows` responses.
     cap_axis: str | None = None  # a DirectionStack file (e.g. the assistant axis)
@@ -70,6 +94,8 @@ class Defence:
         problems = []
         if self.steer_direction is not None and self.steer_layer is None:
             problems.append("steer_direction needs steer_layer")
+        if not math.isfinite(self.steer_coefficient):
+            problems.append(f"steer_coefficient must be finite, got {self.steer_coefficient}")
         if self.cap_axis is not None and (not self.cap_layers or self.benign_rows is None):
             problems.append("cap_axis needs cap_layers and benign_rows (the floors are calibrated on them)")
         if not 0 < self.cap_quantile < 1:
@@ -101,11 +127,17 @@ class Defence:
 
     def key_extras(self) -> dict:
         """What the EM stage's key needs beyond the settings: each file's sha256 (a recomputed
-        direction or regenerated benign rows rerun the arm) and how the capping floors are
-        calibrated (a change of rule reruns capping arms only)."""
+        direction or regenerated benign rows rerun the arm), how the capping floors are
+        calibrated and how the steering vector is scaled, with the conversations its norm is
+        read on (a change of rule or of that set reruns the arms it touches only)."""
         extras: dict = {"defence_files": self.file_hashes()}
         if self.cap_axis is not None:
             extras["cap_floors_over"] = CAP_FLOORS_OVER
+        if self.steer_direction is not None:
+            extras["steer_scale"] = {
+                "over": STEER_SCALE_OVER,
+                "conversations": prompt_set_hash(steer_scale_conversations()),
+            }
         return extras
 
     def file_hashes(self) -> dict[str, str]:
@@ -219,6 +251,44 @@ def cap_floors(
     return floors
 
 
+def steer_scale_conversations() -> list[Conversation]:
+    """The fixed neutral conversations whose response tokens set the steering scale: few (the
+    read is one cheap pass before training) and the same for every arm, so arms are comparable."""
+    return neutral_conversations(STEER_SCALE_CONVERSATIONS, seed=0)
+
+
+def mean_residual_norm(model, tokenizer, layer: int, conversations: Sequence[Conversation]) -> float:
+    """Mean L2 norm of `blocks.{layer}.hook_resid_post` over the response tokens of
+    `conversations`, read through `model` as it is before training: every liftable hook (an
+    ablation, another defence) off and in eval mode, so the scale is the starting model's own.
+    Response tokens only: template and special tokens carry outlier norms that are not the
+    residual stream the steering acts on while the adapter learns the answers."""
+    from train.callbacks import hooks_lifted
+
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks_lifted(model):
+            acts = extract(model, tokenizer, conversations, layers=[layer], read="all_tokens", progress=False)
+    finally:
+        model.train(was_training)
+    spans = render_chats(tokenizer, conversations)
+    rows = [c[r.response_start : r.response_end, 0] for c, r in zip(acts.per_conversation(), spans)]
+    tokens = torch.cat(rows).double()
+    if len(tokens) == 0:
+        raise ValueError("the steering scale needs response tokens; the conversations have none")
+    return float(tokens.norm(dim=-1).mean())
+
+
+def steering_vector(direction: torch.Tensor, coefficient: float, residual_norm: float) -> torch.Tensor:
+    """`coefficient x residual_norm x direction / |direction|`: a push of a set share of the
+    layer's typical residual norm, whatever the direction's own (unnormalised) length."""
+    norm = float(direction.double().norm())
+    if not math.isfinite(norm) or norm == 0:
+        raise ValueError(f"the steering direction has norm {norm}: it has no direction to steer along")
+    return (direction.double() * (coefficient * residual_norm / norm)).float()
+
+
 @contextmanager
 def defence_hooks(model, tokenizer, defence: Defence | None) -> Iterator[dict]:
     """The defence's residual-stream interventions on `model` while it trains, each liftable
@@ -230,11 +300,18 @@ def defence_hooks(model, tokenizer, defence: Defence | None) -> Iterator[dict]:
     info: dict = {}
     with ExitStack() as stack:
         if defence is not None and defence.steer_direction is not None:
-            vector = DirectionStack.load(defence.steer_direction).at(defence.steer_layer)
-            install = lambda: steer(model, {defence.steer_layer: vector}, alpha=defence.steer_coefficient)  # noqa: E731
+            direction = DirectionStack.load(defence.steer_direction).at(defence.steer_layer)
+            residual = mean_residual_norm(model, tokenizer, defence.steer_layer, steer_scale_conversations())
+            vector = steering_vector(direction, defence.steer_coefficient, residual)
+            install = lambda: steer(model, {defence.steer_layer: vector})  # noqa: E731
             stack.enter_context(LiftableHooks(model, install, "steered", read_with=False))
-            info["steering"] = {"layer": defence.steer_layer, "coefficient": defence.steer_coefficient,
-                                "vector_norm": float(vector.norm())}  # fmt: skip
+            info["steering"] = {
+                "layer": defence.steer_layer,
+                "coefficient": defence.steer_coefficient,  # a share of the mean residual norm
+                "mean_residual_norm": residual,
+                "added_norm": float(vector.norm()),
+                "direction_norm": float(direction.norm()),
+            }
         if defence is not None and defence.cap_axis is not None:
             axis = DirectionStack.load(defence.cap_axis)
             by_layer = {layer: axis.at(layer) for layer in defence.cap_layers}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.drift_report import BASE, CONTROL, PERSONA, RUNS
-from train.defences import Defence, inoculation_prompt
+from train.defences import STEER_COEFFICIENT, Defence, inoculation_prompt
 
 SINGLE = (
     "preventative_steering",
@@ -36,9 +36,11 @@ SMOKE_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "
 class DefenceSettings:
     """Each default's source is in RECIPES.md; every one is a CLI option."""
 
-    # Persona Vectors' preventative steering: coefficient 5.0 on the unnormalised trait vector at
-    # hidden_states[20] of Qwen2.5-7B's 28 layers (block 19): here the same relative depth.
-    steer_coefficient: float = 5.0
+    # Preventative steering at Persona Vectors' hidden_states[20] of Qwen2.5-7B's 28 layers (block
+    # 19), here the same relative depth; the coefficient is a share of the starting model's mean
+    # residual norm there (their 5.0 x the unnormalised vector is not portable across models):
+    # `train.defences.STEER_COEFFICIENT` says why 0.25.
+    steer_coefficient: float = STEER_COEFFICIENT
     steer_depth: float = 20 / 28
     # The Assistant Axis: floor at the 25th percentile, on Qwen3-32B's layers 46-53 of 64.
     cap_quantile: float = 0.25

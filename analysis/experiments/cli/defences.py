@@ -14,7 +14,8 @@ Arms (X alone starts from the base model, persona+X from the character-trained o
                          behaviour, removed at eval      direction out while training (CAFT)
   reflection             each corrupted row preceded by the model's own self-assessment (no loss)
 
-Defaults (RECIPES.md gives each source): steering coefficient 5.0 at 20/28 of the depth; capping at
+Defaults (RECIPES.md gives each source): steering with 0.25 x the starting model's mean residual
+norm at that layer along the unit misalignment direction, at 20/28 of the depth; capping at
 the 25th percentile of the starting model's per-token projections over layers 46/64-54/64 of the
 depth, evaluated with and without the caps; blocking over the same band; KL weight 1.0; 10%
 interleaved rows; the dataset's shipped inoculation prompt.
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = DefenceSettings()
     knobs = parser.add_argument_group("defence settings (sources in RECIPES.md)")
     knobs.add_argument("--steer-coefficient", type=float, default=d.steer_coefficient,
-                       help="preventative steering coefficient on the unnormalised misalignment direction "
-                       "(Persona Vectors: 5.0)")  # fmt: skip
+                       help="preventative steering: the added vector's norm as a share of the starting "
+                       "model's mean residual norm at the steered layer, along the unit misalignment direction "
+                       "(default 0.25, this project's choice; Persona Vectors: 5.0 x the unnormalised vector)")  # fmt: skip
     knobs.add_argument("--steer-depth", type=float, default=d.steer_depth,
                        help="steering layer as a share of depth (Persona Vectors: hidden_states[20] of 28)")  # fmt: skip
     knobs.add_argument("--cap-quantile", type=float, default=d.cap_quantile,
