@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from analysis.stats import cluster_bootstrap, estimate
+from anchor import timings
 from anchor.chat import Conversation, RenderedChat, pad_chats, pad_token_id, render_chats
 from anchor.generate import stop_token_ids
 from anchor.store import read_jsonl
@@ -122,6 +123,7 @@ def answer_log_likelihoods(
                 scores[rows] = _batch_scores(
                     model, batch.input_ids, batch.attention_mask, batch.response_mask, device
                 )
+                timings.count(tokens_read=int(batch.attention_mask.sum()))
     finally:
         model.train(was_training)
     return scores

@@ -239,3 +239,27 @@ def test_the_default_judge_is_read_from_the_distilled_cards_held_out_numbers(mon
     entry = with_card({"alignment_auroc": {"value": 0.9, "ci95": [0.8, 1.0]}}, "distilled:default")
     assert entry["reference"]["pooled"]["em_flag_auroc"]["value"] == 0.7
     assert with_card({"a": 1}, "hf:default") == {"a": 1}
+
+
+def test_the_judged_misalignment_direction_is_never_read_through_a_judge_that_cannot_flag(monkeypatch):
+    """The judged direction splits answers by the judge's alignment scores: with a calibration that
+    shows the judge cannot flag, it is not measurable (with the reason) and nothing is read."""
+    import torch
+
+    from analysis.experiments import track_report
+    from analysis.experiments.options import TrackConfig
+
+    reads = []
+    monkeypatch.setattr(
+        track_report,
+        "judged_misalignment_direction",
+        lambda model, ev: reads.append(model) or torch.ones(3, 4),
+    )
+    config = TrackConfig(persona="sycophancy", judge="hf:default")
+    blind = {"misaligned_recall": {"value": 0.0, "ci95": [0.0, 0.1], "n": 40}}
+    direction, status = track_report.judged_direction(config, [], blind)
+    assert direction is None and status["value"] is None and reads == []
+    assert status["reason"].startswith("not measurable with hf:default: it flags none")
+    direction, status = track_report.judged_direction(config, [], None)  # no calibration: read as before
+    assert status == {"value": "measured", "reason": None} and reads == ["default"]
+    assert direction.shape == (3, 4)

@@ -127,3 +127,46 @@ def test_a_hub_id_not_in_the_cache_fails_at_once_offline(tmp_path, monkeypatch):
 
         (tmp_path / "empty").mkdir()
         checkpoint_folders(tmp_path / "empty", "--em-checkpoints")
+
+
+def test_runs_that_share_a_start_copy_its_read_as_their_step_0(tiny_dir, tmp_path):
+    """The starting model read once (`start_reads_stage`) is what a run reads at step 0 itself (a
+    fresh adapter adds exactly 0): the copied entries equal an in-place read, say where they came
+    from, and the start's identity is in the run's key (a re-read start reruns the run)."""
+    from anchor.stages import is_complete, run_stage
+    from anchor.store import ActivationStore
+    from train.em import em_stage_of, start_reads_stage
+
+    contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
+    probes = em_probe_sets(n_neutral=2, contrast=contrast, questions="main")
+    config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=4, record_every=1)
+    finetune_em(config, tmp_path / "in_place", probes, log=lambda _: None)
+    start = tmp_path / "start"
+    run_stage(start_reads_stage(config, start, probes, tmp_path), lambda _: None)
+    assert {f"start/{p}" for p in probes} <= set(ActivationStore(start / "activations").list())
+    finetune_em(config, tmp_path / "shared", probes, log=lambda _: None, start_reads=start)
+    read, copied = em_store(tmp_path / "in_place"), em_store(tmp_path / "shared")
+    for probe in probes:
+        name = f"em/step-00000/{probe}"
+        assert torch.allclose(read.load(name).tensor, copied.load(name).tensor, atol=1e-6), name
+        assert copied.meta(name)["copied_from"].endswith(
+            f":start/{probe}"
+        ) and "copied_from" not in read.meta(name)
+    later = "em/step-00001/neutral"  # the trained checkpoints are read, not copied
+    assert torch.allclose(read.load(later).tensor, copied.load(later).tensor, atol=1e-5)
+    (start / "done.json").unlink()  # the start is read again: a new identity, so the run is stale
+    run_stage(start_reads_stage(config, start, probes, tmp_path), lambda _: None)
+    assert not is_complete(em_stage_of(config, tmp_path / "shared", probes, None, start))
+
+
+def test_a_launched_rank_rebuilds_the_probe_sets_and_their_key_exactly():
+    """The job file `accelerate launch` hands each rank keeps every probe set's read and ends-only
+    flag, so the ranks compute the same EM stage key as one process."""
+    from train.callbacks import ProbeSet
+    from train.em import _probe_key
+    from train.launch import _probes_json
+
+    contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
+    probes = em_probe_sets(n_neutral=2, contrast=contrast)
+    rebuilt = {name: ProbeSet(**p) for name, p in json.loads(json.dumps(_probes_json(probes))).items()}
+    assert rebuilt["persona_contrast"].ends_only and _probe_key(rebuilt) == _probe_key(probes)

@@ -13,6 +13,7 @@ from analysis.experiments.options import SMOKE, Resources, TrackConfig
 from analysis.experiments.track import track_drift
 from analysis.experiments.tracking import drift_scalars, read_scalars
 from anchor.inputs import InputError
+from anchor.runs import em_store
 from anchor.stages import SUPERSEDED, Stage, is_complete, read_done, stage_identity
 from train import em
 
@@ -218,6 +219,11 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     assert abs(sum(r["seconds"] for r in rows.values()) - wall) < 0.1 * wall
     assert rows["em_base/em"]["optimizer_steps"] > 0 and rows["em_base/em"]["tokens_read"] > 0
     assert rows["eval/base_end"]["tokens_generated"] > 0 and rows["analysis"]["optimizer_steps"] == 0
+    assert rows["likelihood/base_end"]["tokens_read"] > 0
+    # each starting model is read once; the runs from it copy that read as their step 0
+    for folder, start in (("em_persona", "persona"), ("em_control", "persona"), ("em_base_control", "base")):
+        meta = em_store(run / folder).meta("em/step-00000/neutral")
+        assert meta["copied_from"].endswith(f"start/{start}/activations:start/neutral"), folder
     assert sum(r["model_loads"] for r in rows.values()) >= 3  # the three resumed EM runs load a model each
     assert "Where the time went" in (run / "report.html").read_text()
     assert log[-1].startswith("time: ") and "largest: " in log[-1]

@@ -140,6 +140,9 @@ def record(
     return names
 
 
+START = "start"  # the checkpoint name of a start-reads stage's entries (`train.em.start_reads_stage`)
+
+
 class ActivationRecorder(TrainerCallback):
     """Every `every` optimiser steps and at the end of training: save the adapter (standard PEFT
     format) under `<adapters_dir>/step-XXXXX` and read the probe sets into the store as
@@ -151,7 +154,11 @@ class ActivationRecorder(TrainerCallback):
 
     Under data parallelism (DDP) rank 0 reads and writes while the other ranks wait at a barrier;
     with sharded parameters (ZeRO-3, FSDP) every rank joins the read's forward pass and rank 0
-    writes."""
+    writes.
+
+    `start` (a store and the checkpoint its entries are under) holds the probe sets already read
+    through the starting model: step 0's clean read is copied from it instead of read again (a
+    fresh LoRA adapter adds exactly 0); the reads with hooks on are still taken."""
 
     def __init__(
         self,
@@ -162,11 +169,12 @@ class ActivationRecorder(TrainerCallback):
         every: int,
         adapters_dir: str | Path | None = None,
         meta: dict | None = None,
+        start: tuple[ActivationStore, str] | None = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 step, got {every}")
         self.tokenizer, self.store, self.probe_sets = tokenizer, store, probe_sets
-        self.stage, self.every, self.meta = stage, every, dict(meta or {})
+        self.stage, self.every, self.meta, self.start = stage, every, dict(meta or {}), start
         self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
         self.recorded: list[int] = []
 
@@ -187,26 +195,47 @@ class ActivationRecorder(TrainerCallback):
             "rank": rank(),  # the writer: always 0, also under accelerate
             "world_size": world_size(),
         }
+        copied = step == 0 and self.start is not None
+        if copied and is_main():
+            self._copy_start(name, meta)
         if is_main() or params_sharded():
             with torch.no_grad():
-                self._read(model, name, meta, end)
+                self._read(model, name, meta, end, clean=not copied)
         barrier()
         self.recorded.append(step)
 
-    def _read(self, model, name: str, meta: dict, end: bool) -> None:
-        """The clean read, then one read per liftable hook on the model with only it on."""
-        installed = liftable_hooks(model)
-        with hooks_lifted(model):
-            record(
-                model,
-                self.tokenizer,
-                self.store,
-                self.probe_sets,
-                name,
-                {**meta, "hooks": None},
-                is_main(),
-                end=end,
+    def _copy_start(self, name: str, meta: dict) -> None:
+        """Step 0's clean entries, from the start store: the same tensors under this run's name."""
+        store, checkpoint = self.start
+        for probe in self.probe_sets:
+            source = f"{checkpoint}/{probe}"
+            if source not in store:
+                raise KeyError(
+                    f"{store.root}: no start read {source!r} (the probe sets differ from the run's)"
+                )
+            copied_from = f"{store.root}:{source}"
+            self.store.save(
+                f"{name}/{probe}",
+                store.load(source),
+                {**meta, "hooks": None, "checkpoint": name, "probe_set": probe, "copied_from": copied_from},
             )
+
+    def _read(self, model, name: str, meta: dict, end: bool, clean: bool = True) -> None:
+        """The clean read (unless `clean` is False: copied from the start), then one read per
+        liftable hook on the model with only it on."""
+        installed = liftable_hooks(model)
+        if clean:
+            with hooks_lifted(model):
+                record(
+                    model,
+                    self.tokenizer,
+                    self.store,
+                    self.probe_sets,
+                    name,
+                    {**meta, "hooks": None},
+                    is_main(),
+                    end=end,
+                )
         for hooks in (h for h in installed if h.read_with):
             others = [h for h in installed if h is not hooks]
             with ExitStack() as stack:

@@ -22,9 +22,9 @@ from anchor.models import load_starting_model, model_depth, resolve_spec
 from anchor.probe_sets import neutral_conversations
 from anchor.published import Published, checkpoint_folders
 from anchor.runs import EM, checkpoint_dir, em_stage, read_em_run, stage_store
-from anchor.stages import Content, FileInput, Inputs, Stage, run_stage
+from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage
 from probes.contrast import ContrastItem
-from train.callbacks import ActivationRecorder, ProbeSet, record
+from train.callbacks import START, ActivationRecorder, ProbeSet, record
 from train.data import dataset_path, load_em_dataset
 from train.defences import (
     Defence,
@@ -221,16 +221,18 @@ def finetune_em(
     log=print,
     root: str | Path | None = None,
     overwrite: bool = False,
+    start_reads: str | Path | None = None,
 ) -> dict:
     """Run (or skip, if complete) the EM stage `<run_dir>/em`. Returns its `done.json` contents.
     `root` is the run folder the stage belongs to (default `run_dir`; the main job's folder for its
-    EM runs), where a finished stage with other inputs is set aside."""
+    EM runs), where a finished stage with other inputs is set aside; `start_reads` a finished
+    `start_reads_stage` whose reads are the run's step 0."""
     run = Path(run_dir)
     training_rows(config.dataset, config.training().max_rows, config.seed)  # bad rows fail here
     if config.adapter is not None and not Path(config.adapter).is_dir():
         raise FileNotFoundError(f"adapter {config.adapter}: no such directory")
     resolve_spec(config.model)
-    return run_stage(em_stage_of(config, run, probe_sets, root), log, overwrite)
+    return run_stage(em_stage_of(config, run, probe_sets, root, start_reads), log, overwrite)
 
 
 def em_stage_of(
@@ -238,10 +240,13 @@ def em_stage_of(
     run_dir: str | Path,
     probe_sets: Mapping[str, ProbeSet] | None = None,
     root: str | Path | None = None,
+    start_reads: str | Path | None = None,
 ) -> Stage:
     """The EM stage with every input it reads: the run and its training, the dataset's contents,
     the ablation directions file, the defence's files, and the probe conversations (hashed), so a
-    resampled contrast set or an edited dataset reruns the run instead of mixing stale reads."""
+    resampled contrast set or an edited dataset reruns the run instead of mixing stale reads.
+    `start_reads`: a finished `start_reads_stage` of the same starting model and probe sets, whose
+    reads become this run's step 0 (read once for every run that starts there)."""
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
     probe_key = _probe_key(probes)
     run = asdict(config)
@@ -257,8 +262,33 @@ def em_stage_of(
         inputs["ablate_directions"] = FileInput(Path(config.ablate_directions))
     if config.defence is not None:  # the files it reads, by content, and how capping calibrates
         inputs["defence"] = config.defence.key_extras()
+    if start_reads is not None:
+        inputs["start_reads"] = StageOutput(Path(start_reads))
     root = Path(root) if root is not None else Path(run_dir)
     return Stage(root, str(em_stage(run_dir).relative_to(root)), inputs, train_em)
+
+
+def start_reads_stage(
+    config: EMRunConfig, folder: str | Path, probe_sets: Mapping[str, ProbeSet], root: str | Path
+) -> Stage:
+    """The probe sets read through the model EM starts from, loaded as `train_em` loads it: what
+    every run starting there records at step 0 (a fresh LoRA adapter adds exactly 0), so runs that
+    share a start (the EM run and its control) read it once. Keyed by the start alone."""
+    probes = dict(probe_sets)
+    inputs = {
+        "start": {"model": config.model, "adapter": config.adapter, "upstream": config.upstream},
+        "probes": Content(probes, _probe_key(probes)),
+    }
+    root = Path(root)
+    return Stage(root, str(Path(folder).relative_to(root)), inputs, read_start)
+
+
+def read_start(inputs: Inputs, stage: Path) -> dict:
+    """The start-reads stage's body: every probe set (the ends-only ones included: step 0 is an
+    end), through the starting model on the training device."""
+    model, tokenizer = load_starting_model(inputs.start["model"], inputs.start["adapter"], training_device())
+    entries = record(model, tokenizer, stage_store(stage), inputs.probes, START, dict(inputs.start))
+    return {"entries": entries}
 
 
 def train_em(inputs: Inputs, stage: Path) -> dict:
@@ -277,6 +307,7 @@ def train_em(inputs: Inputs, stage: Path) -> dict:
         training.record_every,
         stage,
         {"model": config.model, "adapter": config.adapter, "dataset": config.dataset},
+        start=(stage_store(inputs.start_reads), START) if "start_reads" in inputs else None,
     )
     allowance = length_allowance(tokenizer, config.defence)
     with ablation(model, config), defence_hooks(model, tokenizer, config.defence) as installed:

@@ -85,7 +85,10 @@ PRESETS = {
         drop_truncated=False,
         max_length=512,
         epochs=2.0,
-        **CPU_TRAINING,
+        **{
+            **CPU_TRAINING,
+            "record_every": 7,
+        },  # once an epoch (7 steps for the shipped persona) and at the end
     ),
     "smoke": IntrospectConfig(
         reflection_samples=1,

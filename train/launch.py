@@ -44,6 +44,7 @@ def _probes_json(probe_sets: Mapping[str, ProbeSet]) -> dict:
             "conversations": [list(c) for c in p.conversations],
             "read": p.read,
             "layers": None if p.layers is None else list(p.layers),
+            "ends_only": p.ends_only,  # part of the EM stage's key: the ranks must rebuild it exactly
         }
         for name, p in probe_sets.items()
     }
@@ -59,6 +60,7 @@ def launch(
     accelerate_config: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     log=print,
+    start_reads: str | os.PathLike | None = None,
 ) -> None:
     """Run one training job ("em": `finetune_em`, "persona": `train_persona` with `stages`) on
     `num_processes` ranks and wait for it. Its outputs land in `run_dir` as in one process."""
@@ -72,6 +74,7 @@ def launch(
         "probes": None if probe_sets is None else _probes_json(probe_sets),
         "stages": None if stages is None else list(stages),
         "root": None if root is None else str(Path(root).resolve()),  # the run folder an EM stage belongs to
+        "start_reads": None if start_reads is None else str(Path(start_reads).resolve()),
     }
     job_path = run.resolve().parent / f".{run.name}.{kind}-job.json"
     atomic_write_json(job_path, job)
@@ -102,7 +105,13 @@ def run_job(job_path: str | os.PathLike) -> dict:
     if job["probes"] is not None:
         probes = {name: ProbeSet(**p) for name, p in job["probes"].items()}
     if job["kind"] == "em":
-        return finetune_em(EMRunConfig(**job["config"]), job["run_dir"], probes, root=job.get("root"))
+        return finetune_em(
+            EMRunConfig(**job["config"]),
+            job["run_dir"],
+            probes,
+            root=job.get("root"),
+            start_reads=job.get("start_reads"),
+        )
     return train_persona(
         PersonaRunConfig(**job["config"]), job["run_dir"], stages=tuple(job["stages"] or STAGES)
     )

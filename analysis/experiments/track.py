@@ -71,7 +71,14 @@ from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, r
 from anchor.store import atomic_write_bytes, atomic_write_json
 from train import tracking
 from train.defences import Defence
-from train.em import EMRunConfig, em_probe_sets, em_stage_of, finetune_em, import_em_stage
+from train.em import (
+    EMRunConfig,
+    em_probe_sets,
+    em_stage_of,
+    finetune_em,
+    import_em_stage,
+    start_reads_stage,
+)
 from train.launch import launch
 from train.persona import (
     SMOKE_NEUTRAL_PROBES,
@@ -261,9 +268,16 @@ def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, lo
 
 
 def _finetune_em(
-    config: EMRunConfig, run: Path, probes, resources: Resources, log, root: Path, overwrite: bool = False
+    config: EMRunConfig,
+    run: Path,
+    probes,
+    resources: Resources,
+    log,
+    root: Path,
+    overwrite: bool = False,
+    start_reads: Path | None = None,
 ) -> None:
-    if resources.num_processes > 1 and not is_complete(em_stage_of(config, run, probes, root)):
+    if resources.num_processes > 1 and not is_complete(em_stage_of(config, run, probes, root, start_reads)):
         name = str(em_stage(run).relative_to(root))
         log(f"stage {name}: running")
         with timings.stage(name):  # the ranks' own work is counted in their processes, not here
@@ -276,9 +290,10 @@ def _finetune_em(
                 accelerate_config=resources.accelerate_config,
                 root=root,
                 log=log,
+                start_reads=start_reads,
             )
     else:
-        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite)
+        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start_reads)
 
 
 def track_drift(
@@ -359,6 +374,9 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
     starts = {PERSONA: persona.start, BASE: base_model, CONTROL: persona.start, BASE_CONTROL: base_model}
     # a retrained (or republished) persona reruns its EM runs
     upstream = {PERSONA: persona.identity, BASE: None, CONTROL: persona.identity, BASE_CONTROL: None}
+    # Each starting model is read once (`start/<cell>`): every run that trains from it copies that
+    # read as its step 0 (the EM run and its control share a start).
+    start_of = {PERSONA: PERSONA, CONTROL: PERSONA, BASE: BASE, BASE_CONTROL: BASE}
     for name, folder in RUNS.items():
         model, adapter = starts[name]
         em_config = replace(
@@ -366,8 +384,11 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         )
         if name in job.em_checkpoints:
             run(import_em_stage(em_config, out / folder, job.em_checkpoints[name], probes, root=out))
-        else:
-            _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite)
+            continue
+        start = out / "start" / start_of[name]
+        if not is_complete(em_stage_of(em_config, out / folder, probes, out, start)):
+            run(start_reads_stage(em_config, start, probes, out))
+        _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite, start)
 
     # 4. behaviour: the two starting models and the end of each EM run
     sources = {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from analysis import dashboard, plots
-from analysis.calibration import describe
+from analysis.calibration import cannot_flag, describe
 from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import (
     BARE,
@@ -69,6 +69,21 @@ def write_analysis(inputs: Inputs, stage: Path) -> dict:
     )
 
 
+def judged_direction(
+    config: TrackConfig, evaluations: list[Path], judge_calibration: dict | None
+) -> tuple[torch.Tensor | None, dict]:
+    """The misalignment direction from the judge's split of the evaluations' answers, and what
+    became of it. The split is the judge's alignment scores: a judge whose calibration shows it
+    cannot flag cannot split them either, so the direction is not measurable (and is never read)."""
+    unflaggable = cannot_flag(judge_calibration)
+    if unflaggable:
+        return None, {"value": None, "reason": f"not measurable with {config.judge}: {unflaggable}"}
+    judged = judged_misalignment_direction(config.model, evaluations)
+    if judged is None:
+        return None, {"value": None, "reason": "fewer than two answers on a side of the judge's split"}
+    return judged, {"value": "measured", "reason": None}
+
+
 def analyse(
     config: TrackConfig,
     out: Path,
@@ -84,7 +99,7 @@ def analyse(
     labels = torch.tensor([i.label for i in items])
     runs = {name: out / folder for name, folder in RUNS.items()}
     misalignment = DirectionStack.load(out / "misalignment" / "direction.safetensors")
-    judged = judged_misalignment_direction(config.model, evaluations or [])
+    judged, judged_status = judged_direction(config, evaluations or [], judge_calibration)
     result = compute_drift(
         runs,
         labels,
@@ -192,6 +207,7 @@ def analyse(
         "contrast_pairs": quality,
         "contrast": json.loads((out / "contrast" / "done.json").read_text()),
         "misalignment_direction": misalignment.meta,
+        "judged_misalignment_direction": judged_status,
         "likelihood_read": likelihood,
         "monitoring": monitoring,
     }
