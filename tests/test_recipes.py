@@ -3,7 +3,10 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
+
+import pytest
 
 from train.em import EMRunConfig, em_plan
 from train.persona import PersonaRunConfig, persona_plan
@@ -107,3 +110,19 @@ def test_defence_defaults_resolve_to_the_papers_layers():
     assert d.interleave_share == 0.1
     assert {"persona+preventative_steering", "persona+kl", "persona+inoculation"} <= set(PAPER_ARMS)
     assert set(CPU_ARMS) < set(PAPER_ARMS) and {"none", "persona", "secure"} <= set(CPU_ARMS)
+
+
+def test_training_precision_is_what_the_hardware_computes_natively_and_is_keyed(monkeypatch, tmp_path):
+    """`precision="auto"` resolves on construction (so `asdict`, and every training stage's key,
+    holds what ran): bf16 autocast where bf16 is native, fp32 elsewhere; the trainer gets it."""
+    from train import lora
+
+    monkeypatch.setattr(lora, "native_bf16", lambda: False)
+    assert lora.LoraTraining().precision == "fp32"
+    monkeypatch.setattr(lora, "native_bf16", lambda: True)
+    assert lora.LoraTraining().precision == "bf16" and lora.LoraTraining(precision="fp32").precision == "fp32"
+    assert asdict(lora.LoraTraining())["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        lora.LoraTraining(precision="fp16")
+    assert lora.trainer_arguments(lora.LoraTraining(precision="bf16"), tmp_path)["bf16"] is True
+    assert lora.trainer_arguments(lora.LoraTraining(precision="fp32"), tmp_path)["bf16"] is False

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         "fit_directions.py",
         "bench_extract.py",
+        "bench_training.py",
         "expand_questions.py",
         "train_persona.py",
         "persona_shift.py",

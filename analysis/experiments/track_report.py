@@ -220,7 +220,12 @@ def analyse(
         "prompts (where character training moved default behaviour furthest along the persona direction) "
         "and reported on the other half. The persona direction is read from the contrast responses "
         f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
-        f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note} {evaluation_size(config, behaviour)}",
+        f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note} {evaluation_size(config, behaviour)}"
+        + (
+            f" The misalignment direction from the judge's split of the answers: {judged_status['reason']}."
+            if judged_status["value"] is None
+            else ""
+        ),
         [
             interaction_table(interaction),
             contrast_table(quality),
