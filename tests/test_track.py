@@ -223,7 +223,7 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
     # each starting model is read once; the runs from it copy that read as their step 0
     for folder, start in (("em_persona", "persona"), ("em_control", "persona"), ("em_base_control", "base")):
         meta = em_store(run / folder).meta("em/step-00000/neutral")
-        assert meta["copied_from"].endswith(f"start/{start}/activations:start/neutral"), folder
+        assert meta["copied_from"] == f"{run / 'start' / start / 'activations'}:start/neutral", folder
     assert sum(r["model_loads"] for r in rows.values()) >= 3  # the three resumed EM runs load a model each
     assert "Where the time went" in (run / "report.html").read_text()
     assert log[-1].startswith("time: ") and "largest: " in log[-1]
@@ -349,7 +349,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
     and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
     a kill mid-arm resumes at that arm; the comparison is pre-registered and plotted."""
-    from analysis.experiments.defence_arms import DefenceSettings
+    from analysis.experiments.defence_arms import DefenceSettings, start_of
     from analysis.experiments.defences import DefencesConfig, run_defences
 
     root, tiny, constitution = workspace
@@ -394,6 +394,9 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
             none_done["recorded"],
         )
         assert done["defence"]["names"] == [arm.removeprefix("persona+")]
+        # step 0 is the main job's read of the arm's starting model, copied, not read again
+        copied = em_store(run / "defences" / "arms" / arm).meta("em/step-00000/neutral")["copied_from"]
+        assert copied == f"{run / 'start' / start_of(arm) / 'activations'}:start/neutral", arm
         assert all(set(m) >= {"value", "ci95", "n"} for m in defences["arms"][arm]["metrics"].values())
     capping = json.loads((run / "defences" / "arms" / "activation_capping" / "em" / "done.json").read_text())
     assert (

@@ -45,11 +45,11 @@ from analysis.experiments.inputs import check_track_inputs
 from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import (
-    _finetune_em,
     add_timings,
     assistant_axis_inputs,
     em_run_config,
     evaluation_inputs,
+    finetune_from_start,
     persona_model,
     persona_run_dir,
     run_probe_sets,
@@ -71,9 +71,10 @@ from anchor.prompt_pool import GENERIC_PROMPTS_FILE
 from anchor.published import resolve_published
 from anchor.runlock import run_lock
 from anchor.runs import em_stage
-from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, run_stage
+from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, is_complete, run_stage
 from train import tracking
 from train.defences import inoculation_prompt
+from train.em import start_reads_stage
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,11 @@ def _run_defences(
             build_defence(arm, settings, files, n_layers, track.em_dataset),
         )
         run_dirs[arm] = d / "arms" / arm
-        _finetune_em(em_config, run_dirs[arm], probes, resources, tracked, out, overwrite)
+        # step 0 is the starting model's read: the main job's, else one the arms share
+        start_reads = out / "start" / start
+        if not is_complete(start_reads_stage(em_config, start_reads, probes, out)):
+            start_reads = d / "start" / start
+        finetune_from_start(em_config, run_dirs[arm], probes, resources, tracked, out, start_reads, overwrite)
 
     # behaviour at the end of EM (the main job's evaluations where they are the same)
     evaluation = {

@@ -296,6 +296,23 @@ def _finetune_em(
         finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start_reads)
 
 
+def finetune_from_start(
+    config: EMRunConfig,
+    run: Path,
+    probes,
+    resources: Resources,
+    log,
+    root: Path,
+    start: Path,
+    overwrite: bool = False,
+) -> None:
+    """An EM run whose step 0 is the read of its starting model in `start` (a start-reads stage),
+    read first when the run still has to train."""
+    if not is_complete(em_stage_of(config, run, probes, root, start)):
+        run_stage(start_reads_stage(config, start, probes, root), log, overwrite)
+    _finetune_em(config, run, probes, resources, log, root, overwrite, start)
+
+
 def track_drift(
     config: TrackConfig,
     out: str | Path,
@@ -386,9 +403,7 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
             run(import_em_stage(em_config, out / folder, job.em_checkpoints[name], probes, root=out))
             continue
         start = out / "start" / start_of[name]
-        if not is_complete(em_stage_of(em_config, out / folder, probes, out, start)):
-            run(start_reads_stage(em_config, start, probes, out))
-        _finetune_em(em_config, out / folder, probes, job.resources, track, out, overwrite, start)
+        finetune_from_start(em_config, out / folder, probes, job.resources, track, out, start, overwrite)
 
     # 4. behaviour: the two starting models and the end of each EM run
     sources = {
