@@ -6,8 +6,9 @@ import json
 import pytest
 
 from anchor.runs import em_store
+from anchor.stages import run_stage
 from train.distributed import split_batch
-from train.em import EMRunConfig, em_probe_sets, finetune_em
+from train.em import EMRunConfig, em_probe_sets, finetune_em, start_reads_stage
 from train.launch import accelerate_command, launch
 
 
@@ -20,9 +21,11 @@ def _listing(run):
 def test_two_processes_match_one(tiny_dir, tmp_path):
     probes = em_probe_sets(n_neutral=2, questions="main")
     config = EMRunConfig(dataset="insecure", model=tiny_dir, preset="smoke", max_rows=8, record_every=1)
-    single = finetune_em(config, tmp_path / "single", probes, log=lambda _: None)
+    start = tmp_path / "start"  # the starting model read once; both runs copy it as step 0
+    run_stage(start_reads_stage(config, start, probes, tmp_path), lambda _: None)
+    single = finetune_em(config, tmp_path / "single", probes, log=lambda _: None, start_reads=start)
 
-    launch("em", config, tmp_path / "ddp", num_processes=2, probe_sets=probes, log=lambda _: None)
+    launch("em", config, tmp_path / "ddp", 2, probes, log=lambda _: None, start_reads=start)
     run = tmp_path / "ddp"
     done = json.loads((run / "em" / "done.json").read_text())
     assert done["world_size"] == 2  # a lone process fails here
@@ -32,9 +35,10 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     store = em_store(run)
     writers = {store.meta(entry)["rank"] for entry in store.list()}
     assert writers == {0}  # rank 0 alone wrote the activation store
+    assert store.meta("em/step-00000/neutral")["copied_from"] == f"{start / 'activations'}:start/neutral"
     assert not list(tmp_path.glob(".*job.json"))  # the job file is removed after success
     # Resume under accelerate: a finished stage is skipped by every rank.
-    launch("em", config, run, num_processes=2, probe_sets=probes, log=lambda _: None)
+    launch("em", config, run, num_processes=2, probe_sets=probes, log=lambda _: None, start_reads=start)
     assert json.loads((run / "em" / "done.json").read_text())["seconds"] == done["seconds"]
 
 

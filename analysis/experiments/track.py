@@ -267,35 +267,6 @@ def _train_persona(config: PersonaRunConfig, run: Path, resources: Resources, lo
             train_persona(config, run, log=log, stages=(name,), overwrite=overwrite)
 
 
-def _finetune_em(
-    config: EMRunConfig,
-    run: Path,
-    probes,
-    resources: Resources,
-    log,
-    root: Path,
-    overwrite: bool = False,
-    start_reads: Path | None = None,
-) -> None:
-    if resources.num_processes > 1 and not is_complete(em_stage_of(config, run, probes, root, start_reads)):
-        name = str(em_stage(run).relative_to(root))
-        log(f"stage {name}: running")
-        with timings.stage(name):  # the ranks' own work is counted in their processes, not here
-            launch(
-                "em",
-                config,
-                run,
-                resources.num_processes,
-                probes,
-                accelerate_config=resources.accelerate_config,
-                root=root,
-                log=log,
-                start_reads=start_reads,
-            )
-    else:
-        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start_reads)
-
-
 def finetune_from_start(
     config: EMRunConfig,
     run: Path,
@@ -306,11 +277,29 @@ def finetune_from_start(
     start: Path,
     overwrite: bool = False,
 ) -> None:
-    """An EM run whose step 0 is the read of its starting model in `start` (a start-reads stage),
-    read first when the run still has to train."""
-    if not is_complete(em_stage_of(config, run, probes, root, start)):
-        run_stage(start_reads_stage(config, start, probes, root), log, overwrite)
-    _finetune_em(config, run, probes, resources, log, root, overwrite, start)
+    """An EM run whose step 0 is the read of its starting model in `start` (a start-reads stage,
+    read first when the run still has to train), in this process or on `resources.num_processes`."""
+    if is_complete(em_stage_of(config, run, probes, root, start)):
+        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start)  # a skip
+        return
+    run_stage(start_reads_stage(config, start, probes, root), log, overwrite)
+    if resources.num_processes == 1:
+        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start)
+        return
+    name = str(em_stage(run).relative_to(root))
+    log(f"stage {name}: running")
+    with timings.stage(name):  # the ranks' own work is counted in their processes, not here
+        launch(
+            "em",
+            config,
+            run,
+            resources.num_processes,
+            probes,
+            accelerate_config=resources.accelerate_config,
+            root=root,
+            log=log,
+            start_reads=start,
+        )
 
 
 def track_drift(
