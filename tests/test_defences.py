@@ -20,6 +20,7 @@ from probes.directions import DirectionStack
 from train.callbacks import LiftableHooks, hooks_lifted
 from train.defences import (
     Defence,
+    cap_floors,
     defence_hooks,
     kl_per_token,
     mean_residual_norm,
@@ -185,6 +186,22 @@ def test_the_steering_scale_is_read_with_other_liftable_hooks_off(tmp_path, tiny
         with defence_hooks(tiny_model, tiny_tokenizer, defence) as with_ablation:
             pass
     assert with_ablation["steering"]["mean_residual_norm"] == alone["steering"]["mean_residual_norm"]
+
+
+def test_capping_floors_are_calibrated_with_other_liftable_hooks_off(tmp_path, tiny_model, tiny_tokenizer):
+    # the floors are the starting model's own projections, whatever hook (an ablation) is on already
+    axis = F.normalize(
+        torch.randn(tiny_model.config.hidden_size, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    answers = [
+        [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello, how can I help?"}]
+    ] * 2
+    alone = cap_floors(tiny_model, tiny_tokenizer, {LAYER: axis}, answers, 0.25)
+    with LiftableHooks(tiny_model, lambda: ablate(tiny_model, {LAYER: axis}), "ablated"):
+        assert cap_floors(tiny_model, tiny_tokenizer, {LAYER: axis}, answers, 0.25) == alone
+        ablated = extract(tiny_model, tiny_tokenizer, answers, layers=[LAYER], read="response_mean").tensor
+    assert abs(float(ablated[0, 0] @ axis)) < 1e-4  # the hook was on: it would have moved the floor to ~0
+    assert abs(alone[LAYER]) > 1e-3
 
 
 def test_the_steering_scale_is_in_the_em_stage_key(tmp_path):

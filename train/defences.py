@@ -231,6 +231,33 @@ def length_allowance(tokenizer, defence: Defence | None) -> int:
     return extra
 
 
+def starting_response_tokens(
+    model, tokenizer, layers: Sequence[int], conversations: Sequence[Conversation]
+) -> torch.Tensor:
+    """`[tokens, len(layers), d]`: the residual stream (`hook_resid_post`) at `layers` over the
+    response tokens of `conversations`, read through `model` as it is before training: every
+    liftable hook (an ablation, another defence) off and in eval mode, so a calibration is the
+    starting model's own. Response tokens only: template and prompt tokens carry outlier values
+    that are not the residual stream an intervention acts on while the adapter learns the answers."""
+    from train.callbacks import hooks_lifted
+
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks_lifted(model):
+            acts = extract(
+                model, tokenizer, conversations, layers=list(layers), read="all_tokens", progress=False
+            )
+    finally:
+        model.train(was_training)
+    spans = render_chats(tokenizer, conversations)
+    rows = [c[r.response_start : r.response_end] for c, r in zip(acts.per_conversation(), spans)]
+    tokens = torch.cat(rows)
+    if len(tokens) == 0:
+        raise ValueError("the calibration needs response tokens; the conversations have none")
+    return tokens
+
+
 def cap_floors(
     model,
     tokenizer,
@@ -240,15 +267,15 @@ def cap_floors(
 ) -> dict[int, float]:
     """Each capped layer's floor: the `quantile` of the per-token projections, on the unit axis,
     of the starting model's residual stream over the response tokens of `conversations` (its own
-    answers), so template and prompt tokens, whose projections are outliers, do not set it."""
-    acts = extract(model, tokenizer, conversations, layers=sorted(axes), read="all_tokens", progress=False)
-    spans = render_chats(tokenizer, conversations)
-    tokens = torch.cat([c[r.response_start : r.response_end] for c, r in zip(acts.per_conversation(), spans)])
-    floors = {}
-    for i, layer in enumerate(acts.layers):
-        unit = F.normalize(axes[layer].float(), dim=-1)
-        floors[layer] = float(torch.quantile(tokens[:, i].float() @ unit, quantile))
-    return floors
+    answers)."""
+    layers = sorted(axes)
+    tokens = starting_response_tokens(model, tokenizer, layers, conversations)
+    return {
+        layer: float(
+            torch.quantile(tokens[:, i].float() @ F.normalize(axes[layer].float(), dim=-1), quantile)
+        )
+        for i, layer in enumerate(layers)
+    }
 
 
 def steer_scale_conversations() -> list[Conversation]:
@@ -259,24 +286,8 @@ def steer_scale_conversations() -> list[Conversation]:
 
 def mean_residual_norm(model, tokenizer, layer: int, conversations: Sequence[Conversation]) -> float:
     """Mean L2 norm of `blocks.{layer}.hook_resid_post` over the response tokens of
-    `conversations`, read through `model` as it is before training: every liftable hook (an
-    ablation, another defence) off and in eval mode, so the scale is the starting model's own.
-    Response tokens only: template and special tokens carry outlier norms that are not the
-    residual stream the steering acts on while the adapter learns the answers."""
-    from train.callbacks import hooks_lifted
-
-    was_training = model.training
-    model.eval()
-    try:
-        with hooks_lifted(model):
-            acts = extract(model, tokenizer, conversations, layers=[layer], read="all_tokens", progress=False)
-    finally:
-        model.train(was_training)
-    spans = render_chats(tokenizer, conversations)
-    rows = [c[r.response_start : r.response_end, 0] for c, r in zip(acts.per_conversation(), spans)]
-    tokens = torch.cat(rows).double()
-    if len(tokens) == 0:
-        raise ValueError("the steering scale needs response tokens; the conversations have none")
+    `conversations`, through the starting model (`starting_response_tokens`)."""
+    tokens = starting_response_tokens(model, tokenizer, [layer], conversations)[:, 0].double()
     return float(tokens.norm(dim=-1).mean())
 
 
