@@ -278,28 +278,29 @@ def finetune_from_start(
     overwrite: bool = False,
 ) -> None:
     """An EM run whose step 0 is the read of its starting model in `start` (a start-reads stage,
-    read first when the run still has to train), in this process or on `resources.num_processes`."""
-    if is_complete(em_stage_of(config, run, probes, root, start)):
-        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start)  # a skip
-        return
-    run_stage(start_reads_stage(config, start, probes, root), log, overwrite)
+    read first when the run still has to train). On several processes the ranks read step 0
+    themselves: a sharded model may not fit this process, and GPU memory it held would not be
+    back for rank 0."""
     if resources.num_processes == 1:
+        if not is_complete(em_stage_of(config, run, probes, root, start)):
+            run_stage(start_reads_stage(config, start, probes, root), log, overwrite)
         finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite, start_reads=start)
-        return
-    name = str(em_stage(run).relative_to(root))
-    log(f"stage {name}: running")
-    with timings.stage(name):  # the ranks' own work is counted in their processes, not here
-        launch(
-            "em",
-            config,
-            run,
-            resources.num_processes,
-            probes,
-            accelerate_config=resources.accelerate_config,
-            root=root,
-            log=log,
-            start_reads=start,
-        )
+    elif is_complete(em_stage_of(config, run, probes, root)):
+        finetune_em(config, run, probes, log=log, root=root, overwrite=overwrite)  # a skip
+    else:
+        name = str(em_stage(run).relative_to(root))
+        log(f"stage {name}: running")
+        with timings.stage(name):  # the ranks' own work is counted in their processes, not here
+            launch(
+                "em",
+                config,
+                run,
+                resources.num_processes,
+                probes,
+                accelerate_config=resources.accelerate_config,
+                root=root,
+                log=log,
+            )
 
 
 def track_drift(
