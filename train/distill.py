@@ -64,7 +64,7 @@ PRESETS = {
         drop_truncated=False,
         max_length=256,
         epochs=3.0,  # ~56 pairs: one pass barely moves the policy, three separate it clearly
-        # A read of the probe sets costs about 4 DPO steps on CPU: read once an epoch (14 steps for
+        # A read of the probe sets costs the time of 2-4 DPO steps on CPU: read once an epoch (14 steps for
         # the shipped persona) and at the end, not every 5 steps.
         **{**CPU_TRAINING, "record_every": 14},
     ),

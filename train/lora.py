@@ -77,7 +77,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def native_bf16() -> bool:
     """Whether bf16 matmuls run natively here. On CPUs without AVX512-BF16 or AMX, bf16 is emulated
-    and slower than fp32; with them a LoRA step of the default model runs about 1.75x faster
+    and slower than fp32; with them a LoRA step of the default model runs 1.3-1.6x faster
     (BENCHMARKS.md, `scripts/bench_training.py`)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
