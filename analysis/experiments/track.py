@@ -44,7 +44,7 @@ from analysis.experiments.options import (
     Resources,
     TrackConfig,
 )
-from analysis.experiments.track_report import write_analysis
+from analysis.experiments.track_report import START_OF, write_analysis
 from analysis.experiments.track_stages import (
     base_source,
     em_source,
@@ -381,9 +381,8 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
     starts = {PERSONA: persona.start, BASE: base_model, CONTROL: persona.start, BASE_CONTROL: base_model}
     # a retrained (or republished) persona reruns its EM runs
     upstream = {PERSONA: persona.identity, BASE: None, CONTROL: persona.identity, BASE_CONTROL: None}
-    # Each starting model is read once (`start/<cell>`): every run that trains from it copies that
+    # Each starting model is read once (`start/<start>`): every run that trains from it copies that
     # read as its step 0 (the EM run and its control share a start).
-    start_of = {PERSONA: PERSONA, CONTROL: PERSONA, BASE: BASE, BASE_CONTROL: BASE}
     for name, folder in RUNS.items():
         model, adapter = starts[name]
         em_config = replace(
@@ -392,7 +391,7 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
         if name in job.em_checkpoints:
             run(import_em_stage(em_config, out / folder, job.em_checkpoints[name], probes, root=out))
             continue
-        start = out / "start" / start_of[name]
+        start = out / "start" / START_OF[name]
         finetune_from_start(em_config, out / folder, probes, job.resources, track, out, start, overwrite)
 
     # 4. behaviour: the two starting models and the end of each EM run
