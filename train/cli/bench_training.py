@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from anchor import load_model
 from anchor.chat import pad_chats, render_chats
@@ -66,6 +67,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     # lr 0: the weights never move, so every repeat and both precisions see the same model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
     rows = []
+    bar = tqdm(total=2 * len(SHAPES), desc="bench_training", unit="cell")
     for shape, n in SHAPES.items():
         batch = batch_of(tokenizer, n, args.seed)
         tokens = int(batch["attention_mask"].sum())
@@ -84,7 +86,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 "fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16,
                 "loss_gap": abs(losses[True] - losses[False]) / abs(losses[False]),
             })  # fmt: skip
-            print(rows[-1], flush=True)
+            bar.write(str(rows[-1]))
+            bar.update()
+    bar.close()
     return rows
 
 
