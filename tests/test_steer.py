@@ -12,6 +12,7 @@ from anchor.extract import extract
 from anchor.generate import HFGenerator, SamplingConfig
 from anchor.hooks import ablate, project_hooks, steer
 from anchor.runs import checkpoints, em_store
+from anchor.store import ActivationStore
 from probes.directions import Directions, ProbeFit
 from probes.steering import (
     LinearReadout,
@@ -22,7 +23,7 @@ from probes.steering import (
     dose_response,
     sweep,
 )
-from train.callbacks import LiftableHooks, hooks_lifted, liftable_hooks
+from train.callbacks import ActivationRecorder, LiftableHooks, ProbeSet, hooks_lifted, liftable_hooks
 from train.em import EMRunConfig, em_probe_sets, finetune_em
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,37 @@ def test_liftable_hooks_come_off_for_a_read_and_back_on_after(tiny_model, tiny_t
         assert _projection(tiny_model, tiny_tokenizer, direction, 1).abs().max() < 1e-4  # back on
     assert liftable_hooks(tiny_model) == []
     assert project_hooks(tiny_model) == []
+
+
+def test_a_read_with_one_liftable_hook_on_keeps_the_hooks_in_their_order(
+    tiny_model, tiny_tokenizer, tmp_path
+):
+    """Steering then ablating the same direction leaves nothing along it; the other order leaves
+    the steering vector. The recorder's read with one hook on must not swap them for the rest of
+    training."""
+    direction = torch.nn.functional.normalize(
+        torch.randn(64, generator=torch.Generator().manual_seed(2)), dim=0
+    )
+    vector = 5.0 * direction
+    with (
+        LiftableHooks(tiny_model, lambda: steer(tiny_model, {1: vector}), "steered"),
+        LiftableHooks(tiny_model, lambda: ablate(tiny_model, {1: direction}), "ablated"),
+    ):
+        assert _projection(tiny_model, tiny_tokenizer, direction, 1).abs().max() < 1e-4  # steer, then ablate
+        recorder = ActivationRecorder(
+            tiny_tokenizer,
+            ActivationStore(tmp_path / "store"),
+            {"answered": ProbeSet(ANSWERED, layers=[1])},
+            "em",
+            every=1,
+        )
+        recorder._read(tiny_model, "step-00001", {}, end=True)
+        assert _projection(tiny_model, tiny_tokenizer, direction, 1).abs().max() < 1e-4  # the same order
+    steered = recorder.store.load("step-00001/answered.steered").tensor[:, 0] @ direction
+    ablated = recorder.store.load("step-00001/answered.ablated").tensor[:, 0] @ direction
+    clean = recorder.store.load("step-00001/answered").tensor[:, 0] @ direction
+    assert torch.allclose(steered - clean, torch.full_like(clean, 5.0), atol=1e-3)  # only the steering on
+    assert ablated.abs().max() < 1e-4  # only the ablation on
 
 
 def test_ablated_em_run_records_clean_reads_and_ablated_reads(tiny_dir, tiny_model, tiny_tokenizer, tmp_path):

@@ -84,12 +84,26 @@ class LiftableHooks:
 
     @contextmanager
     def lifted(self) -> Iterator[None]:
-        """The model without these hooks for the duration (reinstalled on every exit path)."""
+        """The model without these hooks for the duration (reinstalled on every exit path, at the
+        end of each block's hook list: `hooks_lifted` and `only_hooks` keep the order)."""
         self._off()
         try:
             yield
         finally:
             self._on()
+
+
+@contextmanager
+def only_hooks(model: nn.Module, keep: LiftableHooks) -> Iterator[None]:
+    """`model` with `keep` the only liftable hooks on. Every liftable hook comes off (the last
+    first) and goes back in its original order afterwards: hooks at one layer do not commute, so a
+    read with one of them on must not reorder the rest for the remaining training."""
+    with hooks_lifted(model):
+        keep._on()
+        try:
+            yield
+        finally:
+            keep._off()
 
 
 def liftable_hooks(model: nn.Module) -> list[LiftableHooks]:
@@ -237,10 +251,7 @@ class ActivationRecorder(TrainerCallback):
                     end=end,
                 )
         for hooks in (h for h in installed if h.read_with):
-            others = [h for h in installed if h is not hooks]
-            with ExitStack() as stack:
-                for other in others:
-                    stack.enter_context(other.lifted())
+            with only_hooks(model, hooks):
                 record(
                     model,
                     self.tokenizer,
