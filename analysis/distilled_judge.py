@@ -56,7 +56,7 @@ def read_features(
     pairs: Sequence[tuple[str, str]],
     layers: Sequence[int],
     max_answer_tokens: int = MAX_ANSWER_TOKENS,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """`[n, len(layers), d_model]`: the mean residual stream over each answer's first
@@ -329,7 +329,7 @@ class DistilledJudge(Judge):
         super().__init__()
         self.heads, self.model, self.tokenizer, self.card, self.spec = heads, model, tokenizer, card, spec
         self.max_answer_tokens = int(card.get("max_answer_tokens", MAX_ANSWER_TOKENS))
-        self.batch_tokens = 8192
+        self.batch_tokens: int | None = None  # the reads' default for the model's device
         self.progress = True
         self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
 

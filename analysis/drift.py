@@ -116,16 +116,26 @@ def misalignment_direction(
     return acts[bad].double().mean(0).float() - acts[good].double().mean(0).float()
 
 
+def centred_gram(x: torch.Tensor) -> torch.Tensor:
+    """`[n, L, d]` -> `[L, n, n]` (float64): the items' inner products per layer after centring
+    over items; linear CKA needs only these, and with n items << d they are far smaller than the
+    `[d, d]` cross-covariances."""
+    x = einops.rearrange(x.double(), "n l d -> l n d")
+    x = x - x.mean(1, keepdim=True)
+    return x @ x.transpose(1, 2)
+
+
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Linear CKA between two checkpoints' activations on the same items, per layer: `[n, L, d]`
-    twice -> `[L]`. Invariant to rotations and isotropic scaling of either."""
-    x = einops.rearrange(x.double(), "n l d -> l n d")
-    y = einops.rearrange(y.double(), "n l d -> l n d")
-    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    cross = torch.linalg.matrix_norm(x.transpose(1, 2) @ y).pow(2)
-    self_x = torch.linalg.matrix_norm(x.transpose(1, 2) @ x)
-    self_y = torch.linalg.matrix_norm(y.transpose(1, 2) @ y)
-    return (cross / (self_x * self_y)).float()
+    twice -> `[L]`. Invariant to rotations and isotropic scaling of either. Computed from the
+    Gram matrices: ||X'Y||^2 = <XX', YY'> and ||X'X|| = ||XX'|| (Frobenius)."""
+    return cka_of_grams(centred_gram(x), centred_gram(y))
+
+
+def cka_of_grams(gram_x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA `[L]` from `centred_gram`s of the same items."""
+    cross = (gram_x * gram_y).sum((1, 2))
+    return (cross / (torch.linalg.matrix_norm(gram_x) * torch.linalg.matrix_norm(gram_y))).float()
 
 
 def drift_auc(values: Sequence[float], steps: Sequence[int], signed: bool = False) -> float:

@@ -379,11 +379,15 @@ SERIES = (
 
 
 def _cka_null(x: torch.Tensor, y: torch.Tensor, seed: int, n: int = 20) -> torch.Tensor:
-    """`[L]`: the mean linear CKA of `x` with `y` over `n` shufflings of `x`'s rows."""
+    """`[L]`: the mean linear CKA of `x` with `y` over `n` shufflings of `x`'s rows (a shuffle
+    permutes the rows and columns of `x`'s Gram matrix, so each costs no new product)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([drift.linear_cka(x[torch.randperm(len(x), generator=g)], y) for _ in range(n)]).mean(
-        0
-    )
+    gram_x, gram_y = drift.centred_gram(x), drift.centred_gram(y)
+    shuffled = []
+    for _ in range(n):
+        order = torch.randperm(len(x), generator=g)
+        shuffled.append(drift.cka_of_grams(gram_x[:, order][:, :, order], gram_y))
+    return torch.stack(shuffled).mean(0)
 
 
 def _listed(values: torch.Tensor) -> object:

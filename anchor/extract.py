@@ -72,6 +72,17 @@ def prompt_set_hash(conversations: Sequence[Conversation]) -> str:
     return hashlib.sha256(json.dumps(list(conversations), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Token slots per forward pass when the caller gives none. On a CPU a narrow pass keeps its
+# activations in cache: with the default model, budgets of 256-2,048 slots read 1.6-1.8x faster
+# than 8,192 (BENCHMARKS.md, `bench_extract.py --sweep`); a GPU fills better with wide passes.
+CPU_BATCH_TOKENS = 1024
+GPU_BATCH_TOKENS = 8192
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    return CPU_BATCH_TOKENS if device.type == "cpu" else GPU_BATCH_TOKENS
+
+
 class _StopForward(Exception):
     """Raised after the deepest requested block: the rest of the model is not needed."""
 
@@ -129,7 +140,7 @@ def extract(
     conversations: Sequence[Conversation],
     layers: int | Sequence[int] | None = None,
     read: ReadMode = "response_mean",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     padding_side: PaddingSide = "right",
     ids: Sequence[str] | None = None,
     bucket: bool = True,
@@ -137,8 +148,9 @@ def extract(
 ) -> Activations:
     """Read `blocks.{layer}.hook_resid_post` for each conversation (None = all layers).
 
-    `batch_tokens` bounds rows x longest row per forward pass. `bucket=False` batches in input
-    order instead of by length (only to measure what bucketing buys).
+    `batch_tokens` bounds rows x longest row per forward pass (None: `default_batch_tokens` of the
+    model's device). `bucket=False` batches in input order instead of by length (only to measure
+    what bucketing buys).
     """
     if read not in READ_MODES:
         raise ValueError(f"read must be one of {', '.join(READ_MODES)}, got {read!r}")
@@ -174,7 +186,7 @@ def read_rendered(
     layers: int | Sequence[int] | None,
     read: ReadMode,
     pad_id: int,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     padding_side: PaddingSide = "right",
     bucket: bool = True,
     progress: bool = True,
@@ -183,6 +195,7 @@ def read_rendered(
     `Activations`), the layers read and each sequence's token count as run."""
     chosen = resolve_layers(model, layers)
     device = next(model.parameters()).device
+    batch_tokens = default_batch_tokens(device) if batch_tokens is None else batch_tokens
     body, reader = decoder_body(model), _Reader(chosen, read)
 
     # Causal attention: a read needs no token after the last one it averages or picks.

@@ -101,6 +101,29 @@ def test_linear_cka_is_invariant_to_rotation_and_scale_and_low_for_unrelated():
     assert drift.linear_cka(x, torch.randn(200, 1, 16)).item() < 0.15
 
 
+def test_linear_cka_from_grams_equals_the_cross_covariance_form_and_its_shuffled_null():
+    """The Gram form (n x n) is the definition's (d x d) form rewritten, not an approximation."""
+    from analysis.drift_report import _cka_null
+
+    torch.manual_seed(1)
+    x, y = torch.randn(12, 3, 40), torch.randn(12, 3, 40)
+    y[:, 1] += 2 * x[:, 1]  # one layer related, two not
+
+    def by_definition(a, b):
+        a = a.double().transpose(0, 1) - a.double().transpose(0, 1).mean(1, keepdim=True)
+        b = b.double().transpose(0, 1) - b.double().transpose(0, 1).mean(1, keepdim=True)
+        cross = torch.linalg.matrix_norm(a.transpose(1, 2) @ b).pow(2)
+        return cross / (
+            torch.linalg.matrix_norm(a.transpose(1, 2) @ a) * torch.linalg.matrix_norm(b.transpose(1, 2) @ b)
+        )
+
+    torch.testing.assert_close(drift.linear_cka(x, y).double(), by_definition(x, y), rtol=1e-6, atol=0)
+    g = torch.Generator().manual_seed(7)
+    shuffled = torch.stack([by_definition(x[torch.randperm(12, generator=g)], y) for _ in range(20)]).mean(0)
+    torch.testing.assert_close(_cka_null(x, y, seed=7).double(), shuffled, rtol=1e-6, atol=0)
+    assert drift.linear_cka(x, y)[1] > _cka_null(x, y, seed=7)[1]  # the related layer beats its null
+
+
 def test_drift_auc_and_drift_reduction():
     assert drift.drift_auc([1.0, 1.0, 1.0], [0, 5, 10]) == 0.0
     assert drift.drift_auc([1.0, 0.5, 0.0], [0, 5, 10]) == pytest.approx(0.5)

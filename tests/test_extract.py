@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import importlib
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from transformers import (
 )
 
 from anchor.chat import render_chats
-from anchor.extract import extract
+from anchor.extract import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, default_batch_tokens, extract
 from anchor.hooks import ablate, decoder_body, find_blocks, hook_name, hooks, steer
 
 SETS = CONVERSATIONS + [
@@ -55,6 +56,26 @@ def reference(model, tokenizer, conversations, read):
             else:
                 rows.append(per_layer)
     return torch.cat(rows) if read == "all_tokens" else torch.stack(rows)
+
+
+def test_the_default_token_budget_is_the_devices_and_reads_the_same_values(
+    tiny_model, tiny_tokenizer, monkeypatch
+):
+    extract_module = importlib.import_module("anchor.extract")  # the package exports a function of that name
+
+    assert default_batch_tokens(torch.device("cpu")) == CPU_BATCH_TOKENS < GPU_BATCH_TOKENS
+    assert default_batch_tokens(torch.device("cuda")) == GPU_BATCH_TOKENS
+    budgets = []
+    original = extract_module.length_buckets
+    monkeypatch.setattr(
+        extract_module,
+        "length_buckets",
+        lambda lengths, budget, **kw: budgets.append(budget) or original(lengths, budget, **kw),
+    )
+    default = extract(tiny_model, tiny_tokenizer, SETS, progress=False)
+    wide = extract(tiny_model, tiny_tokenizer, SETS, batch_tokens=GPU_BATCH_TOKENS, progress=False)
+    assert budgets == [CPU_BATCH_TOKENS, GPU_BATCH_TOKENS]
+    torch.testing.assert_close(default.tensor, wide.tensor, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

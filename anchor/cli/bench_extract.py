@@ -211,10 +211,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the conversation set")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all methods; the fastest counts")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file to write the table to")
+    parser.add_argument(
+        "--sweep",
+        help="comma-separated token budgets (e.g. 256,512,1024,2048,4096,8192): time anchor.extract and the "
+        "decoder body at each instead, and append that table to --out",
+    )
     parser.add_argument("--memory-probe", choices=list(LABELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args)
+    if args.sweep:
+        return sweep(args)
 
     bench = Bench(args)
     n_tokens = sum(bench.lengths)
@@ -340,3 +347,74 @@ def write_table(path: Path, args: argparse.Namespace, bench: Bench, rows: list[R
 
 if __name__ == "__main__":
     main()
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """anchor.extract (response_mean, all layers) and its limit, the bare decoder body, at each token
+    budget per forward pass, alternated within each round (fastest round counts). The budget that
+    reads fastest depends on the device (on CPU a narrow pass keeps its activations in cache), so
+    `anchor.extract.default_batch_tokens` is chosen from this table."""
+    budgets = sorted({int(b) for b in args.sweep.split(",")})
+    model, tokenizer = load_model(args.model)
+    conversations = neutral_conversations(args.n, seed=args.seed)
+    rendered = render_chats(tokenizer, conversations)
+    lengths = [len(r) for r in rendered]
+    n_tokens = sum(lengths)
+    body = decoder_body(model)
+
+    def batches(budget: int) -> list[ChatBatch]:
+        return [
+            pad_chats([rendered[i] for i in idx], tokenizer.pad_token_id, "right")
+            for idx in length_buckets(lengths, budget)
+        ]
+
+    padded = {b: batches(b) for b in budgets}
+
+    def limit(budget: int) -> None:
+        for b in padded[budget]:
+            body(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+    def ours(budget: int) -> torch.Tensor:
+        return extract(model, tokenizer, conversations, batch_tokens=budget, progress=False).tensor
+
+    print(f"{args.n} conversations, {n_tokens} tokens, budgets {budgets}, {torch.get_num_threads()} threads")
+    with torch.inference_mode():
+        reference = ours(budgets[-1])  # also the warm-up
+        best: dict[tuple[int, str], float] = {}
+        diffs: dict[int, float] = {}
+        for round_ in range(args.repeats):
+            print(f"round {round_ + 1}/{args.repeats}")
+            for budget in budgets:
+                for what, fn in (("extract", ours), ("limit", limit)):
+                    start = time.perf_counter()
+                    values = fn(budget)
+                    seconds = time.perf_counter() - start
+                    if what == "extract":
+                        diffs[budget] = float((values - reference).abs().max())
+                    best[budget, what] = min(seconds, best.get((budget, what), float("inf")))
+                    print(f"  {budget:>6} {what:<8} {seconds:7.2f} s {n_tokens / seconds:7.0f} tok/s")
+    fastest = min(budgets, key=lambda b: best[b, "extract"])
+    lines = [
+        "",
+        "## Token budget per forward pass (`scripts/bench_extract.py --sweep`)",
+        "",
+        f"Run {time.strftime('%Y-%m-%d')}: `python scripts/bench_extract.py --sweep {args.sweep} --n {args.n} "
+        f"--repeats {args.repeats}` (fastest round) on {platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Model `{args.model}`, fp32, "
+        f"{args.n} neutral conversations ({n_tokens} tokens), response_mean over all layers, length-bucketed "
+        f"right-padded batches. `max abs diff`: against the widest budget's read (float rounding of differently "
+        "shaped matrix products).",
+        "",
+        "| token budget | anchor.extract (s) | tokens/s | decoder body (s) | vs the widest budget | max abs diff |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    widest = best[budgets[-1], "extract"]
+    for b in budgets:
+        lines.append(
+            f"| {b} | {best[b, 'extract']:.2f} | {n_tokens / best[b, 'extract']:.0f} | {best[b, 'limit']:.2f} | "
+            f"{widest / best[b, 'extract']:.2f}x | {diffs[b]:.1e} |"
+        )
+    lines += ["", f"Fastest here: {fastest} token slots per pass.", ""]
+    with open(args.out, "a") as f:
+        f.write("\n".join(lines))
+    print(f"appended the table to {args.out}")
