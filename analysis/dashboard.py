@@ -1,7 +1,8 @@
 """The monitoring section of a run: per checkpoint, drift along the frozen step-0 directions
 (persona, judge-free misalignment, and the assistant axis when read) with the representation
 alarm, the LoRA B-vector phase-transition trace, behaviour where it was evaluated with the
-behavioural alarm, and the lead time between the alarms; one timeline PNG and a few sentences.
+behavioural alarm (their unmatched lead time is kept in the metrics only; the report's lead time is
+the matched alarms', `analysis.matched_alarms`); one timeline PNG and a few sentences.
 
 Everything is read at the drift analysis's chosen layer on its held-out report half of the
 prompts, so monitoring is not done on the prompts that chose the layer.
@@ -68,9 +69,11 @@ def monitor_runs(
             entry["behaviour_rates"] = {int(s): dict(r) for s, r in rates.items()}
             try:
                 entry["behaviour"] = behavioural_alarm(rates, judge_kind_of(judge))
-                entry["lead_time"] = lead_time(alarm, entry["behaviour"])
+                # unmatched: the two alarms differ in power and looks, so the report prints the
+                # matched alarms' lead time instead (`analysis.matched_alarms`)
+                entry["unmatched_lead_time"] = lead_time(alarm, entry["behaviour"])
             except ValueError as err:  # no scored answers at step 0: no reference to alarm against
-                entry["lead_time"] = {"lead_steps": None, "words": f"no lead time: {err}"}
+                entry["unmatched_lead_time"] = {"lead_steps": None, "words": f"no lead time: {err}"}
         out["runs"][name] = entry
     return out
 
@@ -104,10 +107,7 @@ def sentences(monitoring: Mapping) -> list[str]:
             f"percentile) {'fired: ' + ', '.join(fired) if fired else 'never fired'}; B-vector phase transition "
             f"{found_words(entry['transitions'])}"
         )
-        if "lead_time" in entry:
-            line += f"; {entry['lead_time']['words'].rstrip('.')}"
-        else:
-            line += "; behaviour was not evaluated at intermediate checkpoints, so no lead time"
+        # no lead time here: these two alarms differ in power and looks (the matched alarms give it)
         lines.append(line + ".")
     return lines
 

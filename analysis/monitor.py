@@ -8,7 +8,9 @@ Why each piece exists:
 - the behavioural alarm asks when the judged misaligned rate is clearly above where it started;
 - the lead time says whether the representation moves first, and by how many steps. It is only a
   *behavioural* lead when the behaviour was judged by something other than the activations: a probe
-  judge reads the same activations, so its alarm is another representation read;
+  judge reads the same activations, so its alarm is another representation read. These two alarms
+  differ in power and looks, so their lead is kept as `unmatched_lead_time`; the report's lead time
+  is `analysis.matched_alarms`' (both alarms against the control run, at the same checkpoints);
 - the drift detector asks whether the drift features carry a signature of EM that generalises to a
   seed it has not seen (fitted on one seed's runs, tested on another's), scored by AUROC.
 

@@ -120,8 +120,19 @@ def check_artefacts(run: Path) -> dict:
     for entry in monitoring["runs"].values():
         directions = {"persona", "misalignment", "assistant"} if monitored else {"persona", "misalignment"}
         assert set(entry["representation"]["directions"]) == directions
-        assert "transition_steps" in entry["transitions"] and ("lead_time" in entry) == monitored
+        assert "transition_steps" in entry["transitions"] and ("unmatched_lead_time" in entry) == monitored
     assert "Monitoring" in report
+    # Matched alarms: each EM run against its control run, at the checkpoints both signals share;
+    # a lead time only when both fired, otherwise said not to be measured.
+    assert set(monitoring["matched"]) == {"persona", "base"}
+    for matched in monitoring["matched"].values():
+        words = matched["lead_time"]["words"]
+        assert (matched["lead_time"]["lead_steps"] is None) == (
+            "not measured" in words or "not computable" in words
+        )
+        if matched["behaviour"] is not None:
+            assert matched["representation"]["looks"] == matched["behaviour"]["looks"] == matched["looks"]
+    assert report.count("matched lead time: ") >= 2
     if monitored:
         assert len(monitoring["assistant_axis"]["cosine_with_persona_by_layer"]) == drift["n_layers"]
         assert "Triggered evaluations" in report

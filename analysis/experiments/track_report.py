@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from analysis import dashboard, plots
+from analysis import dashboard, matched_alarms, plots
 from analysis.calibration import cannot_flag, describe
 from analysis.contrast_quality import contrast_quality, contrast_table
 from analysis.drift_report import (
@@ -26,11 +26,12 @@ from analysis.experiments.track_stages import judged_misalignment_direction, loa
 from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, START_PAIRS, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
 from analysis.likelihood_read import likelihood_read, scores_by_model
+from analysis.monitor import judge_kind_of
 from analysis.report import Table, write_report
 from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
 from anchor.stages import Inputs, read_done
-from anchor.store import atomic_write_json
+from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
 from probes.directions import DirectionStack, fit_directions
 
@@ -421,13 +422,75 @@ def _monitoring(
         null,
     )
     monitoring.update(extra)
-    monitoring["sentences"] = dashboard.sentences(monitoring)
+    probe = judge_kind_of(config.judge) == "probe"
+    monitoring["matched"] = _matched(
+        out, runs, result, misalignment, behaviour, intermediate, config.seed, probe
+    )
+    monitoring["sentences"] = dashboard.sentences(monitoring) + [
+        f"{RUN_NAMES[run]} against {RUN_NAMES[CONTROL_OF[run]]}: {m['lead_time']['words']}"
+        for run, m in monitoring["matched"].items()
+    ]
     if "assistant_axis" in extra:
         cos = extra["assistant_axis"]["cosine_with_persona_by_layer"][layer]
         monitoring["sentences"].append(
             f"assistant axis (a variant of Lu et al. 2026): cosine with the persona direction {cos:.3f} at layer {layer}."
         )
     return monitoring
+
+
+CONTROL_OF = dict(START_PAIRS.values())  # each EM run -> its control run (same start and recipe)
+
+
+def _matched(
+    out: Path,
+    runs: dict[str, Path],
+    result: dict,
+    misalignment: DirectionStack,
+    behaviour: dict,
+    intermediate: dict[str, dict[int, str]] | None,
+    seed: int,
+    probe_judge: bool,
+) -> dict:
+    """Each EM run's matched alarms against its control run (`analysis.matched_alarms`): the shift
+    along the misalignment direction on the report prompts and the judged misaligned rate per
+    question, at the checkpoints where both were read for both runs."""
+    layer = result["best_layer"]
+    rows = torch.tensor(result["layer_selection"]["report_prompts"])
+    matched = {}
+    for run, control in CONTROL_OF.items():
+        representation = matched_alarms.representation_signal(
+            runs[run], runs[control], layer, rows, misalignment.vectors[layer]
+        )
+        start = START_OF[run]
+        rate = behaviour[start]["misaligned_rate"]
+        if rate.get("value") is None:
+            matched[run] = matched_alarms.matched_alarms(
+                representation,
+                None,
+                f"the misaligned rate is not measured: {rate.get('reason')}",
+                seed=seed,
+                probe_judge=probe_judge,
+            )
+            continue
+        thresholds = behaviour[start]["thresholds"]
+        em_rows, control_rows = (_evaluated_rows(out, result, intermediate, r, start) for r in (run, control))
+        signal = matched_alarms.behaviour_signal(em_rows, control_rows, thresholds)
+        matched[run] = matched_alarms.matched_alarms(
+            representation, signal, seed=seed, probe_judge=probe_judge
+        )
+    return matched
+
+
+def _evaluated_rows(
+    out: Path, result: dict, intermediate: dict[str, dict[int, str]] | None, run: str, start: str
+) -> dict[int, list[dict]]:
+    """A run's judged answers by step: its start's evaluation at 0, its own at the end and at the
+    intermediate checkpoints that were evaluated."""
+    steps = result["runs"][run]["steps"]
+    names = {0: start, steps[-1]: f"{run}_end", **(intermediate or {}).get(run, {})}
+    return {
+        step: [r for _, r in read_jsonl(out / "eval" / e / "responses.jsonl")] for step, e in names.items()
+    }
 
 
 def _family_tables(out: Path, config: TrackConfig) -> list[Table]:
