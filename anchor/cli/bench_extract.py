@@ -345,10 +345,6 @@ def write_table(path: Path, args: argparse.Namespace, bench: Bench, rows: list[R
     path.write_text("\n".join(lines))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def sweep(args: argparse.Namespace) -> None:
     """anchor.extract (response_mean, all layers) and its limit, the bare decoder body, at each token
     budget per forward pass, alternated within each round (fastest round counts). The budget that
@@ -418,3 +414,7 @@ def sweep(args: argparse.Namespace) -> None:
     with open(args.out, "a") as f:
         f.write("\n".join(lines))
     print(f"appended the table to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
