@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from scipy import stats as scipy_stats
 
 from analysis import drift
 from analysis.em_eval import family_of, is_misaligned
@@ -266,4 +268,92 @@ def matched_alarms(
         "sign": "positive = the representation alarm fired first",
         "words": f"matched lead time: {lead} steps ({order}: step {r} vs step {b}; looks at steps {looks}).",
     }
+    return out
+
+
+MIN_SEEDS = 3  # the project's rule for any verdict across seeds (`analysis.interaction`)
+
+
+def _look_values(per_seed: Sequence[dict], alarm: str, step: int) -> list[float | None]:
+    """Each seed's EM-minus-control mean change at `step` (keys may be strings after JSON)."""
+    values = []
+    for matched in per_seed:
+        look = matched[alarm]["per_look"]
+        values.append((look.get(step) or look.get(str(step)) or {}).get("em_minus_control", {}).get("value"))
+    return values
+
+
+def _t_p(values: Sequence[float]) -> float:
+    """One-sided p of mean > 0 from a one-sample t-test across seeds."""
+    x = torch.tensor(values, dtype=torch.double)
+    n, sd = len(x), float(x.std())
+    if sd == 0:
+        return 0.0 if float(x.mean()) > 0 else 1.0
+    return float(scipy_stats.t.sf(float(x.mean()) / (sd / math.sqrt(n)), n - 1))
+
+
+def pool_matched(per_seed: Sequence[dict], alpha: float = ALPHA) -> dict:
+    """One EM run's matched alarms across seeds: at each checkpoint every seed shares, the seeds'
+    EM-minus-control mean changes in a one-sided one-sample t-test at alpha / K. Each seed's EM and
+    control runs are its own training runs, so this is the run-level test the per-seed alarms are
+    not: it fires only when EM moves further than control fine-tuning does across training runs.
+    Below `MIN_SEEDS` seeds nothing fires and the per-seed values are descriptive."""
+    n = len(per_seed)
+    alarms = [a for a in ("representation", "behaviour") if all(m.get(a) is not None for m in per_seed)]
+    missing = [a for a in ("representation", "behaviour") if a not in alarms]
+    looks = sorted(
+        set.intersection(*(set(m[a]["looks"]) for m in per_seed for a in alarms)) if alarms and n else set()
+    )
+    out: dict = {
+        "seeds": n,
+        "looks": looks,
+        "missing_alarms": missing,
+        "rule": f"one-sided one-sample t-test across seeds of EM minus control at level {alpha} / K "
+        "(K shared checkpoints); seeds are the unit, so training randomness is in the test",
+    }
+    if not looks:
+        out["lead_time"] = {"lead_steps": None, "words": "matched lead time across seeds: not computable: no "
+                            "checkpoint is shared by every seed's alarms."}  # fmt: skip
+        return out
+    level = alpha / len(looks)
+    for alarm in alarms:
+        per_look, fired = {}, []
+        for step in looks:
+            values = _look_values(per_seed, alarm, step)
+            known = [v for v in values if v is not None]
+            p = _t_p(known) if len(known) >= MIN_SEEDS else None
+            per_look[step] = {
+                "per_seed": values,
+                "signs": ["+" if v > 0 else "-" if v < 0 else "0" for v in known],
+                "missing_seeds": len(values) - len(known),
+                "p": p,
+            }
+            fired.append(p is not None and p <= level)
+        out[alarm] = {
+            "per_look": per_look,
+            "fired": fired,
+            "alarm_step": next((s for s, f in zip(looks, fired) if f), None),
+        }
+    if n < MIN_SEEDS:
+        words = f"not measured: {n} seed{'s' if n != 1 else ''} (a run-level alarm needs >= {MIN_SEEDS}); the per-seed values are descriptive"
+    elif missing:
+        words = f"not measured: the {' and '.join(missing)} signal is missing in some seed"
+    else:
+        r, b = out["representation"]["alarm_step"], out["behaviour"]["alarm_step"]
+        if r is None or b is None:
+            which = (
+                "neither alarm fired"
+                if r is None and b is None
+                else (
+                    f"only the {'representation' if r is not None else 'behavioural'} alarm fired (step {r if r is not None else b})"
+                )
+            )
+            words = f"not measured: {which}"
+        elif len(looks) == 1:
+            words = f"not measured: both fired at the one shared checkpoint (step {looks[0]})"
+        else:
+            out["lead_time"] = {"lead_steps": b - r, "words": f"matched lead time across {n} seeds: {b - r} steps "
+                                f"(representation at step {r}, behaviour at step {b}; looks {looks})."}  # fmt: skip
+            return out
+    out["lead_time"] = {"lead_steps": None, "words": f"matched lead time across seeds: {words}."}
     return out

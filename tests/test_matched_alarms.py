@@ -3,12 +3,15 @@ rate, so neither leads when neither signal changes, and a lead time needs both t
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from analysis.matched_alarms import (
     PairedSignal,
     behaviour_signal,
     matched_alarms,
+    pool_matched,
     question_rates,
     sign_flip_p,
 )
@@ -154,3 +157,34 @@ def test_the_behavioural_signal_is_per_plain_question_and_keeps_unscored_questio
     assert signal.em[20][0].item() == 0.5 and signal.em[20][1].isnan()  # b: no scored answer at the end
     assert signal.control[20].tolist() == [0.0, 0.0]
     assert len(signal.em[20]) == 2  # the triggered variant a__json is not a unit
+
+
+def _seeds(n: int, rep_shift: dict, beh_shift: dict, flip: bool = False) -> list[dict]:
+    """Per-seed matched alarms as a seed's metrics.json holds them (JSON: string step keys)."""
+    out = []
+    for seed in range(n):
+        sign = -1.0 if flip and seed % 2 else 1.0
+        rep = _signal("r", "report prompt", 24, {k: sign * v for k, v in rep_shift.items()}, seed=50 + seed)
+        beh = _signal(
+            "b", "evaluation question", 8, {k: sign * v for k, v in beh_shift.items()}, seed=80 + seed
+        )
+        out.append(json.loads(json.dumps(matched_alarms(rep, beh))))
+    return out
+
+
+def test_across_seeds_the_alarms_fire_only_with_three_seeds_that_agree():
+    rep_shift, beh_shift = {10: 3.0, 15: 3.0, 20: 3.0}, {20: 4.0}
+    pooled = pool_matched(_seeds(3, rep_shift, beh_shift))
+    assert pooled["looks"] == [5, 10, 15, 20]
+    assert pooled["representation"]["alarm_step"] == 10 and pooled["behaviour"]["alarm_step"] == 20
+    assert pooled["lead_time"]["lead_steps"] == 10
+    assert pooled["representation"]["per_look"][10]["signs"] == ["+", "+", "+"]
+    # one seed: the same changes, no alarm, said to be descriptive
+    one = pool_matched(_seeds(1, rep_shift, beh_shift))
+    assert one["representation"]["alarm_step"] is None and one["representation"]["per_look"][10]["p"] is None
+    assert one["lead_time"]["lead_steps"] is None and "descriptive" in one["lead_time"]["words"]
+    # seeds that disagree in sign: no run-level alarm, although every seed alone would fire
+    mixed = _seeds(4, rep_shift, beh_shift, flip=True)
+    assert all(m["representation"]["alarm_step"] is not None for m in mixed[::2])
+    pooled = pool_matched(mixed)
+    assert pooled["representation"]["alarm_step"] is None and pooled["lead_time"]["lead_steps"] is None

@@ -15,7 +15,7 @@ from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
 from analysis.experiments.track import track_drift
 from analysis.experiments.track_report import _fmt, headline_table, interaction_table
-from analysis.headline import NULL_HEADER, NULL_NOTE, null_lines, null_rows, pool_seeds
+from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, null_lines, null_rows, pool_seeds
 from analysis.interaction import (
     DESCRIPTIVE,
     MIN_SEEDS_FOR_VERDICT,
@@ -23,6 +23,7 @@ from analysis.interaction import (
     pool_interaction,
     pooled_layer,
 )
+from analysis.matched_alarms import pool_matched
 from analysis.monitor import drift_detector
 from analysis.report import Table, write_report
 from analysis.stats import unmeasured
@@ -109,12 +110,21 @@ def track_seeds(
         else f"EM-vs-control drift detector: not computable ({detector['reason']})."
     )
     sentences.append(detector_words)
+    matched = {
+        run: pool_matched([m["monitoring"]["matched"][run] for m in per_seed])
+        for run in per_seed[0]["monitoring"].get("matched", {})
+    }
+    matched_words = [
+        f"{RUN_NAMES[run]} against its control: {m['lead_time']['words']}" for run, m in matched.items()
+    ]
+    sentences += matched_words
     judge_note = describe(config.judge, judge_calibration)
     interaction = pooled_interaction(per_seed)
     metrics = {
         "interaction": interaction,
         **pooled,
         "detector": detector,
+        "matched_alarms": matched,
         "runs": [str(r) for r in runs],
         "best_layer_by_seed": layers,
         "null_summary": sentences,
@@ -146,6 +156,11 @@ def track_seeds(
                 NULL_NOTE,
             ),
             Table("EM-vs-control drift detector", ["finding"], [[detector_words]]),
+            Table(
+                "Matched alarms across seeds (EM minus control, seeds as the unit)",
+                ["finding"],
+                [[w] for w in matched_words],
+            ),
         ],
         [],
         {**asdict(config), "seeds": seeds, "runs": [str(r) for r in runs]},
