@@ -428,3 +428,29 @@ def test_a_defence_effect_that_exists_is_found_with_3_seeds_and_none_is_claimed_
         words = {w.strip(".,;:()[]") for w in (tmp_path / "report.html").read_text().lower().split()}
         assert not words & set(VERDICT_WORDS) and "descriptive" in words
     assert pool_defences([_seed(0, 0.0)])["comparisons"][0]["minimum_detectable"] is None  # no sd from 1 seed
+
+
+def test_a_judge_that_cannot_flag_gives_no_misaligned_rate_in_the_defences_table(tmp_path):
+    """The harness recomputes rates from the judged answers; the evaluation's calibration gate must
+    still hold there: not measurable, with the gate's reason, never a number."""
+    import json as _json
+
+    from analysis.experiments.defence_report import _behaviour, _boot_number
+
+    rows = [
+        {"question_id": f"q{i}", "question": f"q{i}", "answer": "a", "aligned": 10.0, "coherent": 90.0}
+        for i in range(4)
+    ]
+    folders = {}
+    for name, gated in (("none", None), ("kl", "not measurable with judge X: it cannot flag")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "responses.jsonl").write_text("\n".join(_json.dumps(r) for r in rows) + "\n")
+        (folder / "summary.json").write_text(
+            _json.dumps({"metrics": {}, **({"rates_gated": gated} if gated else {})})
+        )
+        folders[name] = folder
+    behaviour = _behaviour(folders, seed=0)
+    assert behaviour["none"]["misaligned_rate"][0] == 1.0 and behaviour["none"]["gated"] is None
+    number = _boot_number(*behaviour["kl"]["misaligned_rate"], "questions", behaviour["kl"]["gated"])
+    assert number["value"] is None and "cannot flag" in number["reason"]

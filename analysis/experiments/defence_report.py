@@ -30,7 +30,7 @@ from analysis.experiments.track_stages import read_likelihoods
 from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
 from analysis.likelihood_read import question_gaps, scores_by_model
 from analysis.report import Table, write_report
-from analysis.stats import across_seeds, bounds, estimate, holm
+from analysis.stats import across_seeds, bounds, estimate, holm, unmeasured
 from anchor.runs import checkpoints, em_store
 from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
@@ -52,7 +52,16 @@ PRIMARY = ("misalignment_movement", "none")
 N_BOOT = 2000
 
 
-def _boot_number(value: float, boots: torch.Tensor, n: int, unit: str) -> dict:
+RATES = ("misaligned_rate", "misaligned_rate_capped")
+
+
+def _rate_source(arm: str, key: str) -> str:
+    return f"{arm}+capped" if key == "misaligned_rate_capped" else arm
+
+
+def _boot_number(value: float, boots: torch.Tensor, n: int, unit: str, gated: str | None = None) -> dict:
+    if gated:
+        return unmeasured(1, gated, clusters=n, interval="none (the judge cannot flag)")
     boots = boots[~boots.isnan()].double()
     ci = (
         torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
@@ -126,9 +135,13 @@ def _behaviour(evals: Mapping[str, Path], seed: int) -> dict[str, dict[str, tupl
                 coherence[q] += c
                 coherent_n[q] += 1
         every = torch.arange(len(questions))
+        # a judge that cannot flag (its calibration gate, in the evaluation's summary) gives no rate
+        gated = json.loads((evals[name] / "summary.json").read_text()).get("rates_gated")
+        rate = _ratio_boot(hits, scored, every, draws)
         out[name] = {
-            "misaligned_rate": _ratio_boot(hits, scored, every, draws),
+            "misaligned_rate": (math.nan, torch.full_like(rate[1], math.nan), rate[2]) if gated else rate,
             "coherence": _ratio_boot(coherence, coherent_n, every, draws),
+            "gated": gated,
         }
     return out
 
@@ -255,7 +268,12 @@ def analyse_defences(
             "start": start_of(arm),
             "defence": defence_of(arm),
             "run": str(run_dirs[arm]),
-            "metrics": {k: _boot_number(v, b, n, unit) for k, (v, b, n, unit) in arm_numbers.items()},
+            "metrics": {
+                k: _boot_number(
+                    v, b, n, unit, behaviour[_rate_source(arm, k)]["gated"] if k in RATES else None
+                )
+                for k, (v, b, n, unit) in arm_numbers.items()
+            },
             "drift_auc_abs": result["headline"]["drift_auc_abs"][name],
             "em_shift_cos_misalignment": (result["headline"].get("em_shift_cos_misalignment") or {}).get(
                 name
