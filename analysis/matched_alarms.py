@@ -41,6 +41,7 @@ from scipy import stats as scipy_stats
 
 from analysis import drift
 from analysis.em_eval import family_of, is_misaligned
+from analysis.interaction import MIN_SEEDS_FOR_VERDICT as MIN_SEEDS
 from analysis.judge import is_score
 from analysis.monitor import layer_series
 from analysis.stats import estimate
@@ -187,6 +188,49 @@ def paired_alarm(signal: PairedSignal, looks: Sequence[int], alpha: float = ALPH
     }
 
 
+LABEL = "matched lead time"
+
+
+def _no_lead(label: str, words: str) -> dict:
+    return {"lead_steps": None, "bounds": None, "words": f"{label}: {words}"}
+
+
+def _lead_time(r: int | None, b: int | None, looks: Sequence[int], label: str, other: str) -> dict:
+    """Steps from the representation alarm (step `r`) to the other one (step `b`), positive when the
+    representation fired first, with the range the looks allow; or, in words, why there is none."""
+    if r is None or b is None:
+        which = (
+            "neither alarm fired"
+            if r is None and b is None
+            else f"only the {'representation alarm' if r is not None else other} fired (step {r if r is not None else b})"
+        )
+        return _no_lead(
+            label,
+            f"not measured: {which} through step {looks[-1]}; an alarm that never fires gives no time to compare.",
+        )
+    if len(looks) == 1:
+        return _no_lead(
+            label,
+            f"not measured: both alarms fired at the one shared checkpoint (step {looks[0]}), which cannot order them "
+            "(evaluate behaviour at intermediate checkpoints: --monitor).",
+        )
+    lead = b - r
+    before = dict(zip(looks, [0, *looks[:-1]]))  # each crossing lies after the previous look
+    order = (
+        f"the representation alarm fired {lead} steps before the {other}"
+        if lead > 0
+        else f"the {other} fired {-lead} steps before the representation alarm"
+        if lead < 0
+        else "both alarms fired at the same checkpoint"
+    )
+    return {
+        "lead_steps": lead,
+        "bounds": [before[b] - r, b - before[r]],
+        "sign": "positive = the representation alarm fired first",
+        "words": f"{label}: {lead} steps ({order}: step {r} vs step {b}; looks at steps {list(looks)}).",
+    }
+
+
 def matched_alarms(
     representation: PairedSignal,
     behaviour: PairedSignal | None,
@@ -214,64 +258,30 @@ def matched_alarms(
             "the rates were scored by a probe judge that reads activations: both alarms are representation reads"
         )
 
-    def missing(words: str) -> dict:
-        return {"lead_steps": None, "bounds": None, "words": f"matched lead time: {words}"}
-
     if behaviour is None:
         looks = sorted(rep_steps)
         out["looks"] = looks
         out["representation"] = paired_alarm(representation, looks, alpha, seed) if looks else None
         out["behaviour"] = None
-        out["lead_time"] = missing(f"not measured: the behavioural signal is missing ({behaviour_missing}).")
+        out["lead_time"] = _no_lead(
+            LABEL, f"not measured: the behavioural signal is missing ({behaviour_missing})."
+        )
         return out
     looks = sorted(rep_steps & set(behaviour.em) & set(behaviour.control))
     out["looks"] = looks
     if not looks:
         out["representation"] = out["behaviour"] = None
-        out["lead_time"] = missing(
+        out["lead_time"] = _no_lead(
+            LABEL,
             "not computable: no checkpoint after step 0 has both a representation read and a behavioural "
-            "evaluation of both the EM run and its control."
+            "evaluation of both the EM run and its control.",
         )
         return out
     rep = paired_alarm(representation, looks, alpha, seed)
     beh = paired_alarm(behaviour, looks, alpha, seed)
     out["representation"], out["behaviour"] = rep, beh
-    r, b = rep["alarm_step"], beh["alarm_step"]
-    if r is None or b is None:
-        which = (
-            "neither alarm fired"
-            if r is None and b is None
-            else f"only the {'representation alarm' if r is not None else other} fired (step {r if r is not None else b})"
-        )
-        out["lead_time"] = missing(
-            f"not measured: {which} through step {looks[-1]}; an alarm that never fires gives no time to compare."
-        )
-        return out
-    if len(looks) == 1:
-        out["lead_time"] = missing(
-            f"not measured: both alarms fired at the one shared checkpoint (step {looks[0]}), which cannot "
-            "order them (evaluate behaviour at intermediate checkpoints: --monitor)."
-        )
-        return out
-    lead = b - r
-    before = dict(zip(looks, [0, *looks[:-1]]))  # each crossing lies after the previous look
-    order = (
-        f"the representation alarm fired {lead} steps before the {other}"
-        if lead > 0
-        else f"the {other} fired {-lead} steps before the representation alarm"
-        if lead < 0
-        else "both alarms fired at the same checkpoint"
-    )
-    out["lead_time"] = {
-        "lead_steps": lead,
-        "bounds": [before[b] - r, b - before[r]],
-        "sign": "positive = the representation alarm fired first",
-        "words": f"matched lead time: {lead} steps ({order}: step {r} vs step {b}; looks at steps {looks}).",
-    }
+    out["lead_time"] = _lead_time(rep["alarm_step"], beh["alarm_step"], looks, LABEL, other)
     return out
-
-
-MIN_SEEDS = 3  # the project's rule for any verdict across seeds (`analysis.interaction`)
 
 
 def _look_values(per_seed: Sequence[dict], alarm: str, step: int) -> list[float | None]:
@@ -312,8 +322,9 @@ def pool_matched(per_seed: Sequence[dict], alpha: float = ALPHA) -> dict:
         "(K shared checkpoints); seeds are the unit, so training randomness is in the test",
     }
     if not looks:
-        out["lead_time"] = {"lead_steps": None, "words": "matched lead time across seeds: not computable: no "
-                            "checkpoint is shared by every seed's alarms."}  # fmt: skip
+        out["lead_time"] = _no_lead(
+            f"{LABEL} across seeds", "not computable: no checkpoint is shared by every seed's alarms."
+        )
         return out
     level = alpha / len(looks)
     for alarm in alarms:
@@ -334,26 +345,15 @@ def pool_matched(per_seed: Sequence[dict], alpha: float = ALPHA) -> dict:
             "fired": fired,
             "alarm_step": next((s for s, f in zip(looks, fired) if f), None),
         }
+    label = f"{LABEL} across {n} seed{'s' if n != 1 else ''}"
     if n < MIN_SEEDS:
-        words = f"not measured: {n} seed{'s' if n != 1 else ''} (a run-level alarm needs >= {MIN_SEEDS}); the per-seed values are descriptive"
+        why = f"a run-level alarm needs >= {MIN_SEEDS} seeds; the per-seed values are descriptive."
+        out["lead_time"] = _no_lead(label, f"not measured: {why}")
     elif missing:
-        words = f"not measured: the {' and '.join(missing)} signal is missing in some seed"
+        out["lead_time"] = _no_lead(
+            label, f"not measured: the {' and '.join(missing)} signal is missing in some seed."
+        )
     else:
         r, b = out["representation"]["alarm_step"], out["behaviour"]["alarm_step"]
-        if r is None or b is None:
-            which = (
-                "neither alarm fired"
-                if r is None and b is None
-                else (
-                    f"only the {'representation' if r is not None else 'behavioural'} alarm fired (step {r if r is not None else b})"
-                )
-            )
-            words = f"not measured: {which}"
-        elif len(looks) == 1:
-            words = f"not measured: both fired at the one shared checkpoint (step {looks[0]})"
-        else:
-            out["lead_time"] = {"lead_steps": b - r, "words": f"matched lead time across {n} seeds: {b - r} steps "
-                                f"(representation at step {r}, behaviour at step {b}; looks {looks})."}  # fmt: skip
-            return out
-    out["lead_time"] = {"lead_steps": None, "words": f"matched lead time across seeds: {words}."}
+        out["lead_time"] = _lead_time(r, b, looks, label, "behavioural alarm")
     return out

@@ -463,20 +463,16 @@ def _matched(
         )
         start = START_OF[run]
         rate = behaviour[start]["misaligned_rate"]
+        signal, missing = None, None
         if rate.get("value") is None:
-            matched[run] = matched_alarms.matched_alarms(
-                representation,
-                None,
-                f"the misaligned rate is not measured: {rate.get('reason')}",
-                seed=seed,
-                probe_judge=probe_judge,
+            missing = f"the misaligned rate is not measured: {rate.get('reason')}"
+        else:
+            em_rows, control_rows = (
+                _evaluated_rows(out, result, intermediate, r, start) for r in (run, control)
             )
-            continue
-        thresholds = behaviour[start]["thresholds"]
-        em_rows, control_rows = (_evaluated_rows(out, result, intermediate, r, start) for r in (run, control))
-        signal = matched_alarms.behaviour_signal(em_rows, control_rows, thresholds)
+            signal = matched_alarms.behaviour_signal(em_rows, control_rows, behaviour[start]["thresholds"])
         matched[run] = matched_alarms.matched_alarms(
-            representation, signal, seed=seed, probe_judge=probe_judge
+            representation, signal, missing, seed=seed, probe_judge=probe_judge
         )
     return matched
 
