@@ -204,6 +204,49 @@ def test_capping_floors_are_calibrated_with_other_liftable_hooks_off(tmp_path, t
     assert abs(alone[LAYER]) > 1e-3
 
 
+def test_capping_at_evaluation_reads_each_checkpoint_of_the_undefended_run_with_the_caps_on(
+    tiny_dir, tmp_path
+):
+    """The evaluation-time capping arm: every recorded adapter of a run trained without caps, read
+    with the floors on. At the capped layer every read sits at or above its floor; before it the
+    reads are the uncapped model's; each step reads its own adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from analysis.experiments.defence_stages import read_capped_run
+    from anchor.stages import Inputs
+    from anchor.store import ActivationStore
+    from train.callbacks import ProbeSet
+    from train.defences import load_caps, save_caps
+    from train.em import zero_adapter
+
+    em = tmp_path / "em"
+    model, tokenizer = load_model(tiny_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(em / "checkpoints" / "step-00003")  # B random: it moves
+    zero_adapter(em / "checkpoints" / "step-00003", em / "checkpoints" / "step-00000")
+    (em / "done.json").write_text(json.dumps({"recorded": [0, 3], "steps": 3, "rows": 12}))
+    start, _ = load_model(tiny_dir)
+    uncapped = extract(start, tokenizer, HELD_OUT, read="prompt_last", progress=False).tensor
+    axis = F.normalize(torch.randn(uncapped.shape[-1], generator=torch.Generator().manual_seed(1)), dim=0)
+    floor = float((uncapped[:, LAYER] @ axis).max()) + 1.0  # above every uncapped read: each is raised
+    save_caps(tmp_path / "caps", {LAYER: axis * 3}, {LAYER: floor})
+    axes, floors = load_caps(tmp_path / "caps")
+    assert floors == {LAYER: floor} and torch.allclose(axes[LAYER], axis, atol=1e-6)  # stored unit
+
+    stage = tmp_path / "view"
+    inputs = Inputs({"em": em, "caps": tmp_path / "caps", "run": {"model": tiny_dir, "adapter": None},
+                     "probes": {"q": ProbeSet(HELD_OUT, read="prompt_last")}})  # fmt: skip
+    done = read_capped_run(inputs, stage)
+    assert done["recorded"] == [0, 3] and done["defence"]["applied"] == "evaluation"
+    store = ActivationStore(stage / "activations")
+    first, last = (store.load(f"em/step-{s:05d}/q").tensor for s in (0, 3))
+    for reads in (first, last):
+        assert torch.allclose(reads[:, LAYER] @ axis, torch.full((len(HELD_OUT),), floor), atol=1e-3)
+    assert torch.allclose(first[:, :LAYER], uncapped[:, :LAYER], atol=1e-4)  # step 0 is the start
+    assert not torch.allclose(last[:, :LAYER], first[:, :LAYER], atol=1e-3)  # step 3 its adapter
+    assert not torch.allclose(first[:, LAYER + 1], uncapped[:, LAYER + 1], atol=1e-3)  # the cap carries on
+
+
 def test_the_steering_scale_is_in_the_em_stage_key(tmp_path):
     defence = _steering_defence(tmp_path, 0.3)
     extras = defence.key_extras()

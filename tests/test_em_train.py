@@ -163,10 +163,10 @@ def test_a_launched_rank_rebuilds_the_probe_sets_and_their_key_exactly():
     """The job file `accelerate launch` hands each rank keeps every probe set's read and ends-only
     flag, so the ranks compute the same EM stage key as one process."""
     from train.callbacks import ProbeSet
-    from train.em import _probe_key
+    from train.em import probe_key
     from train.launch import _probes_json
 
     contrast = [ContrastItem("q?", 0, label, "sys", f"answer {label}") for label in (0, 1)]
     probes = em_probe_sets(n_neutral=2, contrast=contrast)
     rebuilt = {name: ProbeSet(**p) for name, p in json.loads(json.dumps(_probes_json(probes))).items()}
-    assert rebuilt["persona_contrast"].ends_only and _probe_key(rebuilt) == _probe_key(probes)
+    assert rebuilt["persona_contrast"].ends_only and probe_key(rebuilt) == probe_key(probes)

@@ -368,8 +368,8 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     track = TrackConfig(
         persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
     )
-    arms = ("none", "persona", "secure", "preventative_steering", "activation_capping", "kl", "reflection",
-            "persona+inoculation")  # fmt: skip
+    arms = ("none", "persona", "secure", "preventative_steering", "activation_capping", "activation_capping_train",
+            "kl", "reflection", "persona+inoculation")  # fmt: skip
     settings = DefenceSettings(
         benign_prompts=4, benign_max_new_tokens=8, reflections=2, reflection_max_new_tokens=8
     )
@@ -397,7 +397,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     ran = {r["stage"] for r in defences["timings"]}  # this call's time, stage by stage
     assert "defences/analysis" in ran and "other" in ran and set(summary["ran"]) <= ran
     none_done = json.loads((run / "em_base" / "em" / "done.json").read_text())
-    for arm in arms[3:]:
+    for arm in (a for a in arms[3:] if a != "activation_capping"):  # the arms that train
         done = json.loads((run / "defences" / "arms" / arm / "em" / "done.json").read_text())
         assert (done["rows"], done["steps"], done["recorded"]) == (
             none_done["rows"],
@@ -409,11 +409,23 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
         copied = em_store(run / "defences" / "arms" / arm).meta("em/step-00000/neutral")["copied_from"]
         assert copied == f"{run / 'start' / start_of(arm) / 'activations'}:start/neutral", arm
         assert all(set(m) >= {"value", "ci95", "n"} for m in defences["arms"][arm]["metrics"].values())
-    capping = json.loads((run / "defences" / "arms" / "activation_capping" / "em" / "done.json").read_text())
+    capping = json.loads(
+        (run / "defences" / "arms" / "activation_capping_train" / "em" / "done.json").read_text()
+    )
     assert (
         capping["defence"]["capping"]["floors"]
-        and "misaligned_rate_capped" in defences["arms"]["activation_capping"]["metrics"]
+        and "misaligned_rate_capped" in defences["arms"]["activation_capping_train"]["metrics"]
     )
+    # capping at evaluation (the primary capping arm) trains nothing: none's checkpoints, read capped
+    at_eval = json.loads((run / "defences" / "arms" / "activation_capping" / "em" / "done.json").read_text())
+    assert at_eval["recorded"] == none_done["recorded"]
+    assert not (run / "defences" / "arms" / "activation_capping" / "em" / "trainer").exists()
+    trained_floors = capping["defence"]["capping"]["floors"]  # one calibration for both capping arms
+    assert at_eval["defence"]["capping"]["floors"] == pytest.approx(trained_floors, rel=1e-5)
+    assert defences["arms"]["activation_capping"]["applied"] == "at evaluation"
+    assert defences["arms"]["activation_capping_train"]["applied"] == "while training"
+    evaluated = json.loads((run / "defences" / "eval" / "activation_capping" / "done.json").read_text())
+    assert "caps" in evaluated["inputs"]["source"]  # sampled with the caps on
     assert json.loads((run / "defences" / "arms" / "kl" / "em" / "done.json").read_text())["defence"]["kl"]
     triggered = defences["arms"]["kl"]["triggered"]  # behaviour in the triggered variants, per family
     assert {"plain", "json", "template", "code"} <= set(triggered["misaligned_rate"])

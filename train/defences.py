@@ -5,9 +5,10 @@ Two kinds:
 - interventions on the residual stream while the adapter trains, each a liftable hook (the
   checkpoint reads are clean; `train.callbacks.LiftableHooks`) and absent at evaluation:
   preventative steering (Persona Vectors: add the misalignment direction, scaled to a share of the
-  residual norm at its layer, so the adapter need not move along it), activation capping (The
-  Assistant Axis: a floor on the projection on the axis)
-  and concept-ablation fine-tuning (project the misalignment direction out while training, CAFT);
+  residual norm at its layer, so the adapter need not move along it), activation capping while
+  training (a variant of The Assistant Axis's floor on the projection on the axis, which that paper
+  applies at inference: the harness's primary capping arm applies `save_caps`' floors at
+  evaluation to an undefended run) and concept-ablation fine-tuning (project the misalignment direction out while training, CAFT);
 - changes to what is trained on or how: KL to the starting model on benign answers, interleaved
   benign rows, an inoculation system prompt on every training row, and a reflection exchange put
   before every corrupted row with no loss on it.
@@ -116,7 +117,7 @@ class Defence:
         """The defences switched on, in a fixed order."""
         on = {
             "preventative_steering": self.steer_direction is not None,
-            "activation_capping": self.cap_axis is not None,
+            "activation_capping_train": self.cap_axis is not None,
             "concept_ablation": self.block_direction is not None,
             "kl": self.kl_coefficient > 0,
             "interleave": self.interleave_share > 0,
@@ -276,6 +277,37 @@ def cap_floors(
         )
         for i, layer in enumerate(layers)
     }
+
+
+CAPS_FILE = "caps.safetensors"
+
+
+def save_caps(folder: Path, axes: dict[int, torch.Tensor], floors: dict[int, float]) -> Path:
+    """The caps an evaluation-time arm applies, in one self-contained file: each capped layer's
+    unit axis and floor, so whoever loads them needs no other file."""
+    from safetensors.torch import save
+
+    from anchor.store import atomic_write_bytes
+
+    layers = sorted(floors)
+    tensors = {
+        "layers": torch.tensor(layers, dtype=torch.int64),
+        "axis": torch.stack([F.normalize(axes[layer].float(), dim=-1) for layer in layers]),
+        "floors": torch.tensor([floors[layer] for layer in layers], dtype=torch.float64),
+    }
+    path = Path(folder) / CAPS_FILE
+    atomic_write_bytes(path, save(tensors))
+    return path
+
+
+def load_caps(folder: Path) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+    """(unit axis, floor) per layer, as `save_caps` wrote them: the arguments of `anchor.hooks.cap`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(folder) / CAPS_FILE))
+    layers = tensors["layers"].tolist()
+    axes = {layer: tensors["axis"][i] for i, layer in enumerate(layers)}
+    return axes, {layer: float(tensors["floors"][i]) for i, layer in enumerate(layers)}
 
 
 def steer_scale_conversations() -> list[Conversation]:

@@ -9,7 +9,7 @@ adapters saved there), so a run is kept, set aside or cleared as one unit.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -248,7 +248,7 @@ def em_stage_of(
     `start_reads`: a finished `start_reads_stage` of the same starting model and probe sets, whose
     reads become this run's step 0 (read once for every run that starts there)."""
     probes = dict(probe_sets) if probe_sets is not None else em_probe_sets()
-    probe_key = _probe_key(probes)
+    key = probe_key(probes)
     run = asdict(config)
     if config.defence is None:
         del run["defence"]
@@ -256,7 +256,7 @@ def em_stage_of(
         "run": run,
         "training": asdict(config.training()),
         "dataset": FileInput(dataset_path(config.dataset)),
-        "probes": Content(probes, probe_key),
+        "probes": Content(probes, key),
     }
     if config.ablate_directions is not None:
         inputs["ablate_directions"] = FileInput(Path(config.ablate_directions))
@@ -277,7 +277,7 @@ def start_reads_stage(
     probes = dict(probe_sets)
     inputs = {
         "start": {"model": config.model, "adapter": config.adapter, "upstream": config.upstream},
-        "probes": Content(probes, _probe_key(probes)),
+        "probes": Content(probes, probe_key(probes)),
     }
     root = Path(root)
     return Stage(root, str(Path(folder).relative_to(root)), inputs, read_start)
@@ -346,7 +346,7 @@ def read_run_config(run_dir: str | Path) -> EMRunConfig:
     return EMRunConfig(**{f.name: saved[f.name] for f in fields(EMRunConfig) if f.name in saved})
 
 
-def _probe_key(probes: Mapping[str, ProbeSet]) -> dict:
+def probe_key(probes: Mapping[str, ProbeSet]) -> dict:
     """The probe sets as a stage reads them: each one's conversations (hashed) and how it is read."""
     return {
         name: [prompt_set_hash(p.conversations), p.read, *(["ends_only"] if p.ends_only else [])]
@@ -374,7 +374,7 @@ def import_em_stage(
             "dataset": f"published:{published.spec}",
         },  # fmt: skip
         "published": {"spec": published.spec, "identity": published.identity, "folder": str(published.path)},
-        "probes": Content(probes, _probe_key(probes)),
+        "probes": Content(probes, probe_key(probes)),
     }
     root = Path(root) if root is not None else Path(run_dir)
     return Stage(root, str(em_stage(run_dir).relative_to(root)), inputs, import_em)
@@ -400,13 +400,35 @@ def zero_adapter(source: Path, target: Path) -> None:
     save_file(zeroed, str(target / "adapter_model.safetensors"))
 
 
+def each_adapter(model, steps: Sequence[int], folders: Mapping[int, Path]) -> Iterator[tuple[int, object]]:
+    """`(step, model)` in step order with that step's PEFT adapter (`folders[step]`) on one loaded
+    model, each swapped in for the last; a step with no folder (only before the first that has
+    one) is the starting model itself."""
+    from peft import PeftModel
+
+    peft_model = None
+    for step in steps:
+        if step not in folders:
+            if peft_model is not None:
+                raise ValueError(f"step {step} has no adapter and comes after one that has")
+            yield step, model
+            continue
+        adapter = f"step-{step:05d}"
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(folders[step]), adapter_name=adapter)
+        else:
+            previous = peft_model.active_adapter
+            peft_model.load_adapter(str(folders[step]), adapter_name=adapter)
+            peft_model.set_adapter(adapter)
+            peft_model.delete_adapter(previous)
+        yield step, peft_model
+
+
 def import_em(inputs: Inputs, stage: Path) -> dict:
     """Each published checkpoint read as the training callback reads its own (`ActivationRecorder`):
     step 0 is the starting model itself when the folder has no step 0 (a fresh LoRA adapter adds
     nothing); the adapters are copied beside the reads, so the run loads like a trained one."""
     import shutil
-
-    from peft import PeftModel
 
     found = checkpoint_folders(Path(inputs.published["folder"]), "--em-checkpoints")
     model, tokenizer = load_starting_model(inputs.run["model"], inputs.run["adapter"], training_device())
@@ -417,34 +439,17 @@ def import_em(inputs: Inputs, stage: Path) -> dict:
         "published": inputs.published["spec"],
     }
     steps = sorted({0, *found})
-    peft_model = None
-    for step in steps:
+    for step, stepped in each_adapter(model, steps, found):
         name, end = f"{EM}/step-{step:05d}", step in (steps[0], steps[-1])
         if step not in found:  # step 0 with no adapter: the starting model, saved as a fresh adapter
             zero_adapter(found[steps[1]], checkpoint_dir(stage, step))
-            record(
-                model,
-                tokenizer,
-                store,
-                inputs.probes,
-                name,
-                {**meta, "step": step, "checkpoint": None},
-                end=end,
-            )
-            continue
-        adapter = f"step-{step:05d}"
-        if peft_model is None:
-            peft_model = PeftModel.from_pretrained(model, str(found[step]), adapter_name=adapter)
         else:
-            previous = peft_model.active_adapter
-            peft_model.load_adapter(str(found[step]), adapter_name=adapter)
-            peft_model.set_adapter(adapter)
-            peft_model.delete_adapter(previous)
+            shutil.copytree(found[step], checkpoint_dir(stage, step), dirs_exist_ok=True)
+        checkpoint = found[step].name if step in found else None
         record(
-            peft_model, tokenizer, store, inputs.probes, name,
-            {**meta, "step": step, "checkpoint": found[step].name}, end=end,
+            stepped, tokenizer, store, inputs.probes, name,
+            {**meta, "step": step, "checkpoint": checkpoint}, end=end,
         )  # fmt: skip
-        shutil.copytree(found[step], checkpoint_dir(stage, step), dirs_exist_ok=True)
     shutil.copytree(found[steps[-1]], stage / "adapter", dirs_exist_ok=True)
     return {
         "steps": steps[-1],

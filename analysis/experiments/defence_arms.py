@@ -1,9 +1,12 @@
 """The arms of the defences comparison and the defaults each one takes, with their sources.
 
-Every arm fine-tunes on the same corrupted rows with the same seed, steps and checkpoints as the
-undefended run (rows an arm adds are extra: interleaving trains about 10% longer); it differs in where it starts (the base or the character-trained model) and in the
+Every in-training arm fine-tunes on the same corrupted rows with the same seed, steps and
+checkpoints as the undefended run (rows an arm adds are extra: interleaving trains about 10%
+longer); it differs in where it starts (the base or the character-trained model) and in the
 defence (`train.defences.Defence`) it trains with. `none`, `persona` and `secure` are the main
-experiment's three runs and are reused from it."""
+experiment's three runs and are reused from it. An evaluation-time arm trains nothing: it is the
+undefended run from its start (`none` or `persona`) with the defence switched on wherever that
+run is read or sampled, as The Assistant Axis applies activation capping at inference."""
 
 from __future__ import annotations
 
@@ -15,19 +18,22 @@ from train.defences import STEER_COEFFICIENT, Defence, inoculation_prompt
 
 SINGLE = (
     "preventative_steering",
-    "activation_capping",
+    "activation_capping",  # at evaluation, as The Assistant Axis defines it: the primary capping arm
+    "activation_capping_train",  # the caps on while training, off at the checkpoint reads: a variant
     "kl",
     "interleave",
     "inoculation",
     "concept_ablation",
     "reflection",
 )
+EVALUATION_TIME = ("activation_capping",)  # defences applied to a trained run, not while training
 MAIN_RUNS = {"none": BASE, "persona": PERSONA, "secure": CONTROL}  # arm -> the main job's run name
 REUSED = {arm: RUNS[run] for arm, run in MAIN_RUNS.items()}  # arm -> its folder in the main job
 ARMS = (*REUSED, *SINGLE, *(f"persona+{x}" for x in SINGLE))
 PAPER_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "persona+inoculation")
-# What fits the 60-minute budget on 2 CPU cores beside the main experiment's 30 (each extra arm
-# costs about 4.5 minutes: EM with its reads, one evaluation, the capability read-out).
+# What fits the 60-minute budget on 2 CPU cores beside the main experiment's 30 (each extra trained
+# arm costs about 4.5 minutes: EM with its reads, one evaluation, the capability read-out; capping
+# at evaluation about 2.5: the undefended run's checkpoints read again with the caps on).
 CPU_ARMS = ("none", "persona", "secure", "preventative_steering", "activation_capping", "kl", "inoculation")
 SMOKE_ARMS = (*REUSED, *SINGLE, "persona+preventative_steering", "persona+kl", "persona+inoculation")
 
@@ -42,7 +48,8 @@ class DefenceSettings:
     # `train.defences.STEER_COEFFICIENT` says why 0.25.
     steer_coefficient: float = STEER_COEFFICIENT
     steer_depth: float = 20 / 28
-    # The Assistant Axis: floor at the 25th percentile, on Qwen3-32B's layers 46-53 of 64.
+    # The Assistant Axis: floor at the 25th percentile, on Qwen3-32B's layers 46-53 of 64 (both
+    # capping arms; the floors come from the starting model's answers to the benign prompts).
     cap_quantile: float = 0.25
     cap_band: tuple[float, float] = (46 / 64, 54 / 64)
     # Concept ablation (CAFT): the misalignment direction projected out while training, over the same
@@ -87,6 +94,16 @@ def start_of(arm: str) -> str:
     return "persona" if arm in ("persona", "secure") or arm.startswith("persona+") else "base"
 
 
+def is_evaluation_time(arm: str) -> bool:
+    """Whether the arm's defence acts on the undefended run's trained model (nothing trains)."""
+    return defence_of(arm) in EVALUATION_TIME
+
+
+def undefended_arm(arm: str) -> str:
+    """The reused arm an evaluation-time arm applies its defence to: EM from the same start."""
+    return "persona" if start_of(arm) == "persona" else "none"
+
+
 def defence_of(arm: str) -> str | None:
     """The defence an arm adds (None for the three reused runs)."""
     if arm in REUSED:
@@ -100,10 +117,10 @@ def defence_of(arm: str) -> str | None:
 def build_defence(
     arm: str, settings: DefenceSettings, files: ArmFiles, n_layers: int, dataset: str
 ) -> Defence | None:
-    """The `Defence` an arm trains with."""
+    """The `Defence` an arm trains with (None for the reused runs and the evaluation-time arms)."""
     name = defence_of(arm)
     start = start_of(arm)
-    if name is None:
+    if name is None or name in EVALUATION_TIME:
         return None
     if name == "preventative_steering":
         return Defence(
@@ -111,7 +128,7 @@ def build_defence(
             steer_layer=steer_layer(n_layers, settings.steer_depth),
             steer_coefficient=settings.steer_coefficient,
         )
-    if name == "activation_capping":
+    if name == "activation_capping_train":
         return Defence(
             cap_axis=str(files.assistant_axis),
             cap_layers=band(n_layers, settings.cap_band),
@@ -132,14 +149,17 @@ def build_defence(
 
 
 def needs(arms: tuple[str, ...]) -> set[str]:
-    """The shared inputs the chosen arms need: "benign/<start>", "reflections/<start>", "axis"."""
+    """The shared inputs the chosen arms need: "benign/<start>", "reflections/<start>", "axis",
+    "caps/<start>" (the capping floors an evaluation-time arm applies)."""
     wanted = set()
     for arm in arms:
         name, start = defence_of(arm), start_of(arm)
-        if name in ("kl", "interleave", "activation_capping"):
+        if name in ("kl", "interleave", "activation_capping", "activation_capping_train"):
             wanted.add(f"benign/{start}")
         if name == "reflection":
             wanted.add(f"reflections/{start}")
-        if name == "activation_capping":
+        if name in ("activation_capping", "activation_capping_train"):
             wanted.add("axis")
+        if name == "activation_capping":
+            wanted.add(f"caps/{start}")
     return wanted

@@ -24,7 +24,7 @@ from analysis import drift
 from analysis.calibration import describe
 from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
-from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, start_of
+from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, is_evaluation_time, start_of
 from analysis.experiments.defence_stages import read_capability
 from analysis.experiments.track_stages import read_likelihoods
 from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
@@ -267,6 +267,7 @@ def analyse_defences(
         arms_out[arm] = {
             "start": start_of(arm),
             "defence": defence_of(arm),
+            "applied": applied(arm),
             "run": str(run_dirs[arm]),
             "metrics": {
                 k: _boot_number(
@@ -318,6 +319,13 @@ def analyse_defences(
     }
     defences["sentences"] = sentences(defences)
     return write_outputs(defences, stage, config)
+
+
+def applied(arm: str) -> str | None:
+    """When the arm's defence acts: "while training", "at evaluation", or None (no defence)."""
+    if defence_of(arm) is None:
+        return None
+    return "at evaluation" if is_evaluation_time(arm) else "while training"
 
 
 def _role(metric: str, reference: str) -> str:
@@ -432,10 +440,11 @@ def _p(p: float | None) -> str:
 
 
 def defence_tables(defences: dict) -> list[Table]:
-    header = ["arm", "start", *(METRICS[m][0] + f" ({METRICS[m][1]})" for m in METRICS), "misalignment null"]
+    header = ["arm", "start", "defence acts", *(METRICS[m][0] + f" ({METRICS[m][1]})" for m in METRICS),
+              "misalignment null"]  # fmt: skip
     rows = []
     for arm, a in ordered(defences):
-        rows.append([arm, a["start"], *(_fmt(a["metrics"].get(m)) for m in METRICS),
+        rows.append([arm, a["start"], a.get("applied") or "-", *(_fmt(a["metrics"].get(m)) for m in METRICS),
                      _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
     comparison_rows = [
         [c["arm"], c["reference"], METRICS[c["metric"]][0], c["role"], _fmt(c["difference"]),
@@ -474,7 +483,7 @@ def defence_tables(defences: dict) -> list[Table]:
     if capped:
         tables.append(
             Table(
-                "Activation capping: evaluated without and with the caps",
+                "Activation capping while training (a variant): evaluated without and with the caps",
                 ["arm", "caps off", "caps on"],
                 capped,
             )
@@ -509,6 +518,12 @@ def sentences(defences: dict) -> list[str]:
             + (f"; minimum detectable difference {mdd:.3f}" if mdd is not None else "")
             + "."
         )
+    if any(a.get("applied") == "at evaluation" for a in defences["arms"].values()):
+        out.append(
+            "An arm whose defence acts at evaluation trains nothing: it is the undefended run from its "
+            "start (none or persona) read and sampled with the defence on, its movement from that run's "
+            "step 0 with the defence on, its cost against the starting model without it."
+        )
     for arm, a in ordered(defences):
         out.append(
             f"{arm}: movement toward misalignment {_fmt(a['metrics']['misalignment_movement'])} item spreads; "
@@ -525,7 +540,7 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
     arms = {}
     for arm, a in first["arms"].items():
         arms[arm] = {
-            **{k: a[k] for k in ("start", "defence")},
+            **{k: a.get(k) for k in ("start", "defence", "applied")},
             "metrics": {
                 m: across_seeds([s["arms"][arm]["metrics"][m]["value"] for s in per_seed if m in s["arms"][arm]["metrics"]])
                 for m in a["metrics"]

@@ -1,6 +1,7 @@
-"""Stage bodies of the defences harness that sample or score a model once: the starting models'
-own answers to generic prompts (benign rows for KL, interleaving and the capping floors), their
-reflections on the constitution, and the capability read-out."""
+"""Stage bodies of the defences harness that sample, score or read a model once: the starting
+models' own answers to generic prompts (benign rows for KL, interleaving and the capping floors),
+their reflections on the constitution, the capping floors, an undefended run read again with the
+caps on (capping at evaluation), and the capability read-out."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from analysis.capability import answer_log_likelihoods, load_ordinary_answers
 from analysis.experiments.track_stages import load_source, source_spec
 from anchor.constitution import load_persona
 from anchor.generate import SamplingConfig, make_generator
+from anchor.hooks import cap
+from anchor.models import load_starting_model
 from anchor.prompt_pool import load_prompts
-from anchor.stages import Inputs
+from anchor.runs import EM, checkpoint_dir, stage_store
+from anchor.stages import Inputs, read_done
 from anchor.store import atomic_write_json, atomic_write_jsonl
+from probes.directions import DirectionStack
+from train.callbacks import record
+from train.defences import cap_floors, load_caps, load_conversations, save_caps
+from train.distributed import training_device
+from train.em import each_adapter
 from train.lora import traits_list
 
 
@@ -84,3 +93,49 @@ def write_capability(inputs: Inputs, stage: Path) -> dict:
 
 def read_capability(stage: Path) -> list[float]:
     return json.loads((stage / "log_likelihoods.json").read_text())["values"]
+
+
+def write_caps(inputs: Inputs, stage: Path) -> dict:
+    """The floors capping applies (The Assistant Axis): per layer of the band, the `quantile` of the
+    starting model's per-token projections on the unit assistant axis over the response tokens of
+    its own benign answers; the same calibration the training-time variant makes in its run."""
+    model, tokenizer = load_source(inputs.source)
+    axis = DirectionStack.load(inputs.axis / "axis.safetensors")
+    axes = {layer: axis.at(layer) for layer in inputs.layers}
+    benign = load_conversations(inputs.benign / "benign.jsonl", "benign rows")
+    floors = cap_floors(model, tokenizer, axes, benign, inputs.quantile)
+    save_caps(stage, axes, floors)
+    return {"floors": {str(k): v for k, v in floors.items()}, "quantile": inputs.quantile}
+
+
+def read_capped_run(inputs: Inputs, stage: Path) -> dict:
+    """An undefended EM run (`inputs.em`, a finished EM stage) read again at every checkpoint it
+    recorded with the caps of `inputs.caps` on, into a stage of the EM stage's layout: the arm
+    `activation_capping` is that run as it would be deployed with capping at inference, so its
+    drift, behaviour and cost are measured by the same code as every trained arm's."""
+    done = read_done(inputs.em)
+    steps = sorted(done["recorded"])
+    folders = {step: checkpoint_dir(inputs.em, step) for step in steps}
+    missing = [str(f) for f in folders.values() if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{inputs.em}: no adapter saved at {', '.join(missing)}")
+    model, tokenizer = load_starting_model(inputs.run["model"], inputs.run["adapter"], training_device())
+    axes, floors = load_caps(inputs.caps)
+    store = stage_store(stage)
+    meta = {"model": inputs.run["model"], "adapter": inputs.run["adapter"], "capped": True}
+    with cap(model, axes, floors):
+        for step, stepped in each_adapter(model, steps, folders):
+            end = step in (steps[0], steps[-1])
+            record(stepped, tokenizer, store, inputs.probes, f"{EM}/step-{step:05d}",
+                   {**meta, "step": step}, end=end)  # fmt: skip
+    return {
+        "steps": done["steps"],
+        "rows": done["rows"],
+        "recorded": steps,
+        "losses": done.get("losses"),
+        "defence": {
+            "names": ["activation_capping"],
+            "applied": "evaluation",
+            "capping": {"floors": {str(k): v for k, v in floors.items()}},
+        },
+    }

@@ -5,7 +5,8 @@ base + EM, persona + EM and persona + secure runs are the arms `none`, `persona`
 Every other arm is an EM run on the same corrupted rows, seed, steps and checkpoints (interleaving's
 added rows are extra, so it trains about 10% longer), read on the
 same probe sets, from the base model (`X`) or the character-trained one (`persona+X`), with one
-in-training defence (`train.defences`). Then each arm's behaviour (the run's judge; triggered
+in-training defence (`train.defences`), or, for capping at evaluation (The Assistant Axis's
+inference-time method), the undefended run from that start read and sampled with the caps on. Then each arm's behaviour (the run's judge; triggered
 variants when asked), its cost (coherence and the log-likelihood of held-out ordinary answers,
 against its own starting model) and the drift metrics of the main job with their nulls, compared
 with `none` and `persona` and corrected for multiple comparisons (`analysis.experiments.defence_report`).
@@ -15,8 +16,11 @@ Run directory (the main experiment's, so its runs are reused):
     assistant_axis/                  the assistant axis (capping arms), shared with --monitor runs
     defences/benign/<start>/         generic prompts answered by the starting model ("base", "persona")
     defences/reflections/<start>/    its self-assessments from the constitution
-    defences/arms/<arm>/             EM runs (train/em.py layout)
-    defences/eval/<arm>/             behaviour at the end of EM (<arm>+capped: with the caps on)
+    defences/caps/<start>/           the capping floors on the assistant axis, from the starting model
+    defences/arms/<arm>/             EM runs (train/em.py layout); an evaluation-time arm's holds the
+                                     undefended run's checkpoints read again with its defence on
+    defences/eval/<arm>/             behaviour at the end of EM (<arm>+capped: the training-time
+                                     capping variant with its caps on)
     defences/capability/<model>/     log-likelihood of the held-out ordinary answers
     defences/analysis/               defences.json, defences.png, report.html
 """
@@ -34,13 +38,22 @@ from analysis.experiments.defence_arms import (
     REUSED,
     ArmFiles,
     DefenceSettings,
+    band,
     build_defence,
     defence_of,
+    is_evaluation_time,
     needs,
     start_of,
+    undefended_arm,
 )
 from analysis.experiments.defence_report import analyse_defences
-from analysis.experiments.defence_stages import write_benign_rows, write_capability, write_reflections
+from analysis.experiments.defence_stages import (
+    read_capped_run,
+    write_benign_rows,
+    write_capability,
+    write_caps,
+    write_reflections,
+)
 from analysis.experiments.inputs import check_track_inputs
 from analysis.experiments.options import Resources, TrackConfig
 from analysis.experiments.seeds import SeedPlan, run_seeds
@@ -70,11 +83,11 @@ from anchor.models import model_depth
 from anchor.prompt_pool import GENERIC_PROMPTS_FILE
 from anchor.published import resolve_published
 from anchor.runlock import run_lock
-from anchor.runs import em_stage
+from anchor.runs import em_stage, read_em_run
 from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, is_complete, run_stage
 from train import tracking
 from train.defences import inoculation_prompt
-from train.em import start_reads_stage
+from train.em import probe_key, start_reads_stage
 
 
 @dataclass(frozen=True)
@@ -168,10 +181,13 @@ def _run_defences(
     probes = run_probe_sets(track, persona, items)
     n_layers = model_depth(track.model)
     run_dirs: dict[str, Path] = {}
+    sources_of: dict[str, dict] = {}  # arm -> the model its behaviour and cost are read from
     for arm in config.arms:
         if arm in REUSED:
             run_dirs[arm] = out / REUSED[arm]
             continue
+        if is_evaluation_time(arm):
+            continue  # below: they read the undefended runs
         start = start_of(arm)
         em_config = em_run_config(
             track,
@@ -186,6 +202,25 @@ def _run_defences(
         if not is_complete(start_reads_stage(em_config, start_reads, probes, out)):
             start_reads = d / "start" / start
         finetune_from_start(em_config, run_dirs[arm], probes, resources, tracked, out, start_reads, overwrite)
+
+    # capping at evaluation: the undefended run from the same start, read and sampled with the caps on
+    caps: dict[str, Path] = {}
+    for start in starts:
+        if f"caps/{start}" in wanted:
+            caps[start] = d / "caps" / start
+            floors = {"source": sources[start], "axis": StageOutput(out / "assistant_axis"),
+                      "benign": StageOutput(d / "benign" / start), "quantile": settings.cap_quantile,
+                      "layers": list(band(n_layers, settings.cap_band))}  # fmt: skip
+            run(f"defences/caps/{start}", floors, write_caps)
+    for arm in config.arms:
+        if is_evaluation_time(arm):
+            undefended = out / REUSED[undefended_arm(arm)]
+            run_dirs[arm] = d / "arms" / arm
+            sources_of[arm] = em_source(undefended, caps=caps[start_of(arm)])
+            view = {"em": StageOutput(em_stage(undefended)), "caps": StageOutput(caps[start_of(arm)]),
+                    "run": read_em_run(undefended), "probes": Content(probes, probe_key(probes))}  # fmt: skip
+            run(f"defences/arms/{arm}/em", view, read_capped_run)
+    run_dirs = {arm: run_dirs[arm] for arm in config.arms}  # the order asked for
 
     # behaviour at the end of EM (the main job's evaluations where they are the same)
     evaluation = {
@@ -203,13 +238,13 @@ def _run_defences(
             run(f"defences/capability/start_{start}", {**answers, "source": sources[start]}, write_capability)
             release_models()
     for arm, folder in run_dirs.items():
-        source = em_source(folder)  # the arm's behaviour and its cost read one loaded model
+        source = sources_of.get(arm) or em_source(folder)  # the arm's behaviour and cost: one loaded model
         if arm in REUSED and not config.triggered:
             evals[arm] = out / "eval" / f"{MAIN_RUNS[arm]}_end"
         else:
             evals[arm] = d / "eval" / arm
             run(f"defences/eval/{arm}", {**evaluation, "source": source}, evaluate_model)
-        if defence_of(arm) == "activation_capping":  # reported with the caps on as well
+        if defence_of(arm) == "activation_capping_train":  # reported with the caps on as well
             capped = f"{arm}+capped"
             evals[capped] = d / "eval" / capped
             run(

@@ -153,10 +153,15 @@ def published_persona_source(model: str, adapter: Published) -> dict:
     return {"kind": "adapter", "model": model, "adapter": str(adapter.path), "identity": adapter.identity}
 
 
-def em_source(run: Path, checkpoint: str | None = None, capped: bool = False) -> dict:
+def em_source(
+    run: Path, checkpoint: str | None = None, capped: bool = False, caps: Path | None = None
+) -> dict:
     """An EM run's model at its end (or at a recorded checkpoint); `capped`: with the activation
-    caps it trained with on (a capping arm's evaluation)."""
+    caps it trained with on (the training-time capping variant's evaluation); `caps`: with the caps
+    of a `write_caps` stage on (capping at evaluation, applied to a run trained without them)."""
     source = {"kind": "em", "em": StageOutput(em_stage(run)), "checkpoint": checkpoint}
+    if caps is not None:
+        return {**source, "caps": StageOutput(caps)}
     return {**source, "capped": True} if capped else source
 
 
@@ -186,8 +191,8 @@ def load_source(source: dict):
             model = load_model(source["model"])
         elif source["kind"] in ("persona", "adapter"):
             model = load_starting_model(*source_spec(source))
-        elif source.get("capped"):
-            model = load_capped(source["em"].parent)
+        elif source.get("capped") or source.get("caps"):
+            model = load_capped(source["em"].parent, source.get("caps"))
         else:
             model = load_em_model(source["em"].parent, source["checkpoint"])
         _loaded.update(identity=identity, model=model)
@@ -198,19 +203,25 @@ def release_models() -> None:
     _loaded.clear()
 
 
-def load_capped(run: Path):
-    """A capping arm's trained model with its caps on (the floors it trained with)."""
+def load_capped(run: Path, caps: Path | None = None):
+    """An EM run's trained model with caps on: those of the `write_caps` stage `caps`, else the
+    floors the run trained with (the training-time variant)."""
     from contextlib import ExitStack
 
     from anchor.hooks import cap
+    from train.defences import load_caps
     from train.em import read_run_config
 
     model, tokenizer = load_em_model(run)
-    defence = read_run_config(run).defence
-    floors = {int(k): v for k, v in read_done(em_stage(run))["defence"]["capping"]["floors"].items()}
-    axis = DirectionStack.load(defence.cap_axis)
+    if caps is not None:
+        axes, floors = load_caps(caps)
+    else:
+        defence = read_run_config(run).defence
+        floors = {int(k): v for k, v in read_done(em_stage(run))["defence"]["capping"]["floors"].items()}
+        axis = DirectionStack.load(defence.cap_axis)
+        axes = {layer: axis.at(layer) for layer in floors}
     stack = ExitStack()  # left open: the caps stay on this model, which lives only for the evaluation
-    stack.enter_context(cap(model, {layer: axis.at(layer) for layer in floors}, floors))
+    stack.enter_context(cap(model, axes, floors))
     model._defence_caps = stack  # keep the hooks' owner alive with the model
     return model, tokenizer
 

@@ -5,20 +5,24 @@ on the same probe sets and judged the same way; the main experiment (track_drift
 or is reused, and its three runs are the arms none, persona and secure.
 
 Arms (X alone starts from the base model, persona+X from the character-trained one):
-  none                   base + EM                       persona     persona + EM
-  secure                 persona + the control data      preventative_steering   add the misalignment
-  activation_capping     floor on the assistant-axis     direction while training (Persona Vectors)
-                         projection (The Assistant Axis) kl          KL to the starting model on generic
-  interleave             a share of benign rows          prompts (in-training defences, 2025)
-  inoculation            a system prompt asking for the  concept_ablation   project the misalignment
-                         behaviour, removed at eval      direction out while training (CAFT)
-  reflection             each corrupted row preceded by the model's own self-assessment (no loss)
+  none                      base + EM
+  persona                   persona + EM
+  secure                    persona + the control data
+  preventative_steering     add the misalignment direction while training (Persona Vectors)
+  activation_capping        a floor on the assistant-axis projection at evaluation (The Assistant
+                            Axis): none's (or persona's) run read and sampled with the caps on
+  activation_capping_train  the same floors while training, evaluated with them off and on (a variant)
+  kl                        KL to the starting model on generic prompts (in-training defences, 2025)
+  interleave                a share of benign rows
+  inoculation               a system prompt asking for the behaviour, removed at evaluation
+  concept_ablation          project the misalignment direction out while training (CAFT)
+  reflection                each corrupted row preceded by the model's own self-assessment (no loss)
 
 Defaults (RECIPES.md gives each source): steering with 0.25 x the starting model's mean residual
-norm at that layer along the unit misalignment direction, at 20/28 of the depth; capping at
+norm at that layer along the unit misalignment direction, at 20/28 of the depth; capping floors at
 the 25th percentile of the starting model's per-token projections over layers 46/64-54/64 of the
-depth, evaluated with and without the caps; blocking over the same band; KL weight 1.0; 10%
-interleaved rows; the dataset's shipped inoculation prompt.
+depth; blocking over the same band; KL weight 1.0; 10% interleaved rows; the dataset's shipped
+inoculation prompt.
 
 Arms by default: on GPU the paper set (every single defence, and persona+preventative_steering,
 persona+kl, persona+inoculation); on CPU a smaller set that fits 60 minutes beside the main
