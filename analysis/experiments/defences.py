@@ -3,13 +3,14 @@
 The main experiment (`analysis.experiments.track.track_drift`) runs first, or is reused when complete: its
 base + EM, persona + EM and persona + secure runs are the arms `none`, `persona` and `secure`.
 Every other arm is an EM run on the same corrupted rows, seed, steps and checkpoints (interleaving's
-added rows are extra, so it trains about 10% longer), read on the
-same probe sets, from the base model (`X`) or the character-trained one (`persona+X`), with one
-in-training defence (`train.defences`), or, for capping at evaluation (The Assistant Axis's
-inference-time method), the undefended run from that start read and sampled with the caps on. Then each arm's behaviour (the run's judge; triggered
-variants when asked), its cost (coherence and the log-likelihood of held-out ordinary answers,
-against its own starting model) and the drift metrics of the main job with their nulls, compared
-with `none` and `persona` and corrected for multiple comparisons (`analysis.experiments.defence_report`).
+added rows are extra, so it trains about 10% longer), read on the same probe sets, from the base
+model (`X`) or the character-trained one (`persona+X`), with one in-training defence
+(`train.defences`); capping at evaluation (The Assistant Axis's inference-time method) trains
+nothing: it is the undefended run from that start read and sampled with the caps on. Then each
+arm's behaviour (the run's judge; triggered variants when asked), its cost (coherence and the
+log-likelihood of held-out ordinary answers, against its own starting model) and the drift metrics
+of the main job with their nulls, compared with `none` and `persona`, the primary contrasts
+corrected for multiple comparisons (`analysis.experiments.defence_report`).
 
 Run directory (the main experiment's, so its runs are reused):
     ...                              the main experiment (analysis/experiments/track.py layout)
