@@ -497,3 +497,43 @@ def test_a_judge_that_cannot_flag_gives_no_misaligned_rate_in_the_defences_table
     assert behaviour["none"]["misaligned_rate"][0] == 1.0 and behaviour["none"]["gated"] is None
     number = _boot_number(*behaviour["kl"]["misaligned_rate"], "questions", behaviour["kl"]["gated"])
     assert number["value"] is None and "cannot flag" in number["reason"]
+
+
+def test_a_primary_contrast_that_cannot_show_at_the_layer_is_left_out_of_the_tested_family(tmp_path):
+    """Capping at evaluation acting only after the reported layer leaves that read unchanged: its
+    primary contrast is said to be not measurable, with the reason, and Holm runs over the rest."""
+    from analysis.experiments.defence_report import pool_defences, write_outputs
+
+    reason = "activation_capping acts at blocks 22, 23, 24, after the reported layer 20: ..."
+    seeds = []
+    for s, shift in enumerate((0.0, 0.1, -0.1)):
+        seed = _seed(s, shift)
+        seed["arms"]["activation_capping"] = {
+            **seed["arms"]["none"], "defence": "activation_capping", "blind": reason,
+            "metrics": {**seed["arms"]["none"]["metrics"],
+                        "misalignment_movement": {"value": None, "ci95": None, "n": 1, "reason": reason}},
+            "nulls": {"misalignment_movement": None, "persona_movement": None},
+            "at_capped_layer": {k: {"value": v + shift, "ci95": None, "n": 1} for k, v in
+                                (("movement", 0.5), ("undefended", 0.6), ("difference", -0.1))} | {"layer": 24},
+        }  # fmt: skip
+        seed["arm_order"].append("activation_capping")
+        seed["comparisons"].append({"arm": "activation_capping", "reference": "none", "metric": "misalignment_movement",
+                                    "difference": {"value": None, "ci95": None, "n": 1, "reason": reason},
+                                    "excluded": reason})  # fmt: skip
+        seeds.append(seed)
+    pooled = pool_defences(seeds)
+    kl, _, capping = pooled["comparisons"]
+    assert capping["role"] == "primary" and capping["excluded"] == reason and capping["p"] is None
+    assert capping["difference"]["value"] is None and capping["difference"]["reason"] == reason
+    assert kl["p_holm"] == pytest.approx(kl["p"])  # a family of one: the excluded contrast costs nothing
+    assert "Pre-registered: 1 primary contrasts" in pooled["correction"]
+    assert "activation_capping: not measurable at the reported layer" in pooled["correction"]
+    assert pooled["arms"]["activation_capping"]["metrics"]["misalignment_movement"]["reason"] == reason
+    assert pooled["arms"]["activation_capping"]["at_capped_layer"]["difference"]["value"] == pytest.approx(
+        -0.1
+    )
+    write_outputs(pooled, tmp_path, None)
+    report = (tmp_path / "report.html").read_text()
+    assert (
+        "not measurable; activation_capping acts at blocks 22" in report and "last capped block 24" in report
+    )

@@ -360,7 +360,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
     and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
     a kill mid-arm resumes at that arm; the comparison is pre-registered and plotted."""
-    from analysis.experiments.defence_arms import DefenceSettings, start_of
+    from analysis.experiments.defence_arms import DefenceSettings, is_evaluation_time, start_of
     from analysis.experiments.defences import DefencesConfig, run_defences
 
     root, tiny, constitution = workspace
@@ -369,7 +369,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
         persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
     )
     arms = ("none", "persona", "secure", "preventative_steering", "activation_capping", "activation_capping_train",
-            "kl", "reflection", "persona+inoculation")  # fmt: skip
+            "kl", "reflection", "persona+inoculation", "persona+activation_capping")  # fmt: skip
     settings = DefenceSettings(
         benign_prompts=4, benign_max_new_tokens=8, reflections=2, reflection_max_new_tokens=8
     )
@@ -397,7 +397,7 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     ran = {r["stage"] for r in defences["timings"]}  # this call's time, stage by stage
     assert "defences/analysis" in ran and "other" in ran and set(summary["ran"]) <= ran
     none_done = json.loads((run / "em_base" / "em" / "done.json").read_text())
-    for arm in (a for a in arms[3:] if a != "activation_capping"):  # the arms that train
+    for arm in (a for a in arms[3:] if not is_evaluation_time(a)):  # the arms that train
         done = json.loads((run / "defences" / "arms" / arm / "em" / "done.json").read_text())
         assert (done["rows"], done["steps"], done["recorded"]) == (
             none_done["rows"],
@@ -422,7 +422,20 @@ def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkey
     assert not (run / "defences" / "arms" / "activation_capping" / "em" / "trainer").exists()
     trained_floors = capping["defence"]["capping"]["floors"]  # one calibration for both capping arms
     assert at_eval["defence"]["capping"]["floors"] == pytest.approx(trained_floors, rel=1e-5)
+    persona_view = json.loads((run / "defences/arms/persona+activation_capping/em/done.json").read_text())
+    persona_done = json.loads((run / "em_persona" / "em" / "done.json").read_text())  # its own start's run
+    assert persona_view["recorded"] == persona_done["recorded"]
+    adapter = persona_done["inputs"]["run"]["adapter"]  # the persona model's SFT adapter
+    assert adapter and persona_view["inputs"]["run"]["adapter"] == adapter
     assert defences["arms"]["activation_capping"]["applied"] == "at evaluation"
+    # its caps act at block 3 of 4: at a reported layer before it the read cannot show them
+    capped_arm = defences["arms"]["activation_capping"]
+    assert (capped_arm["blind"] is not None) == (defences["layer"] < 3) and capped_arm["at_capped_layer"][
+        "layer"
+    ] == 3
+    if capped_arm["blind"]:
+        assert capped_arm["metrics"]["misalignment_movement"]["value"] is None
+        assert any(c["arm"] == "activation_capping" and "excluded" in c for c in defences["comparisons"])
     assert defences["arms"]["activation_capping_train"]["applied"] == "while training"
     evaluated = json.loads((run / "defences" / "eval" / "activation_capping" / "done.json").read_text())
     assert "caps" in evaluated["inputs"]["source"]  # sampled with the caps on

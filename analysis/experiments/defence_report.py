@@ -24,7 +24,14 @@ from analysis import drift
 from analysis.calibration import describe
 from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
 from analysis.em_eval import is_misaligned, numeric
-from analysis.experiments.defence_arms import MAIN_RUNS, REUSED, defence_of, is_evaluation_time, start_of
+from analysis.experiments.defence_arms import (
+    MAIN_RUNS,
+    REUSED,
+    defence_of,
+    is_evaluation_time,
+    start_of,
+    undefended_arm,
+)
 from analysis.experiments.defence_stages import read_capability
 from analysis.experiments.track_stages import read_likelihoods
 from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_detectable
@@ -184,6 +191,39 @@ def _likelihood_gaps(likelihoods: Mapping[str, Path]) -> dict[str, torch.Tensor]
     }
 
 
+def _acting_layers(run: Path) -> list[int]:
+    """The blocks an evaluation-time arm's caps act at (its stage's record)."""
+    from anchor.runs import em_stage
+    from anchor.stages import read_done
+
+    return sorted(int(k) for k in read_done(em_stage(run))["defence"]["capping"]["floors"])
+
+
+def _blind_reason(arm: str, acting: Sequence[int], layer: int) -> str:
+    return (
+        f"{arm} acts at blocks {', '.join(map(str, acting))}, after the reported layer {layer}: the read "
+        "there is the undefended run's by construction, so movement at that layer cannot show the defence "
+        "(see its movement at the capped layers, and its behaviour and cost)"
+    )
+
+
+def _after_caps(
+    arm: str, run: Path, undefended: Path, acting: Sequence[int], report, misalignment, seed: int
+) -> dict:
+    """Exploratory: movement toward misalignment at the last capped block, for the arm and its
+    undefended run (the same prompts, directions and spreads), and the difference."""
+    last = acting[-1]
+    unit = {"misalignment_movement": F.normalize(misalignment.at(last).double(), dim=0)}
+    moves = _movements({arm: run, "undefended": undefended}, report, last, unit, seed)
+    (v, b, n), (rv, rb, _) = moves[arm]["misalignment_movement"], moves["undefended"]["misalignment_movement"]
+    return {
+        "layer": last,
+        "movement": _boot_number(v, b, n, "prompts"),
+        "undefended": _boot_number(rv, rb, n, "prompts"),
+        "difference": _boot_number(v - rv, b - rb, n, "prompts"),
+    }
+
+
 def analyse_defences(
     config,
     out: Path,
@@ -222,6 +262,9 @@ def analyse_defences(
         ),
     }
     moves = _movements(run_dirs, report, layer, units, track.seed)
+    # an evaluation-time defence acting only after the reported layer leaves that read unchanged
+    acting = {arm: _acting_layers(run) for arm, run in run_dirs.items() if is_evaluation_time(arm)}
+    blind = {arm: _blind_reason(arm, a, layer) for arm, a in acting.items() if min(a) > layer}
     behaviour = _behaviour(evals, track.seed)
     loglik = _capability(capability)
     g = torch.Generator().manual_seed(track.seed + 11)
@@ -263,23 +306,36 @@ def analyse_defences(
     arms_out = {}
     for arm, arm_numbers in numbers.items():
         name = MAIN_RUNS.get(arm, arm)
-        nulls = result["nulls"][name]
+        nulls = {} if arm in blind else result["nulls"][name]  # a blind arm's are its undefended run's
+        headline = {} if arm in blind else result["headline"]
         arms_out[arm] = {
             "start": start_of(arm),
             "defence": defence_of(arm),
             "applied": applied(arm),
             "run": str(run_dirs[arm]),
             "metrics": {
-                k: _boot_number(
+                k: unmeasured(n, blind[arm], clusters=n)
+                if arm in blind and k in units
+                else _boot_number(
                     v, b, n, unit, behaviour[_rate_source(arm, k)]["gated"] if k in RATES else None
                 )
                 for k, (v, b, n, unit) in arm_numbers.items()
             },
-            "drift_auc_abs": result["headline"]["drift_auc_abs"][name],
-            "em_shift_cos_misalignment": (result["headline"].get("em_shift_cos_misalignment") or {}).get(
-                name
-            ),
+            "blind": blind.get(arm),  # why the reported layer's figures cannot show this arm's defence
+            "drift_auc_abs": (headline.get("drift_auc_abs") or {}).get(name),
+            "em_shift_cos_misalignment": (headline.get("em_shift_cos_misalignment") or {}).get(name),
             "triggered": _triggered(evals.get(arm)),
+            "at_capped_layer": _after_caps(
+                arm,
+                run_dirs[arm],
+                out / REUSED[undefended_arm(arm)],
+                acting[arm],
+                report,
+                misalignment,
+                track.seed,
+            )
+            if arm in acting
+            else None,
             "nulls": {
                 "misalignment_movement": nulls.get("misalignment_movement_vs_matched_directions"),
                 "persona_movement": nulls.get("anchor_change_vs_matched_directions"),
@@ -296,10 +352,11 @@ def analyse_defences(
             for metric in METRICS:
                 v, b, n, unit = numbers[arm][metric]
                 rv, rb, _, _ = numbers[ref][metric]
-                comparisons.append({
-                    "arm": arm, "reference": ref, "metric": metric, "role": _role(metric, ref),
-                    "difference": _boot_number(v - rv, b - rb, n, unit),
-                })  # fmt: skip
+                comparison = {"arm": arm, "reference": ref, "metric": metric, "role": _role(metric, ref),
+                              "difference": _boot_number(v - rv, b - rb, n, unit)}  # fmt: skip
+                if arm in blind and metric in units:  # not measurable here: out of the tested family
+                    comparison.update(difference=unmeasured(n, blind[arm], clusters=n), excluded=blind[arm])
+                comparisons.append(comparison)
     _test(comparisons, [])
     judge = describe(track.judge, judge_calibration)
     defences = {
@@ -339,7 +396,7 @@ def _test(comparisons: list[dict], per_seed: list[list[float]]) -> None:
     family, as Holm's first step does). Exploratory comparisons get neither p nor verdict."""
     from scipy import stats as scipy_stats
 
-    primary = [i for i, c in enumerate(comparisons) if c["role"] == "primary"]
+    primary = [i for i, c in enumerate(comparisons) if _in_family(c)]
     for c in comparisons:
         c.update(p=None, p_holm=None, verdict=None, minimum_detectable=None)
     seeds = len(per_seed[primary[0]]) if per_seed and primary else 1
@@ -366,17 +423,27 @@ def _test(comparisons: list[dict], per_seed: list[list[float]]) -> None:
             )
 
 
+def _in_family(c: dict) -> bool:
+    """A primary contrast that can be measured (one whose arm cannot show at the layer is out)."""
+    return c["role"] == "primary" and "excluded" not in c
+
+
 def _correction(comparisons: list[dict], seeds: int) -> str:
-    family = sum(c["role"] == "primary" for c in comparisons)
+    family = sum(_in_family(c) for c in comparisons)
+    out = [c["arm"] for c in comparisons if c["role"] == "primary" and "excluded" in c]
+    left_out = (
+        f" ({', '.join(out)}: not measurable at the reported layer, left out of the family)" if out else ""
+    )
     if seeds < MIN_SEEDS_FOR_VERDICT:
         return (
-            f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's); "
-            f"the rest are exploratory. With {seeds} seed(s) every difference is {DESCRIPTIVE.format(n=seeds)}"
+            f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's)"
+            f"{left_out}; the rest are exploratory. With {seeds} seed(s) every difference is "
+            f"{DESCRIPTIVE.format(n=seeds)}"
         )
     return (
-        f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's), "
-        f"each a one-sample t-test of the {seeds} per-seed differences, Holm over those {family} only; the "
-        "other comparisons are exploratory (differences and intervals, no test)"
+        f"Pre-registered: {family} primary contrasts (each arm's movement toward misalignment minus none's)"
+        f"{left_out}, each a one-sample t-test of the {seeds} per-seed differences, Holm over those {family} "
+        "only; the other comparisons are exploratory (differences and intervals, no test)"
     )
 
 
@@ -511,6 +578,11 @@ def sentences(defences: dict) -> list[str]:
     out = [f"Behaviour: {defences['judge']}"]
     primary = [c for c in defences["comparisons"] if c["role"] == "primary"]
     for c in primary:
+        if "excluded" in c:
+            out.append(
+                f"{c['arm']} minus none, movement toward misalignment (primary): not measurable; {c['excluded']}."
+            )
+            continue
         mdd = c.get("minimum_detectable")
         out.append(
             f"{c['arm']} minus none, movement toward misalignment (primary): {_fmt(c['difference'])} item spreads"
@@ -525,12 +597,33 @@ def sentences(defences: dict) -> list[str]:
             "step 0 with the defence on, its cost against the starting model without it."
         )
     for arm, a in ordered(defences):
+        after = a.get("at_capped_layer")
+        if after:
+            out.append(
+                f"{arm} at its last capped block {after['layer']} (exploratory): movement toward misalignment "
+                f"{_fmt(after['movement'])} against the undefended run's {_fmt(after['undefended'])} item spreads, "
+                f"difference {_fmt(after['difference'])}."
+            )
+        if a.get("blind"):
+            continue  # said with the primary contrasts
         out.append(
             f"{arm}: movement toward misalignment {_fmt(a['metrics']['misalignment_movement'])} item spreads; "
             f"among random directions of its spread it {_null_words(a['nulls']['misalignment_movement'])}."
         )
     out.append(defences["correction"] + ".")
     return out
+
+
+def _pool_after_caps(per_seed: Sequence[dict | None]) -> dict | None:
+    if not per_seed or per_seed[0] is None:
+        return None
+    return {
+        "layer": per_seed[0]["layer"],
+        **{
+            k: across_seeds([s[k]["value"] for s in per_seed])
+            for k in ("movement", "undefended", "difference")
+        },
+    }
 
 
 def pool_defences(per_seed: Sequence[dict]) -> dict:
@@ -540,13 +633,16 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
     arms = {}
     for arm, a in first["arms"].items():
         arms[arm] = {
-            **{k: a.get(k) for k in ("start", "defence", "applied")},
+            **{k: a.get(k) for k in ("start", "defence", "applied", "blind")},
+            "at_capped_layer": _pool_after_caps([s["arms"][arm].get("at_capped_layer") for s in per_seed]),
             "metrics": {
-                m: across_seeds([s["arms"][arm]["metrics"][m]["value"] for s in per_seed if m in s["arms"][arm]["metrics"]])
+                m: unmeasured(len(per_seed), a["blind"]) if a.get("blind") and a["metrics"][m].get("reason") == a["blind"]
+                else across_seeds([s["arms"][arm]["metrics"][m]["value"] for s in per_seed if m in s["arms"][arm]["metrics"]])
                 for m in a["metrics"]
             },
             "nulls": {
-                m: {"percentile_by_seed": [(s["arms"][arm]["nulls"][m] or {}).get("percentile") for s in per_seed],
+                m: None if a["nulls"][m] is None else
+                   {"percentile_by_seed": [(s["arms"][arm]["nulls"][m] or {}).get("percentile") for s in per_seed],
                     "exceeds_95_by_seed": [bool((s["arms"][arm]["nulls"][m] or {}).get("exceeds_95")) for s in per_seed]}
                 for m in a["nulls"]
             },
@@ -558,6 +654,8 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
             {**{k: c[k] for k in ("arm", "reference", "metric")}, "role": _role(c["metric"], c["reference"]),
              "difference": across_seeds(diffs), "by_seed": diffs}
         )  # fmt: skip
+        if "excluded" in c:
+            comparisons[-1].update(difference=unmeasured(len(diffs), c["excluded"]), excluded=c["excluded"])
         per_comparison.append(diffs)
     _test(comparisons, per_comparison)
     pooled = {k: first[k] for k in ("model", "persona", "em_dataset", "judge", "metrics")}
