@@ -269,11 +269,12 @@ def defences_plot(defences: Mapping, path: Path) -> Path:
     colours = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, (x_key, y_key, x_label, y_label, title) in zip(axes, panels):
-        drawn = 0
+        drawn, missing = 0, []
         for i, arm in enumerate(defences.get("arm_order", arms)):
             a = arms[arm]
             x, y = a["metrics"].get(x_key) or {}, a["metrics"].get(y_key) or {}
             if x.get("value") is None or y.get("value") is None:
+                missing.append(arm)
                 continue
             drawn += 1
             err = [
@@ -286,8 +287,11 @@ def defences_plot(defences: Mapping, path: Path) -> Path:
                         ms=8, capsize=3, label=arm)  # fmt: skip
             ax.annotate(arm, (x["value"], y["value"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if not drawn:
-            ax.text(0.5, 0.5, "no arm has both numbers\n(e.g. the judge scored no answers)", ha="center",
-                    va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+            ax.text(0.5, 0.5, "no arm has both numbers\n(e.g. the judge cannot flag, or scored no answers)",
+                    ha="center", va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+        elif missing:  # an arm without both numbers is said, never silently absent
+            ax.text(0.01, 0.01, f"not drawn (a number is missing): {', '.join(missing)}", fontsize=7,
+                    transform=ax.transAxes, color="gray", va="bottom")  # fmt: skip
         none = arms.get("none", {}).get("metrics", {})
         for key, line in ((x_key, ax.axvline), (y_key, ax.axhline)):
             if (none.get(key) or {}).get("value") is not None:

@@ -527,7 +527,7 @@ def test_a_primary_contrast_that_cannot_show_at_the_layer_is_left_out_of_the_tes
     assert capping["difference"]["value"] is None and capping["difference"]["reason"] == reason
     assert kl["p_holm"] == pytest.approx(kl["p"])  # a family of one: the excluded contrast costs nothing
     assert "Pre-registered: 1 primary contrasts" in pooled["correction"]
-    assert "activation_capping: not measurable at the reported layer" in pooled["correction"]
+    assert "; activation_capping: not measurable at the reported layer" in pooled["correction"]
     assert pooled["arms"]["activation_capping"]["metrics"]["misalignment_movement"]["reason"] == reason
     assert pooled["arms"]["activation_capping"]["at_capped_layer"]["difference"]["value"] == pytest.approx(
         -0.1

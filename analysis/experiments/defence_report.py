@@ -432,7 +432,7 @@ def _correction(comparisons: list[dict], seeds: int) -> str:
     family = sum(_in_family(c) for c in comparisons)
     out = [c["arm"] for c in comparisons if c["role"] == "primary" and "excluded" in c]
     left_out = (
-        f" ({', '.join(out)}: not measurable at the reported layer, left out of the family)" if out else ""
+        f"; {', '.join(out)}: not measurable at the reported layer, left out of the family" if out else ""
     )
     if seeds < MIN_SEEDS_FOR_VERDICT:
         return (
