@@ -298,7 +298,9 @@ def defences_plot(defences: Mapping, path: Path) -> Path:
                 line(none[key]["value"], color="gray", ls="--", lw=1)
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
-        judge = f"\n{defences['judge'].split(' (')[0].rstrip('.')}" if title == "Behaviour" else ""
+        judge = (
+            f"\n{defences['judge'].split(';')[0].split(' (')[0].rstrip('.')}" if title == "Behaviour" else ""
+        )
         ax.set_title(f"{title}: lower is safer, right is cheaper{judge}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
