@@ -32,7 +32,7 @@ RUN_ONLY = {  # and the main-job names they keep: steer's size, validate_directi
 
 def test_every_script_is_a_shim_over_an_installed_entry_point():
     points = {p.name: p.value for p in entry_points(group="console_scripts") if p.name.startswith("anchor-")}
-    assert len(SCRIPTS) == 19
+    assert len(SCRIPTS) == 20
     for script in SCRIPTS:
         text = script.read_text()
         assert "sys.path" not in text and len(text.splitlines()) <= 8, script.name
