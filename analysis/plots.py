@@ -274,7 +274,9 @@ def defences_plot(defences: Mapping, path: Path) -> Path:
             a = arms[arm]
             x, y = a["metrics"].get(x_key) or {}, a["metrics"].get(y_key) or {}
             if x.get("value") is None or y.get("value") is None:
-                missing.append(arm)
+                missing.append(
+                    f"{arm} (acts after the layer)" if a.get("blind") and "movement" in y_key else arm
+                )
                 continue
             drawn += 1
             err = [

@@ -246,6 +246,18 @@ def test_capping_at_evaluation_reads_each_checkpoint_of_the_undefended_run_with_
     assert not torch.allclose(last[:, :LAYER], first[:, :LAYER], atol=1e-3)  # step 3 its adapter
     assert not torch.allclose(first[:, LAYER + 1], uncapped[:, LAYER + 1], atol=1e-3)  # the cap carries on
 
+    # what the arm samples and costs: the run's final model loaded with the same caps on
+    from analysis.experiments.track_stages import load_capped
+
+    (em / "adapter").symlink_to(em / "checkpoints" / "step-00003")
+    done = json.loads((em / "done.json").read_text())
+    (em / "done.json").write_text(
+        json.dumps({**done, "inputs": {"run": {"model": tiny_dir, "adapter": None}}})
+    )
+    capped_model, _ = load_capped(tmp_path, tmp_path / "caps")
+    live = extract(capped_model, tokenizer, HELD_OUT, layers=[LAYER], read="prompt_last", progress=False)
+    assert torch.allclose(live.tensor[:, 0] @ axis, torch.full((len(HELD_OUT),), floor), atol=1e-3)
+
 
 def test_the_steering_scale_is_in_the_em_stage_key(tmp_path):
     defence = _steering_defence(tmp_path, 0.3)
@@ -537,3 +549,50 @@ def test_a_primary_contrast_that_cannot_show_at_the_layer_is_left_out_of_the_tes
     assert (
         "not measurable; activation_capping acts at blocks 22" in report and "last capped block 24" in report
     )
+
+
+def test_a_cap_at_the_reported_block_itself_is_measured_and_only_later_blocks_are_blind():
+    from analysis.experiments.defence_report import acts_after
+
+    assert acts_after([22, 23, 24], 21) and acts_after([22], 6)
+    assert not acts_after([22, 23, 24], 22) and not acts_after([22, 23, 24], 24) and not acts_after([3], 5)
+
+
+def test_pooled_seeds_decide_blindness_per_seed(tmp_path):
+    """Each seed chooses its own layer: an arm blind in one seed only is missing there (counted and
+    said), and tested on the seeds where it can show."""
+    from analysis.experiments.defence_report import pool_defences, write_outputs
+
+    reason = "activation_capping acts at blocks 22, 23, 24, after the reported layer 20: ..."
+    seeds = []
+    for s, shift in enumerate((0.0, 0.1, -0.1, 0.05)):
+        seed = _seed(s, shift)
+        blind = s == 0
+        movement = (
+            {"value": None, "ci95": None, "n": 1, "reason": reason}
+            if blind
+            else {"value": -0.5 + shift, "ci95": None, "n": 1}
+        )
+        seed["arms"]["activation_capping"] = {
+            **seed["arms"]["none"], "defence": "activation_capping", "blind": reason if blind else None,
+            "metrics": {**seed["arms"]["none"]["metrics"], "misalignment_movement": movement},
+        }  # fmt: skip
+        seed["arm_order"].append("activation_capping")
+        comparison = {"arm": "activation_capping", "reference": "none", "metric": "misalignment_movement",
+                      "difference": {"value": None, "ci95": None, "n": 1, "reason": reason} if blind
+                      else {"value": -1.5 + shift, "ci95": None, "n": 1}}  # fmt: skip
+        if blind:
+            comparison["excluded"] = reason
+        seed["comparisons"].append(comparison)
+        seeds.append(seed)
+    pooled = pool_defences(seeds)
+    arm = pooled["arms"]["activation_capping"]
+    assert arm["blind"] is None and arm["blind_seeds"] == [0]
+    assert arm["metrics"]["misalignment_movement"]["n"] == 3
+    assert arm["metrics"]["misalignment_movement"]["missing_seeds"] == 1
+    capping = pooled["comparisons"][-1]
+    assert "excluded" not in capping and capping["excluded_in_seeds"] == [0]
+    assert capping["difference"]["n"] == 3 and capping["p_holm"] < 0.05  # tested on the 3 seeds that show it
+    assert "Pre-registered: 2 primary contrasts" in pooled["correction"]
+    write_outputs(pooled, tmp_path, None)
+    assert "not measurable in seed(s) 0" in (tmp_path / "report.html").read_text()

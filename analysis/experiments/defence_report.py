@@ -199,6 +199,12 @@ def _acting_layers(run: Path) -> list[int]:
     return sorted(int(k) for k in read_done(em_stage(run))["defence"]["capping"]["floors"])
 
 
+def acts_after(acting: Sequence[int], layer: int) -> bool:
+    """Whether every block a defence acts at comes after `layer`: a cap at block L already changes
+    block L's own `hook_resid_post`, so only blocks strictly after the read leave it untouched."""
+    return min(acting) > layer
+
+
 def _blind_reason(arm: str, acting: Sequence[int], layer: int) -> str:
     return (
         f"{arm} acts at blocks {', '.join(map(str, acting))}, after the reported layer {layer}: the read "
@@ -264,7 +270,7 @@ def analyse_defences(
     moves = _movements(run_dirs, report, layer, units, track.seed)
     # an evaluation-time defence acting only after the reported layer leaves that read unchanged
     acting = {arm: _acting_layers(run) for arm, run in run_dirs.items() if is_evaluation_time(arm)}
-    blind = {arm: _blind_reason(arm, a, layer) for arm, a in acting.items() if min(a) > layer}
+    blind = {arm: _blind_reason(arm, a, layer) for arm, a in acting.items() if acts_after(a, layer)}
     behaviour = _behaviour(evals, track.seed)
     loglik = _capability(capability)
     g = torch.Generator().manual_seed(track.seed + 11)
@@ -496,6 +502,8 @@ def _fmt(number: dict | None) -> str:
 def _mdd(c: dict) -> str:
     if c["role"] != "primary":
         return ""
+    if "excluded" in c:
+        return "n/a (not measurable at the layer)"
     return "n/a (one seed)" if c["minimum_detectable"] is None else f"{c['minimum_detectable']:.3f}"
 
 
@@ -506,16 +514,24 @@ def _p(p: float | None) -> str:
     return "< 1e-6" if p < 1e-6 else f"{p:.2g}"
 
 
+def _verdict_cell(c: dict) -> str:
+    if c["verdict"]:
+        return c["verdict"]
+    if "excluded" in c:
+        return "not measurable at the layer (left out of the family)"
+    return "descriptive" if c["role"] == "primary" else "exploratory"
+
+
 def defence_tables(defences: dict) -> list[Table]:
     header = ["arm", "start", "defence acts", *(METRICS[m][0] + f" ({METRICS[m][1]})" for m in METRICS),
               "misalignment null"]  # fmt: skip
     rows = []
     for arm, a in ordered(defences):
         rows.append([arm, a["start"], a.get("applied") or "-", *(_fmt(a["metrics"].get(m)) for m in METRICS),
-                     _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
+                     "n/a (acts after the layer)" if a.get("blind") else _null_words(a["nulls"]["misalignment_movement"])])  # fmt: skip
     comparison_rows = [
         [c["arm"], c["reference"], METRICS[c["metric"]][0], c["role"], _fmt(c["difference"]),
-         _mdd(c), _p(c["p"]), _p(c["p_holm"]), c["verdict"] or ("descriptive" if c["role"] == "primary" else "exploratory")]
+         _mdd(c), _p(c["p"]), _p(c["p_holm"]), _verdict_cell(c)]
         for c in defences["comparisons"]
     ]  # fmt: skip
     capped = [
@@ -588,6 +604,12 @@ def sentences(defences: dict) -> list[str]:
             f"{c['arm']} minus none, movement toward misalignment (primary): {_fmt(c['difference'])} item spreads"
             + (f"; {c['verdict']} (Holm p {_p(c['p_holm'])})" if c["verdict"] else "; descriptive")
             + (f"; minimum detectable difference {mdd:.3f}" if mdd is not None else "")
+            + (
+                f"; not measurable in seed(s) {', '.join(map(str, c['excluded_in_seeds']))}, whose layer is "
+                "before the blocks it acts at (counted as missing there)"
+                if c.get("excluded_in_seeds")
+                else ""
+            )
             + "."
         )
     if any(a.get("applied") == "at evaluation" for a in defences["arms"].values()):
@@ -632,16 +654,21 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
     first = per_seed[0]
     arms = {}
     for arm, a in first["arms"].items():
+        # blind (its defence acts after the reported layer) is per seed: each seed chose its own layer
+        blind = [s["arms"][arm].get("blind") for s in per_seed]
+        every = all(blind)
         arms[arm] = {
-            **{k: a.get(k) for k in ("start", "defence", "applied", "blind")},
+            **{k: a.get(k) for k in ("start", "defence", "applied")},
+            "blind": blind[0] if every else None,
+            "blind_seeds": [s["seed"] for s, b in zip(per_seed, blind) if b],
             "at_capped_layer": _pool_after_caps([s["arms"][arm].get("at_capped_layer") for s in per_seed]),
             "metrics": {
-                m: unmeasured(len(per_seed), a["blind"]) if a.get("blind") and a["metrics"][m].get("reason") == a["blind"]
+                m: unmeasured(len(per_seed), blind[0]) if every and a["metrics"][m].get("reason") == blind[0]
                 else across_seeds([s["arms"][arm]["metrics"][m]["value"] for s in per_seed if m in s["arms"][arm]["metrics"]])
                 for m in a["metrics"]
             },
             "nulls": {
-                m: None if a["nulls"][m] is None else
+                m: None if every else
                    {"percentile_by_seed": [(s["arms"][arm]["nulls"][m] or {}).get("percentile") for s in per_seed],
                     "exceeds_95_by_seed": [bool((s["arms"][arm]["nulls"][m] or {}).get("exceeds_95")) for s in per_seed]}
                 for m in a["nulls"]
@@ -654,8 +681,11 @@ def pool_defences(per_seed: Sequence[dict]) -> dict:
             {**{k: c[k] for k in ("arm", "reference", "metric")}, "role": _role(c["metric"], c["reference"]),
              "difference": across_seeds(diffs), "by_seed": diffs}
         )  # fmt: skip
-        if "excluded" in c:
+        excluded = [s["comparisons"][i].get("excluded") for s in per_seed]
+        if all(excluded):  # not measurable in any seed: out of the family
             comparisons[-1].update(difference=unmeasured(len(diffs), c["excluded"]), excluded=c["excluded"])
+        elif any(excluded):  # missing in some seeds: counted (missing_seeds), tested on the others
+            comparisons[-1]["excluded_in_seeds"] = [s["seed"] for s, e in zip(per_seed, excluded) if e]
         per_comparison.append(diffs)
     _test(comparisons, per_comparison)
     pooled = {k: first[k] for k in ("model", "persona", "em_dataset", "judge", "metrics")}

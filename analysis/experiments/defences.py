@@ -213,6 +213,7 @@ def _run_defences(
                       "benign": StageOutput(d / "benign" / start), "quantile": settings.cap_quantile,
                       "layers": list(band(n_layers, settings.cap_band))}  # fmt: skip
             run(f"defences/caps/{start}", floors, write_caps)
+            release_models()  # the capped reads load their own copy
     for arm in config.arms:
         if is_evaluation_time(arm):
             undefended = out / REUSED[undefended_arm(arm)]
