@@ -8,7 +8,8 @@ Two kinds:
   residual norm at its layer, so the adapter need not move along it), activation capping while
   training (a variant of The Assistant Axis's floor on the projection on the axis, which that paper
   applies at inference: the harness's primary capping arm applies `save_caps`' floors at
-  evaluation to an undefended run) and concept-ablation fine-tuning (project the misalignment direction out while training, CAFT);
+  evaluation to an undefended run) and concept-ablation fine-tuning (project the misalignment
+  direction out while training, CAFT);
 - changes to what is trained on or how: KL to the starting model on benign answers, interleaved
   benign rows, an inoculation system prompt on every training row, and a reflection exchange put
   before every corrupted row with no loss on it.
