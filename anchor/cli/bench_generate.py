@@ -25,13 +25,13 @@ import threading
 import time
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
 import psutil
 import torch
 
 from anchor import load_model, timings
 from anchor.chat import pad_chats, render_chats
+from anchor.cli.bench_out import append_table
 from anchor.em_questions import question_set
 from anchor.generate import HFGenerator, SamplingConfig, hf_sampling_kwargs, neutral_generation_config
 
@@ -308,11 +308,7 @@ def main() -> None:
     args = build_parser().parse_args()
     bench = Bench(args)
     measured = measure(bench, args.methods, args.repeats)
-    text = table(bench, measured, args)
-    print(text)
-    with open(args.out, "a") as f:
-        f.write("\n## Generation (`scripts/bench_generate.py`)\n\n" + text)
-    print(f"table appended to {Path(args.out).resolve()}")
+    append_table(args.out, "Generation (`scripts/bench_generate.py`)", table(bench, measured, args))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import multiprocessing as mp
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+
+from anchor.cli.bench_out import append_table
 
 WORK = ("train", "generate")
 
@@ -137,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.processes < 2:
         raise SystemExit("--processes must be at least 2 (one process is the baseline)")
-    text = table(measure(args), args)
-    print(text)
-    with Path(args.out).open("a") as f:
-        f.write("\n## Independent work side by side on CPU (`scripts/bench_lanes.py`)\n\n" + text)
-    print(f"appended to {args.out}")
+    append_table(
+        args.out,
+        "Independent work side by side on CPU (`scripts/bench_lanes.py`)",
+        table(measure(args), args),
+    )
 
 
 if __name__ == "__main__":

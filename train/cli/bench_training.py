@@ -15,13 +15,13 @@ import platform
 import statistics
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from anchor import load_model
 from anchor.chat import pad_chats, render_chats
+from anchor.cli.bench_out import append_table
 from anchor.probe_sets import neutral_conversations
 from train.lora import native_bf16
 
@@ -124,11 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    text = table(measure(args), args)
-    print(text)
-    with Path(args.out).open("a") as f:
-        f.write("\n## LoRA training precision on CPU (`scripts/bench_training.py`)\n\n" + text)
-    print(f"appended to {args.out}")
+    append_table(
+        args.out, "LoRA training precision on CPU (`scripts/bench_training.py`)", table(measure(args), args)
+    )
 
 
 if __name__ == "__main__":
