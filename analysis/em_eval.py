@@ -322,6 +322,12 @@ def family_of(question_id: str | None) -> str:
     return PLAIN if question_id is None else parse_variant_id(question_id)[1]
 
 
+def plain_rows(rows: Sequence[dict]) -> list[dict]:
+    """The answers to the plain questions (no triggered variant): the rows every evaluation shares,
+    step 0's included."""
+    return [r for r in rows if family_of(r.get("question_id")) == PLAIN]
+
+
 def rows_by_family(rows: Sequence[dict]) -> dict[str, list[dict]]:
     """Rows grouped by family, families in `anchor.triggers.FAMILIES` order (absent ones left out)."""
     groups: dict[str, list[dict]] = {}

@@ -40,12 +40,11 @@ import torch.nn.functional as F
 from scipy import stats as scipy_stats
 
 from analysis import drift
-from analysis.em_eval import family_of, is_misaligned
+from analysis.em_eval import is_misaligned, plain_rows
 from analysis.interaction import MIN_SEEDS_FOR_VERDICT as MIN_SEEDS
 from analysis.judge import is_score
 from analysis.monitor import layer_series
 from analysis.stats import estimate
-from anchor.triggers import PLAIN
 
 ALPHA = 0.05
 EXACT_UP_TO = 14  # units; beyond, the sign-flip distribution is sampled
@@ -103,18 +102,14 @@ def _question(row: dict) -> str:
     return row.get("question_id") or row["question"]
 
 
-def _plain(rows: Sequence[dict]) -> list[dict]:
-    """The plain questions only: triggered variants are asked at the end of EM, not at step 0."""
-    return [r for r in rows if family_of(r.get("question_id")) == PLAIN]
-
-
 def behaviour_signal(
     em: Mapping[int, Sequence[dict]], control: Mapping[int, Sequence[dict]], thresholds: Mapping[str, float]
 ) -> PairedSignal:
     """Per plain evaluation question, the change of the judged misaligned rate since step 0, for the EM
     run and its control at each evaluated step (`{step: judged answer rows}`; both share step 0's
     evaluation, of the model they start from)."""
-    em, control = ({s: _plain(rows) for s, rows in by_step.items()} for by_step in (em, control))
+    # plain questions only: triggered variants are asked at the end of EM, not at step 0
+    em, control = ({s: plain_rows(rows) for s, rows in by_step.items()} for by_step in (em, control))
     questions = sorted({_question(r) for rows in (*em.values(), *control.values()) for r in rows})
     changes = []
     for by_step in (em, control):

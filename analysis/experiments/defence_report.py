@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from analysis import drift
 from analysis.calibration import describe
 from analysis.drift_report import BARE, BASE, PERSONA, compute_drift, default_behaviour
-from analysis.em_eval import is_misaligned, numeric
+from analysis.em_eval import is_misaligned, numeric, plain_rows
 from analysis.experiments.defence_arms import (
     MAIN_RUNS,
     REUSED,
@@ -108,18 +108,12 @@ def _eval_rows(path: Path) -> list[dict]:
     return [row for _, row in read_jsonl(path / "responses.jsonl")]
 
 
-def _plain(rows: list[dict]) -> list[dict]:
-    from analysis.em_eval import family_of
-
-    return [r for r in rows if family_of(r.get("question_id")) == "plain"]
-
-
 def _behaviour(evals: Mapping[str, Path], seed: int) -> dict[str, dict[str, tuple[float, torch.Tensor, int]]]:
     """Misaligned rate and mean coherence per evaluation, bootstrapped over questions with the
     same question draws for every evaluation (all answered the same plain questions)."""
     from anchor.triggers import parse_variant_id
 
-    rows = {name: _plain(_eval_rows(path)) for name, path in evals.items()}
+    rows = {name: plain_rows(_eval_rows(path)) for name, path in evals.items()}
     for rs in rows.values():  # "<id>__plain" (a triggered evaluation) and "<id>" are one question
         for r in rs:
             r["question_id"] = parse_variant_id(r["question_id"])[0]

@@ -15,10 +15,10 @@ from analysis.em_eval import (
     EvalConfig,
     evaluate,
     family_gap,
-    family_of,
     gate_rates,
     metrics_by_family,
     numeric,
+    plain_rows,
     summarise,
 )
 from analysis.judge import Judge, make_judge
@@ -251,7 +251,7 @@ def evaluate_model(inputs: Inputs, stage: Path) -> dict:
     eval_config = EvalConfig(samples=inputs.samples, max_new_tokens=inputs.max_new_tokens, seed=inputs.seed)
     questions = triggered_variants(MAIN, dataset=inputs.triggered) if triggered else MAIN
     rows, _ = evaluate(HFGenerator(model, tokenizer), judge, questions, replace(eval_config, variants=True))
-    plain = [r for r in rows if family_of(r["question_id"]) == "plain"]
+    plain = plain_rows(rows)
     metrics = summarise(plain, eval_config)
     summary: dict = {"judge": judge.spec, "metrics": metrics}
     if triggered:
