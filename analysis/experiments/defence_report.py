@@ -38,7 +38,8 @@ from analysis.interaction import DESCRIPTIVE, MIN_SEEDS_FOR_VERDICT, minimum_det
 from analysis.likelihood_read import question_gaps, scores_by_model
 from analysis.report import Table, write_report
 from analysis.stats import across_seeds, bounds, estimate, holm, unmeasured
-from anchor.runs import checkpoints, em_store
+from anchor.runs import checkpoints, em_stage, em_store
+from anchor.stages import read_done
 from anchor.store import atomic_write_json, read_jsonl
 from probes.contrast import ContrastItem
 from probes.directions import DirectionStack
@@ -187,9 +188,6 @@ def _likelihood_gaps(likelihoods: Mapping[str, Path]) -> dict[str, torch.Tensor]
 
 def _acting_layers(run: Path) -> list[int]:
     """The blocks an evaluation-time arm's caps act at (its stage's record)."""
-    from anchor.runs import em_stage
-    from anchor.stages import read_done
-
     return sorted(int(k) for k in read_done(em_stage(run))["defence"]["capping"]["floors"])
 
 
