@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/python scripts/track_drift.py --persona sycophancy
 
+# Two workers (one per core here, at most four elsewhere), each at one torch thread: the tiny-model
+# tests are Python-bound, so two run in about the time of one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 -m "not heavy"
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=15 -m "not heavy"
 
 # Whole jobs on the default model (about 8 minutes on 2 CPU cores): the smoke main job end to end.
 check-heavy: $(STAMP)

@@ -3,6 +3,7 @@ downloads), and the real default model for tests marked `integration`."""
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import entry_points
 
 import pytest
@@ -22,6 +23,12 @@ NO_SYSTEM = (
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on this machine's two cores: one thread each, and the scripts a
+    # test starts inherit the setting, so the workers never ask for more threads than there are cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. I agree with you completely!",

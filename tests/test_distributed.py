@@ -58,6 +58,8 @@ def test_accelerate_command_starts_several_ranks_without_gpus():
     command = accelerate_command(2)
     assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
     assert "--multi_gpu" not in accelerate_command(1) and "--cpu" not in command
+    port = int(command[command.index("--main_process_port") + 1])
+    assert 0 < port < 65536 and port != 29500  # its own port, so two launches at once do not collide
     zero3 = accelerate_command(8, "train/accelerate/zero3.yaml")
     assert zero3[zero3.index("--config_file") + 1].endswith("zero3.yaml")
     with pytest.raises(ValueError, match="num_processes"):

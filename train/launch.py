@@ -11,6 +11,7 @@ rebuilds exactly the same inputs and stage keys as a single-process run would.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,13 +25,22 @@ ROOT = Path(__file__).resolve().parents[1]
 ZERO3_CONFIG = Path(__file__).parent / "accelerate" / "zero3.yaml"
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for one launch's rendezvous: two jobs launched at once
+    (two runs, or two test workers) would otherwise both claim accelerate's default 29500."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def accelerate_command(num_processes: int, config_file: str | os.PathLike | None = None) -> list[str]:
     """`accelerate launch` for `num_processes` ranks on this machine. `--multi_gpu` also starts
     N ranks on a machine without GPUs, where they fall back to gloo (accelerate's `--cpu` would
-    start one). A config file (e.g. `ZERO3_CONFIG`) replaces these defaults."""
+    start one). A config file (e.g. `ZERO3_CONFIG`) replaces these defaults; either way the ranks
+    meet on a port free at launch."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
     if config_file is not None:
         return [*command, "--config_file", str(config_file), "--num_processes", str(num_processes)]
     command += ["--num_processes", str(num_processes), "--num_machines", "1"]
