@@ -237,7 +237,7 @@ def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(works
         assert meta["copied_from"] == f"{run / 'start' / start / 'activations'}:start/neutral", folder
     assert sum(r["model_loads"] for r in rows.values()) >= 3  # the three resumed EM runs load a model each
     assert "Where the time went" in (run / "report.html").read_text()
-    assert log[-1].startswith("time: ") and "largest: " in log[-1]
+    assert log[-1].startswith("time: ") and "largest: " in log[-1] and summary["time"] == log[-1]
     pairs = json.loads((run / "contrast_pairs" / "contrast.json").read_text())
     assert len(pairs["elicit"]) == len(pairs["suppress"]) == 3
     assert (
@@ -617,6 +617,8 @@ def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, caps
     quality = check_artefacts(out)["contrast_pairs"]
     assert (quality["origin"], quality["detail"], quality["pairs"]) == ("given", str(mine), 2)
     assert f"contrast pairs: given ({mine}), 2 pairs" in stdout and str(out / "report.html") in stdout
+    last = stdout.strip().splitlines()[-1]  # where this call's time went, after where its outputs went
+    assert last.startswith("time: ") and "largest: " in last
     assert (root / "persona" / "sarcasm-tiny-smoke-s0-teacher-tiny" / "sft" / "done.json").is_file()
 
     def main_run() -> dict[str, bytes]:
@@ -632,6 +634,7 @@ def test_the_same_constitution_with_a_contrast_file(workspace, monkeypatch, caps
     assert all(r.startswith("defences/") for r in ran), ran  # the main run's stages are all reused
     assert main_run() == before
     assert (out / "defences" / "analysis" / "defences.json").is_file()
+    assert stdout.strip().splitlines()[-1].startswith("time: ")
 
 
 def test_bad_input_fails_before_any_work(tiny_dir, tmp_path):

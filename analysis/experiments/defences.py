@@ -120,7 +120,9 @@ def run_defences(
         result = _run_defences(config, out, persona, log, resources, judge_calibration, overwrite)
         if "defences/analysis" in result["ran"]:  # this call produced the analysis: its timings go with it
             analysis = out / "defences" / "analysis"
-            add_timings(analysis / "defences.json", [analysis / "report.html"], recorder.rows(), log)
+            result["time"] = add_timings(
+                analysis / "defences.json", [analysis / "report.html"], recorder.rows(), log
+            )
         return result
 
 

@@ -324,7 +324,7 @@ def track_drift(
         summary = run_main_job(job, log, overwrite)
         log_drift(out, resources.report_to, log)  # once per analysis and tracker; none: nothing
         if "analysis" in summary["ran"]:  # this call produced the analysis: it carries this call's timings
-            add_timings(
+            summary["time"] = add_timings(
                 out / "analysis" / "metrics.json",
                 [out / "analysis" / "report.html", out / "report.html"],
                 recorder.rows(),
@@ -333,16 +333,18 @@ def track_drift(
         return summary
 
 
-def add_timings(metrics_path: Path, reports: list[Path], rows: list[dict], log=print) -> None:
-    """A call's timings into the metrics file its analysis wrote and into the reports; the log's last
-    line names the largest rows."""
+def add_timings(metrics_path: Path, reports: list[Path], rows: list[dict], log=print) -> str:
+    """A call's timings into the metrics file its analysis wrote and into the reports; logs and
+    returns the line naming the largest rows (the scripts print it again as their last line)."""
     metrics = json.loads(metrics_path.read_text())
     metrics["timings"] = rows
     atomic_write_json(metrics_path, metrics)
     table = timings_table(rows)
     for report in reports:
         add_table(report, table)
-    log(f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}")
+    line = f"time: {sum(r['seconds'] for r in rows):.0f} s; largest: {timings.largest(rows)}"
+    log(line)
+    return line
 
 
 def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:

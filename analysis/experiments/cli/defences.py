@@ -171,6 +171,8 @@ def main() -> None:
     print(
         f"\ndefences.json: {summary['defences']}\nplot:          {summary['plot']}\nreport:        {summary['report']}"
     )
+    if summary.get("time"):  # this call's own time, where it went (also in the report)
+        print(summary["time"])
 
 
 def print_table(summary: dict) -> None:

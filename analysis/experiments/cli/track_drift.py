@@ -116,6 +116,8 @@ def main() -> None:
     print(f"\nreport:  {summary['report']}\nmetrics: {summary['metrics']}")
     for plot in summary["plots"]:
         print(f"plot:    {plot}")
+    if summary.get("time"):  # this call's own time, where it went (also in the report)
+        print(summary["time"])
 
 
 def _cell(x: object) -> str:
