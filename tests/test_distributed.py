@@ -54,13 +54,16 @@ def test_split_batch_keeps_the_global_batch():
         split_batch(16, 2, 3)
 
 
-def test_accelerate_command_starts_several_ranks_without_gpus():
+def test_accelerate_command_starts_several_ranks_without_gpus(tmp_path):
     command = accelerate_command(2)
     assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
     assert "--multi_gpu" not in accelerate_command(1) and "--cpu" not in command
     port = int(command[command.index("--main_process_port") + 1])
     assert 0 < port < 65536 and port != 29500  # its own port, so two launches at once do not collide
     zero3 = accelerate_command(8, "train/accelerate/zero3.yaml")
-    assert zero3[zero3.index("--config_file") + 1].endswith("zero3.yaml")
+    assert zero3[zero3.index("--config_file") + 1].endswith("zero3.yaml") and "--main_process_port" in zero3
+    own = tmp_path / "two_machines.yaml"  # a config that names its rendezvous port keeps it
+    own.write_text("num_machines: 2\nmain_process_ip: 10.0.0.1\nmain_process_port: 6000\n")
+    assert "--main_process_port" not in accelerate_command(16, own)
     with pytest.raises(ValueError, match="num_processes"):
         accelerate_command(0)

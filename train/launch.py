@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 from anchor.store import atomic_write_json
 from train.callbacks import ProbeSet
 
@@ -33,14 +35,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _config_keys(config_file: str | os.PathLike) -> set[str]:
+    try:
+        return set(yaml.safe_load(Path(config_file).read_text()) or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{config_file}: not a readable accelerate config ({err})") from None
+
+
 def accelerate_command(num_processes: int, config_file: str | os.PathLike | None = None) -> list[str]:
     """`accelerate launch` for `num_processes` ranks on this machine. `--multi_gpu` also starts
     N ranks on a machine without GPUs, where they fall back to gloo (accelerate's `--cpu` would
-    start one). A config file (e.g. `ZERO3_CONFIG`) replaces these defaults; either way the ranks
-    meet on a port free at launch."""
+    start one). A config file (e.g. `ZERO3_CONFIG`) replaces these defaults. The ranks meet on a
+    port free at launch, unless the config file names its own (a multi-machine rendezvous)."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is None or "main_process_port" not in _config_keys(config_file):
+        command += ["--main_process_port", str(free_port())]
     if config_file is not None:
         return [*command, "--config_file", str(config_file), "--num_processes", str(num_processes)]
     command += ["--num_processes", str(num_processes), "--num_machines", "1"]
