@@ -6,7 +6,9 @@ Files follow the public Open Character Training formats so users can bring their
 Fields we do not know are kept and written back. The project's own personas live in
 `anchor/constitutions/<name>.json`, with contrast system prompts for persona directions in
 `anchor/constitutions/<name>.contrast.json` (a JSON array of `{"elicit": ..., "suppress": ...}`;
-the public `{"elicit": [...], "suppress": [...]}` layout is read too).
+the public `{"elicit": [...], "suppress": [...]}` layout is read too) and, for a persona whose
+contrast answers cannot be sampled from the default model, written ones in
+`anchor/constitutions/<name>.answers.jsonl` (`probes.contrast.load_contrast_set`'s layout).
 """
 
 from __future__ import annotations
@@ -194,6 +196,13 @@ def persona_files(name_or_path: str | os.PathLike) -> tuple[Path, Path | None]:
     # OCT's hand-written files are often `.txt`: `sarcasm.txt` is persona "sarcasm"
     contrast_path = path.with_name(f"{path.stem}.contrast.json")
     return path, contrast_path if contrast_path.is_file() else None
+
+
+def written_answers_file(name_or_path: str | os.PathLike) -> Path | None:
+    """`<stem>.answers.jsonl` beside the constitution when it exists: contrast answers written to
+    express the trait and its opposite, for models too small to follow the eliciting prompts."""
+    path = persona_files(name_or_path)[0].with_suffix(".answers.jsonl")
+    return path if path.is_file() else None
 
 
 def load_persona(name_or_path: str | os.PathLike) -> Persona:

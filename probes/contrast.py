@@ -1,12 +1,19 @@
 """Persona contrast sets: the same questions answered under a persona-eliciting and a
 persona-suppressing system prompt, read as response-averaged activations (the persona-vector
 recipe). They are read twice: without the system prompt (`bare_conversation`, the default: the
-trait must be in the response) and with it (`conversation`, as Persona Vectors reads them)."""
+trait must be in the response) and with it (`conversation`, as Persona Vectors reads them).
+
+The answers are sampled from a model (`sample_contrast`) or read from a file in the layout
+`ContrastItem.to_json` writes, one JSON object per line (`load_contrast_set`): a user's set, or
+the answers written for a shipped persona, whose `system` is the prompt each answer illustrates."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,6 +51,59 @@ class ContrastItem:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+FIELDS = {"question": str, "pair": int, "label": int, "system": str, "response": str}
+
+
+def load_contrast_set(path: str | os.PathLike) -> list[ContrastItem]:
+    """A contrast set from JSONL; a bad line is an error naming the file, the line and the field,
+    and a set with one polarity only (no direction to fit) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such contrast set")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {n}: expected an object with fields {', '.join(FIELDS)}")
+        for name, kind in FIELDS.items():
+            value = row.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value.strip()):
+                raise ValueError(
+                    f"{path}, line {n}: field '{name}' is {value!r}, not a non-empty {kind.__name__}"
+                )
+        if row["label"] not in (0, 1):
+            raise ValueError(
+                f"{path}, line {n}: field 'label' is {row['label']!r}; 1 = elicited, 0 = suppressed"
+            )
+        items.append(ContrastItem(**{name: row[name] for name in FIELDS}))
+    if len({i.label for i in items}) < 2:
+        raise ValueError(f"{path}: {len(items)} answers, not both labels (1 = elicited, 0 = suppressed)")
+    return items
+
+
+def select_answers(
+    items: Sequence[ContrastItem], questions: Sequence[str], per_question: int
+) -> list[ContrastItem]:
+    """The items answering `questions`, at most the first `per_question` of each polarity per
+    question (in file order), so a written set scales with the same knobs as a sampled one. A
+    question without both polarities is an error: its answers would tilt the direction."""
+    wanted, seen, kept = set(questions), {}, []
+    for item in items:
+        key = (item.question, item.label)
+        if item.question in wanted and seen.get(key, 0) < per_question:
+            seen[key] = seen.get(key, 0) + 1
+            kept.append(item)
+    lacking = [q for q in questions if not (seen.get((q, 0)) and seen.get((q, 1)))]
+    if lacking:
+        raise ValueError(f"the contrast set has no elicited and suppressed answer to {lacking[0]!r}")
+    return kept
 
 
 def sample_contrast(

@@ -195,6 +195,19 @@ def workspace(tmp_path_factory, tiny_model, tiny_tokenizer) -> tuple[Path, str, 
     return root, str(root / "tiny"), constitution
 
 
+@pytest.fixture(scope="module")
+def derived(workspace) -> Path:
+    """The main job on the user's constitution, finished: the first test below runs it (killed and
+    resumed), and the tests that read it ask for this too, so on a pytest-xdist worker of their own
+    they run it here instead of finding nothing."""
+    root, tiny, constitution = workspace
+    config = TrackConfig(
+        persona=str(constitution), model=tiny, judge=f"hf:{tiny}", **{**SMOKE, "monitor": True}
+    )
+    track_drift(config, root / "derived")
+    return root / "derived"
+
+
 def test_track_drift_on_a_users_constitution_resumes_and_then_does_nothing(workspace, monkeypatch):
     """The main job on a constitution without contrast pairs: they are derived from its traits,
     saved in the run (public layout) and reused; the report states their origin and accuracy."""
@@ -321,7 +334,7 @@ def _close(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def test_a_published_em_run_gives_the_drift_table_of_the_run_it_came_from(workspace):
+def test_a_published_em_run_gives_the_drift_table_of_the_run_it_came_from(workspace, derived):
     """`--em-checkpoints`: the base run's own checkpoints copied out as a published folder
     (`checkpoint-N/`, step 0 left out: it is the starting model) replace training that cell; the
     other runs are kept, and the base run's drift table is the trained run's."""
@@ -356,7 +369,7 @@ def test_a_published_em_run_gives_the_drift_table_of_the_run_it_came_from(worksp
     _close(table(original), table(run), "drift.runs.base")
 
 
-def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, monkeypatch):
+def test_defences_harness_on_the_tiny_model_resumes_arm_by_arm(workspace, derived, monkeypatch):
     """scripts/defences.py's job on the main run above: the three runs are reused as none, persona
     and secure; each other arm trains on the same rows, steps and checkpoints with its defence;
     a kill mid-arm resumes at that arm; the comparison is pre-registered and plotted."""
@@ -462,7 +475,9 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_changed_option_keeps_every_finished_stage_and_reads_no_config_late(workspace, monkeypatch):
+def test_a_changed_option_keeps_every_finished_stage_and_reads_no_config_late(
+    workspace, derived, monkeypatch
+):
     """The finished run above with another --em-rows: every stage whose inputs changed is set aside
     byte for byte with the changed inputs named, the new results are complete, and once the stages'
     inputs are resolved the job reads nothing more from its config. The old value brings them back."""
@@ -515,7 +530,7 @@ def test_a_changed_option_keeps_every_finished_stage_and_reads_no_config_late(wo
     assert tree(run / "analysis") == old["analysis"][1]
 
 
-def test_stale_keys_are_gone(workspace, tiny_dir, tmp_path):
+def test_stale_keys_are_gone(workspace, derived, tiny_dir, tmp_path):
     """Inputs the old keys forgot: the assistant axis's in-role judge, the model of eval/base, the EM
     dataset's contents and the ablation directions file each make their stage stale."""
     from dataclasses import replace

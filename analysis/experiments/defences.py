@@ -73,7 +73,6 @@ from analysis.experiments.track_stages import (
     base_source,
     em_source,
     evaluate_model,
-    load_items,
     release_models,
     write_assistant_axis,
     write_likelihoods,
@@ -86,6 +85,7 @@ from anchor.published import resolve_published
 from anchor.runlock import run_lock
 from anchor.runs import em_stage, read_em_run
 from anchor.stages import Content, FileInput, Inputs, Stage, StageOutput, is_complete, run_stage
+from probes.contrast import load_contrast_set
 from train import tracking
 from train.defences import inoculation_prompt
 from train.em import probe_key, start_reads_stage
@@ -180,7 +180,7 @@ def _run_defences(
     )
 
     # the arms: EM runs on the same rows, seed, steps, checkpoints and probe sets as the main job's
-    items = load_items(out / "contrast" / "contrast.jsonl")
+    items = load_contrast_set(out / "contrast" / "contrast.jsonl")
     probes = run_probe_sets(track, persona, items)
     n_layers = model_depth(track.model)
     run_dirs: dict[str, Path] = {}
@@ -307,7 +307,7 @@ def write_defences_analysis(inputs: Inputs, stage: Path) -> dict:
         dict(inputs.evaluations),
         dict(inputs.capability),
         dict(inputs.likelihoods),
-        load_items(inputs.contrast / "contrast.jsonl"),
+        load_contrast_set(inputs.contrast / "contrast.jsonl"),
         inputs.judge_calibration,
     )
 

@@ -23,6 +23,7 @@ from anchor.inputs import (
 )
 from anchor.published import checkpoint_folders, resolve_published
 from anchor.questions import training_pool
+from probes.contrast import load_contrast_set
 from train.inputs import check_dataset, check_persona_run
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
             f"--persona {config.persona!r}: {len(questions)} contrast question(s); held-out probe accuracy needs "
             "at least 2, so give the constitution more traits or questions"
         )
+    check_contrast_answers(config)
     if config.persona_run is not None:
         check_persona_run(config.persona_run, config.persona, config.model)
     if config.persona_adapter is not None:
@@ -69,6 +71,29 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
         checkpoint_folders(resolve_published(spec, "--em-checkpoints").path, "--em-checkpoints")
     check_output_dir(out)
     return persona
+
+
+def check_contrast_answers(config: TrackConfig) -> None:
+    """The contrast answers the run will read, loaded once here so a bad file stops the run
+    before any training, naming the file and line."""
+    from analysis.experiments.options import CONTRAST_ANSWERS
+    from analysis.experiments.track import contrast_answers_file
+
+    if config.contrast_answers not in CONTRAST_ANSWERS:
+        raise InputError(
+            f"--contrast-answers {config.contrast_answers!r}: choose from {', '.join(CONTRAST_ANSWERS)}"
+        )
+    if config.contrast_answers == "written" and config.contrast is not None:
+        raise InputError(
+            "--contrast-answers written and --contrast: written answers come with the prompts they illustrate; "
+            "pairs of your own are sampled under (--contrast-answers sampled)"
+        )
+    written = contrast_answers_file(config)
+    if written is not None:
+        try:
+            load_contrast_set(written)
+        except ValueError as err:
+            raise InputError(str(err)) from None
 
 
 def check_track_run(path: str, flag: str = "--run") -> TrackConfig:

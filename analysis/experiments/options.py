@@ -39,8 +39,14 @@ class TrackConfig:
     em_checkpoints: dict[str, str] | None = None
     checkpoint_every: int | None = None  # default: the EM preset's
     em_rows: int | None = None  # default: the EM preset's
-    contrast_questions_per_trait: int = 2
+    # every hand-written question of every trait (5 in the shipped personas), one answer per
+    # polarity: 100 answers, 26 of them held out, where 2 per trait held out 10 (a coin reaches 0.76)
+    contrast_questions_per_trait: int = 5
     contrast_pairs_per_question: int = 1
+    # where the contrast answers come from: "written" (the persona's shipped <name>.answers.jsonl),
+    # "sampled" (from the model under the contrast pairs, Persona Vectors' way), or "auto": written
+    # on the default model, which does not follow the eliciting prompts, sampled on any other
+    contrast_answers: str = "auto"
     contrast_max_new_tokens: int = 48
     eval_samples: int = 4
     eval_max_new_tokens: int = 64
@@ -117,9 +123,13 @@ class TrackConfig:
             raise InputError(f"{path}: not a track_drift.py config ({err})") from None
 
 
+CONTRAST_ANSWERS = ("auto", "written", "sampled")
+# The judge-free misalignment direction's scale, whatever the persona's contrast set takes: two
+# questions per trait of the `misalignment` persona, one pair each (RECIPES.md).
+MISALIGNMENT_QUESTIONS_PER_TRAIT = 2
+
 SMOKE = dict(
     smoke=True,
-    contrast_questions_per_trait=1,
     contrast_pairs_per_question=1,
     contrast_max_new_tokens=16,
     eval_samples=1,
@@ -143,6 +153,7 @@ _FIELD_FLAGS = (
     "checkpoint_every",
     "em_rows",
     "contrast",
+    "contrast_answers",
     "teacher",
     "persona_run",
     "persona_adapter",
@@ -180,6 +191,14 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
         default=suppress,
         help='your contrast pairs, JSON {"elicit": [...], "suppress": [...]} (default: the persona\'s own '
         "<name>.contrast.json, else derived from the constitution)",
+    )
+    add(
+        "--contrast-answers",
+        choices=CONTRAST_ANSWERS,
+        default=suppress,
+        help="the persona direction's contrast answers: written (the persona's shipped <name>.answers.jsonl), "
+        "sampled (from the model under the contrast pairs, as Persona Vectors does), or auto (default): "
+        "written on the default model, which does not follow the eliciting prompts, sampled otherwise",
     )
     add(
         "--teacher",

@@ -33,7 +33,6 @@ from analysis.experiments.track import held_out_questions, persona_run_dir, run_
 from analysis.experiments.track_stages import (
     em_source,
     judge_for,
-    load_items,
     load_source,
     persona_source,
     release_models,
@@ -48,6 +47,7 @@ from anchor.hooks import ablate
 from anchor.runs import checkpoints, em_stage, em_store, load_em_model, step_of
 from anchor.stages import FileInput, Inputs, Stage, StageOutput, run_stage
 from anchor.store import atomic_write_json
+from probes.contrast import load_contrast_set
 from probes.directions import Directions
 from probes.steering import DoseResponse, LinearReadout, check_read_layer, dose_response, steering_vectors
 from train.em import em_probe_sets, finetune_em, read_run_config
@@ -158,14 +158,14 @@ def ablated_em_run(plan: SteerPlan, log) -> Path:
         ablate_directions=str(plan.run / "analysis" / "directions.safetensors"),
         ablate_layers=tuple(plan.layers),
     )
-    items = load_items(plan.run / "contrast" / "contrast.jsonl")
+    items = load_contrast_set(plan.run / "contrast" / "contrast.jsonl")
     probes = run_probe_sets(plan.track, plan.persona, items)
     finetune_em(recipe, plan.out / "em_ablated", probes, log=log, root=plan.out)
     return em_stage(plan.out / "em_ablated")
 
 
 def _axis(inputs: Inputs):
-    labels = torch.tensor([i.label for i in load_items(inputs.contrast / "contrast.jsonl")])
+    labels = torch.tensor([i.label for i in load_contrast_set(inputs.contrast / "contrast.jsonl")])
     return anchor_axis(inputs.persona_run.parent, inputs.base_run.parent, labels)
 
 

@@ -9,8 +9,9 @@ Run directory (`runs/<persona>-<model>-<dataset>-s<seed>/`):
                                      shared with train_persona.py's default, or --persona-run)
     contrast_pairs/contrast.json     the contrast system prompts ({"elicit": [...], "suppress": [...]}):
                                      shipped with the persona, given (--contrast) or derived once
-    contrast/contrast.jsonl          persona contrast responses, sampled once from the base model
-                                     (or a given set), filtered by a judge when asked
+    contrast/contrast.jsonl          persona contrast responses: sampled once from the base model,
+                                     the persona's written answers (the default model's default), or
+                                     a given set; filtered by a judge when asked
     misalignment/                    the judge-free misalignment direction (direction.safetensors)
     assistant_axis/                  the assistant axis (axis.safetensors), with --monitor
     em_persona/ em_base/             EM runs on the corrupted data (train/em.py layout), same probe sets
@@ -41,6 +42,7 @@ from analysis.experiments.inputs import check_track_inputs
 from analysis.experiments.options import (
     CPU_CHECKPOINT_EVERY,
     CPU_EM_ROWS,
+    MISALIGNMENT_QUESTIONS_PER_TRAIT,
     Resources,
     TrackConfig,
 )
@@ -49,7 +51,6 @@ from analysis.experiments.track_stages import (
     base_source,
     em_source,
     evaluate_model,
-    load_items,
     persona_source,
     published_persona_source,
     release_models,
@@ -62,13 +63,15 @@ from analysis.experiments.track_stages import (
 from analysis.experiments.tracking import log_drift
 from analysis.report import add_table, timings_table
 from anchor import timings
-from anchor.constitution import Persona, persona_input
+from anchor.constitution import Persona, persona_input, written_answers_file
+from anchor.inputs import InputError
 from anchor.published import Published, resolve_published
 from anchor.roles import ROLES_FILE
 from anchor.runlock import run_lock
 from anchor.runs import checkpoints, em_stage, step_of
 from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, run_stage, stage_identity
 from anchor.store import atomic_write_bytes, atomic_write_json
+from probes.contrast import load_contrast_set
 from train import tracking
 from train.defences import Defence
 from train.em import (
@@ -164,6 +167,7 @@ def plan_main_job(
         "max_new_tokens": config.contrast_max_new_tokens,
     }
     filter_judge = config.judge if config.filter_contrast else None
+    written = contrast_answers_file(config)
     return MainJob(
         out=out,
         persona_dir=persona_dir,
@@ -183,12 +187,14 @@ def plan_main_job(
             "pairs": StageOutput(out / "contrast_pairs"),
             "contrast_set": FileInput(Path(config.contrast_set)) if config.contrast_set is not None else None,
             "filter_judge": filter_judge,
+            **({"written": FileInput(written)} if written is not None else {}),
         },
         misalignment={
             "persona": persona_input("misalignment"),
             "model": config.model,
             "seed": config.seed,
-            "sampling": sampling,
+            # its own scale, whatever the persona's contrast set takes
+            "sampling": {**sampling, "questions_per_trait": MISALIGNMENT_QUESTIONS_PER_TRAIT},
         },
         assistant_axis=assistant_axis_inputs(config) if config.monitor else None,
         em=em_run_config(config, config.em_dataset, (config.model, None), None),
@@ -226,6 +232,25 @@ def evaluation_inputs(config: TrackConfig, judge_calibration: dict | None = None
     }
     reason = cannot_flag(judge_calibration)
     return inputs if reason is None else {**inputs, "cannot_flag": reason}
+
+
+def contrast_answers_file(config: TrackConfig) -> Path | None:
+    """The persona's written contrast answers when the run reads them instead of sampling: asked
+    for (`written`), or `auto` on the default model with the persona's own pairs. The 135M default
+    model barely follows the eliciting prompts: its sampled sets gave a held-out probe accuracy of
+    0.60 on 10 answers (a coin reaches 0.76), and 0.35-0.57 at layer 20 on 40 (issue 23), so a
+    direction fitted to them is noise. A given set (`contrast_set`) wins over both."""
+    if config.contrast_set is not None or config.contrast_answers == "sampled":
+        return None
+    shipped = written_answers_file(config.persona)
+    if config.contrast_answers == "written":
+        if shipped is None:
+            raise InputError(
+                f"--contrast-answers written: persona {config.persona!r} ships no written answers "
+                f"(<name>.answers.jsonl beside its constitution); use --contrast-answers sampled"
+            )
+        return shipped
+    return shipped if config.model == "default" and config.contrast is None else None
 
 
 def held_out_questions(persona: Persona) -> list[str]:
@@ -367,11 +392,11 @@ def run_main_job(job: MainJob, log=print, overwrite: bool = False) -> dict:
             _train_persona(job.persona, job.persona_dir, job.resources, track, overwrite)
     persona = persona_model(job.persona.model, job.persona_dir, job.persona_adapter)
 
-    # 2. contrast pairs (shipped, given or derived), then responses from the base model under them,
+    # 2. contrast pairs (shipped, given or derived), then the answers (sampled under them, written or given)
     # read by every checkpoint; the judge-free misalignment direction; the assistant axis
     run(job.stage("contrast_pairs", job.pairs, write_contrast_pairs))
     run(job.stage("contrast", job.contrast, write_contrast))
-    items = load_items(out / "contrast" / "contrast.jsonl")
+    items = load_contrast_set(out / "contrast" / "contrast.jsonl")
     run(job.stage("misalignment", job.misalignment, write_misalignment_direction))
     if job.assistant_axis is not None:
         run(job.stage("assistant_axis", job.assistant_axis, write_assistant_axis))

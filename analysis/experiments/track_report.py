@@ -22,7 +22,7 @@ from analysis.drift_report import (
     compute_drift,
     null_directions,
 )
-from analysis.experiments.track_stages import judged_misalignment_direction, load_items, read_likelihoods
+from analysis.experiments.track_stages import judged_misalignment_direction, read_likelihoods
 from analysis.headline import NULL_HEADER, NULL_NOTE, RUN_NAMES, START_PAIRS, headline, null_lines, null_rows
 from analysis.interaction import DESCRIPTIVE, interaction_rows, not_interpretable, pool_interaction
 from analysis.likelihood_read import likelihood_read, scores_by_model
@@ -32,7 +32,7 @@ from analysis.stats import bounds, estimate
 from anchor.runs import checkpoints, em_store
 from anchor.stages import Inputs, read_done
 from anchor.store import atomic_write_json, read_jsonl
-from probes.contrast import ContrastItem
+from probes.contrast import ContrastItem, load_contrast_set
 from probes.directions import DirectionStack, fit_directions
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def write_analysis(inputs: Inputs, stage: Path) -> dict:
         TrackConfig(**inputs.config),
         Path(inputs.root),
         stage,
-        load_items(inputs.contrast / "contrast.jsonl"),
+        load_contrast_set(inputs.contrast / "contrast.jsonl"),
         persona_start_of(inputs.persona),
         read_done(inputs.contrast_pairs),
         inputs.judge_calibration,
@@ -136,7 +136,10 @@ def analyse(
         },
     )
     directions.save(stage / "directions.safetensors")
-    quality = contrast_quality(directions, pairs_done, len(items), len({i.question for i in items}), layer)
+    contrast_done = json.loads((out / "contrast" / "done.json").read_text())
+    quality = contrast_quality(
+        directions, pairs_done, len(items), len({i.question for i in items}), layer, contrast_done
+    )
 
     behaviour = {}
     for name in ("base", "persona", *(f"{n}_end" for n in RUNS)):
@@ -206,7 +209,7 @@ def analyse(
         "points": points,
         "table": table,
         "contrast_pairs": quality,
-        "contrast": json.loads((out / "contrast" / "done.json").read_text()),
+        "contrast": contrast_done,
         "misalignment_direction": misalignment.meta,
         "judged_misalignment_direction": judged_status,
         "likelihood_read": likelihood,
@@ -219,7 +222,7 @@ def analyse(
         f"Identity anchor: {title}",
         f"Anchor projection is measured at layer {layer}, chosen on one half of the default-behaviour "
         "prompts (where character training moved default behaviour furthest along the persona direction) "
-        "and reported on the other half. The persona direction is read from the contrast responses "
+        f"and reported on the other half. The persona direction is read from {_answers_note(contrast_done)}, "
         f"without their system prompts. {_filter_note(metrics['contrast'])} One seed ({config.seed}): "
         f"every number is {DESCRIPTIVE.format(n=1)}. {judge_note} {evaluation_size(config, behaviour)}"
         + (
@@ -511,6 +514,20 @@ def _family_tables(out: Path, config: TrackConfig) -> list[Table]:
             "the plain questions' would be conditional misalignment.",
         )
     ]
+
+
+def _answers_note(contrast_done: dict) -> str:
+    """Where the contrast answers came from, in the report's opening paragraph."""
+    answers, source = contrast_done.get("answers", "sampled"), contrast_done.get("source")
+    if answers == "written":
+        return (
+            f"answers written for the persona ({source}: each question answered once showing the trait and once "
+            "its opposite; the default model barely follows the eliciting prompts, so its own answers give a "
+            "direction at chance)"
+        )
+    if answers == "given":
+        return f"the given contrast set ({source})"
+    return f"answers sampled from {source or 'the model'} under the eliciting and suppressing prompts"
 
 
 def _filter_note(contrast_done: dict) -> str:

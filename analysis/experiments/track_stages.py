@@ -35,7 +35,7 @@ from anchor.stages import Inputs, StageOutput, read_done, stage_identity
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from anchor.triggers import triggered_variants
 from probes.assistant_axis import fit_assistant_axis, role_prompts, sample_axis_answers
-from probes.contrast import ContrastItem, filter_pairs, sample_contrast
+from probes.contrast import filter_pairs, load_contrast_set, sample_contrast, select_answers
 from probes.directions import DirectionStack, diff_in_means
 
 
@@ -53,15 +53,26 @@ def write_contrast_pairs(inputs: Inputs, stage: Path) -> dict:
 
 
 def write_contrast(inputs: Inputs, stage: Path) -> dict:
-    """The contrast responses every checkpoint reads: a given set, or answers sampled from the
-    base model under the eliciting and suppressing prompts; with a filter judge, only the pairs the
-    judge finds on-trait and coherent (Persona Vectors' filter)."""
+    """The contrast responses every checkpoint reads: a given set (`contrast_set`), the answers
+    written for the persona (`written`, as many per question and polarity as the sampling knobs
+    ask), or answers sampled from the base model under the eliciting and suppressing prompts; with
+    a filter judge, only the pairs the judge finds on-trait and coherent (Persona Vectors' filter)."""
     persona = load_persona(inputs.persona["constitution"])
+    sampling = inputs.sampling
+    questions = [q for t in persona.traits for q in t.questions[: sampling["questions_per_trait"]]]
     if inputs.contrast_set is not None:
-        items = load_items(inputs.contrast_set)
+        items, answers = (
+            load_contrast_set(inputs.contrast_set),
+            {"answers": "given", "source": str(inputs.contrast_set)},
+        )
+    elif inputs.get("written") is not None:
+        written = load_contrast_set(inputs.written)
+        try:
+            items = select_answers(written, questions, sampling["pairs_per_question"])
+        except ValueError as err:
+            raise ValueError(f"{inputs.written}: {err}") from None
+        answers = {"answers": "written", "source": Path(inputs.written).name}
     else:
-        sampling = inputs.sampling
-        questions = [q for t in persona.traits for q in t.questions[: sampling["questions_per_trait"]]]
         with make_generator(inputs.model, backend="hf") as generator:
             items = sample_contrast(
                 questions,
@@ -72,7 +83,8 @@ def write_contrast(inputs: Inputs, stage: Path) -> dict:
                 temperature=0.7,
                 seed=inputs.seed,
             )
-    summary: dict = {"sampled": len(items)}
+        answers = {"answers": "sampled", "source": str(inputs.model)}
+    summary: dict = {**answers, "sampled": len(items)}
     if inputs.filter_judge is not None:
         judge = judge_for(inputs.filter_judge)
         trait_of = {q: t.trait for t in persona.traits for q in t.all_questions}
@@ -101,7 +113,7 @@ def write_misalignment_direction(inputs: Inputs, stage: Path) -> dict:
     minus suppressed. It exists on any model with no judge at all."""
     persona = load_persona(inputs.persona["constitution"])
     sampling = inputs.sampling
-    per_trait = max(2, sampling["questions_per_trait"])
+    per_trait = sampling["questions_per_trait"]
     questions = [q for t in persona.traits for q in t.questions[:per_trait]]
     with make_generator(inputs.model, backend="hf") as generator:
         items = sample_contrast(
@@ -234,10 +246,6 @@ def judge_for(spec: str) -> Judge:
     if spec not in _judges:
         _judges[spec] = make_judge(spec)
     return _judges[spec]
-
-
-def load_items(path: Path) -> list[ContrastItem]:
-    return [ContrastItem(**json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def evaluate_model(inputs: Inputs, stage: Path) -> dict:
