@@ -95,6 +95,10 @@ def test_auto_reads_written_answers_on_the_default_model_only(tiny_dir, tmp_path
         check_contrast_answers(
             TrackConfig(persona="sycophancy", contrast_answers="written", contrast="p.json")
         )
+    with pytest.raises(InputError, match="--contrast-set: .*nothing.jsonl: no such contrast set"):
+        check_contrast_answers(
+            TrackConfig(persona="sycophancy", contrast_set=str(tmp_path / "nothing.jsonl"))
+        )
     with pytest.raises(InputError, match="--contrast-answers 'typed'"):
         check_contrast_answers(TrackConfig(persona="sycophancy", contrast_answers="typed"))
 

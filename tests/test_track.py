@@ -709,6 +709,10 @@ def test_track_drift_smoke_on_the_default_model(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     check_artefacts(tmp_path)
     assert "drift table" in out.stdout and str(tmp_path / "report.html") in out.stdout
+    # the written answers give a persona direction that clears chance at the run's own layer
+    quality = json.loads((tmp_path / "analysis" / "metrics.json").read_text())["contrast_pairs"]
+    assert quality["answers"] == "written" and quality["held_out_answers"] >= 26
+    assert quality["held_out_accuracy"] > quality["chance_ceiling"] and quality["warning"] is None
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "nothing to do" in again.stdout
 

@@ -88,12 +88,13 @@ def check_contrast_answers(config: TrackConfig) -> None:
             "--contrast-answers written and --contrast: written answers come with the prompts they illustrate; "
             "pairs of your own are sampled under (--contrast-answers sampled)"
         )
-    written = contrast_answers_file(config)
-    if written is not None:
+    given = config.contrast_set is not None
+    path = Path(config.contrast_set) if given else contrast_answers_file(config)
+    if path is not None:
         try:
-            load_contrast_set(written)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+            load_contrast_set(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{'--contrast-set' if given else '--contrast-answers'}: {err}") from None
 
 
 def check_track_run(path: str, flag: str = "--run") -> TrackConfig:

@@ -154,6 +154,7 @@ _FIELD_FLAGS = (
     "em_rows",
     "contrast",
     "contrast_answers",
+    "contrast_set",
     "teacher",
     "persona_run",
     "persona_adapter",
@@ -199,6 +200,13 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
         help="the persona direction's contrast answers: written (the persona's shipped <name>.answers.jsonl), "
         "sampled (from the model under the contrast pairs, as Persona Vectors does), or auto (default): "
         "written on the default model, which does not follow the eliciting prompts, sampled otherwise",
+    )
+    add(
+        "--contrast-set",
+        default=suppress,
+        help="your own contrast answers, JSONL with question, pair, label (1 elicited, 0 suppressed), system, "
+        "response per line (what a run writes to contrast/contrast.jsonl), read instead of sampling or the "
+        "written ones",
     )
     add(
         "--teacher",

@@ -107,9 +107,10 @@ def main() -> None:
     pairs = summary.get("contrast_pairs")
     if pairs:
         print(
-            f"contrast pairs: {pairs['origin']} ({pairs['detail']}), {pairs['pairs']} pairs, held-out probe "
-            f"accuracy {pairs['held_out_accuracy']:.2f} at layer {pairs['layer']} (the run's layer; "
-            f"chance ceiling {pairs['chance_ceiling']:.2f})"
+            f"contrast pairs: {pairs['origin']} ({pairs['detail']}), {pairs['pairs']} pairs; answers "
+            f"{pairs.get('answers', 'sampled')} ({pairs.get('answers_source')}); held-out probe accuracy "
+            f"{pairs['held_out_accuracy']:.2f} on about {pairs['held_out_answers']} answers at layer {pairs['layer']} "
+            f"(the run's layer; chance ceiling {pairs['chance_ceiling']:.2f})"
         )
         if pairs["warning"]:
             print(f"warning: {pairs['warning']}")
