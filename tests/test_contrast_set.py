@@ -118,7 +118,12 @@ def test_the_contrast_stage_reads_written_answers_at_the_sampling_scale_without_
         }
     )
     done = write_contrast(inputs, tmp_path)
-    assert done == {"answers": "written", "source": "sycophancy.answers.jsonl", "sampled": 80, "items": 80}
+    assert done == {
+        "answers": "written",
+        "source": "sycophancy.answers.jsonl",
+        "before_filter": 80,
+        "items": 80,
+    }
     items = load_contrast_set(tmp_path / "contrast.jsonl")
     assert {i.question for i in items} == {q for t in persona.traits for q in t.questions[:2]}
     assert sum(i.label for i in items) == 40

@@ -84,7 +84,7 @@ def write_contrast(inputs: Inputs, stage: Path) -> dict:
                 seed=inputs.seed,
             )
         answers = {"answers": "sampled", "source": str(inputs.model)}
-    summary: dict = {**answers, "sampled": len(items)}
+    summary: dict = {**answers, "before_filter": len(items)}
     if inputs.filter_judge is not None:
         judge = judge_for(inputs.filter_judge)
         trait_of = {q: t.trait for t in persona.traits for q in t.all_questions}
