@@ -521,9 +521,9 @@ def _answers_note(contrast_done: dict) -> str:
     answers, source = contrast_done.get("answers", "sampled"), contrast_done.get("source")
     if answers == "written":
         return (
-            f"answers written for the persona ({source}: each question answered once showing the trait and once "
-            "its opposite; the default model barely follows the eliciting prompts, so its own answers give a "
-            "direction at chance)"
+            f"answers written for the persona ({source}: the same questions answered showing the trait and "
+            "showing its opposite, matched in length; the default model barely follows the eliciting prompts, "
+            "so its own answers give a direction at chance)"
         )
     if answers == "given":
         return f"the given contrast set ({source})"
