@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anchor.chat import Conversation
-from anchor.constitution import ContrastPair
+from anchor.constitution import ContrastPair, written_answers_file
 from anchor.extract import Activations, extract
 from anchor.generate import Generator, SamplingConfig
 
@@ -104,6 +104,33 @@ def select_answers(
     if lacking:
         raise ValueError(f"the contrast set has no elicited and suppressed answer to {lacking[0]!r}")
     return kept
+
+
+ANSWER_SOURCES = ("auto", "written", "sampled")
+
+
+def written_answers_for(
+    persona: str, model: str, choice: str = "auto", own_pairs: bool = False
+) -> Path | None:
+    """The persona's written answers (`<name>.answers.jsonl`) when a run reads them instead of
+    sampling: asked for (`written`), or `auto` on the default model when the persona ships them
+    and no pairs of the user's own (`own_pairs`) are to be sampled under. The 135M default model
+    barely follows the eliciting prompts: its sampled sets gave held-out probe accuracies at chance
+    (0.60 on 10 answers, where a coin reaches 0.76; 0.35-0.57 at layer 20 on 40), so a direction
+    fitted to them is noise. Any other model samples, as Persona Vectors does."""
+    if choice not in ANSWER_SOURCES:
+        raise ValueError(f"contrast answers {choice!r}: choose from {', '.join(ANSWER_SOURCES)}")
+    if choice == "sampled":
+        return None
+    shipped = written_answers_file(persona)
+    if choice == "written":
+        if shipped is None:
+            raise ValueError(
+                f"persona {str(persona)!r} ships no written answers (<name>.answers.jsonl beside its "
+                "constitution); sample them instead"
+            )
+        return shipped
+    return shipped if model == "default" and not own_pairs else None
 
 
 def sample_contrast(

@@ -4,6 +4,8 @@ sycophancy persona's written answers, and when a run reads them instead of sampl
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from anchor.constitution import load_persona, written_answers_file
 from anchor.inputs import InputError
 from anchor.stages import Inputs
 from probes.contrast import ContrastItem, load_contrast_set, select_answers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_lines(path: Path, rows: list) -> Path:
@@ -107,7 +111,7 @@ def test_the_contrast_stage_reads_written_answers_at_the_sampling_scale_without_
     persona = load_persona("sycophancy")
     inputs = Inputs(
         {
-            "persona": {"constitution": Path("anchor/constitutions/sycophancy.json").resolve()},
+            "persona": {"constitution": ROOT / "anchor" / "constitutions" / "sycophancy.json"},
             "model": "no model is loaded on this path",
             "seed": 0,
             "sampling": {"questions_per_trait": 2, "pairs_per_question": 2, "max_new_tokens": 8},
@@ -147,3 +151,23 @@ def test_the_contrast_table_says_written_answers_are_not_the_models_own():
     }
     table = contrast_table(quality)
     assert "written for the persona (sycophancy.answers.jsonl), not sampled" in table.rows[0][3]
+
+
+def test_fit_directions_reads_the_written_answers_when_asked(tiny_dir, tmp_path):
+    out = tmp_path / "directions"
+    command = [sys.executable, ROOT / "scripts" / "fit_directions.py", "--persona", "sycophancy",
+               "--model", tiny_dir, "--contrast-answers", "written", "--smoke", "--out", out]  # fmt: skip
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["answers"], summary["items"]) == (
+        "written",
+        40,
+    )  # smoke: 2 questions per trait x 1 per polarity
+    assert "40 written ones from" in done.stdout and not (out / "contrast.jsonl").exists()  # nothing sampled
+    refused = subprocess.run(
+        [str(c) for c in [*command[:3], "humor", *command[4:-1], tmp_path / "humor"]],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "'humor' ships no written answers" in refused.stderr

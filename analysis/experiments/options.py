@@ -19,6 +19,7 @@ import torch
 from analysis.distilled_judge import default_judge
 from anchor.inputs import InputError
 from anchor.specs import JudgeSpec, ModelSpec
+from probes.contrast import ANSWER_SOURCES
 from train import tracking
 from train.persona import default_preset
 
@@ -123,7 +124,7 @@ class TrackConfig:
             raise InputError(f"{path}: not a track_drift.py config ({err})") from None
 
 
-CONTRAST_ANSWERS = ("auto", "written", "sampled")
+CONTRAST_ANSWERS = ANSWER_SOURCES
 # The judge-free misalignment direction's scale, whatever the persona's contrast set takes: two
 # questions per trait of the `misalignment` persona, one pair each (RECIPES.md).
 MISALIGNMENT_QUESTIONS_PER_TRAIT = 2

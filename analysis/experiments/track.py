@@ -63,7 +63,7 @@ from analysis.experiments.track_stages import (
 from analysis.experiments.tracking import log_drift
 from analysis.report import add_table, timings_table
 from anchor import timings
-from anchor.constitution import Persona, persona_input, written_answers_file
+from anchor.constitution import Persona, persona_input
 from anchor.inputs import InputError
 from anchor.published import Published, resolve_published
 from anchor.roles import ROLES_FILE
@@ -71,7 +71,7 @@ from anchor.runlock import run_lock
 from anchor.runs import checkpoints, em_stage, step_of
 from anchor.stages import Content, FileInput, Stage, StageOutput, is_complete, run_stage, stage_identity
 from anchor.store import atomic_write_bytes, atomic_write_json
-from probes.contrast import load_contrast_set
+from probes.contrast import load_contrast_set, written_answers_for
 from train import tracking
 from train.defences import Defence
 from train.em import (
@@ -235,22 +235,16 @@ def evaluation_inputs(config: TrackConfig, judge_calibration: dict | None = None
 
 
 def contrast_answers_file(config: TrackConfig) -> Path | None:
-    """The persona's written contrast answers when the run reads them instead of sampling: asked
-    for (`written`), or `auto` on the default model with the persona's own pairs. The 135M default
-    model barely follows the eliciting prompts: its sampled sets gave a held-out probe accuracy of
-    0.60 on 10 answers (a coin reaches 0.76), and 0.35-0.57 at layer 20 on 40 (issue 23), so a
-    direction fitted to them is noise. A given set (`contrast_set`) wins over both."""
-    if config.contrast_set is not None or config.contrast_answers == "sampled":
+    """The persona's written contrast answers when the run reads them instead of sampling
+    (`probes.contrast.written_answers_for`); a given set (`contrast_set`) wins over both."""
+    if config.contrast_set is not None:
         return None
-    shipped = written_answers_file(config.persona)
-    if config.contrast_answers == "written":
-        if shipped is None:
-            raise InputError(
-                f"--contrast-answers written: persona {config.persona!r} ships no written answers "
-                f"(<name>.answers.jsonl beside its constitution); use --contrast-answers sampled"
-            )
-        return shipped
-    return shipped if config.model == "default" and config.contrast is None else None
+    try:
+        return written_answers_for(
+            config.persona, config.model, config.contrast_answers, own_pairs=config.contrast is not None
+        )
+    except ValueError as err:
+        raise InputError(f"--contrast-answers {config.contrast_answers}: {err}") from None
 
 
 def held_out_questions(persona: Persona) -> list[str]:

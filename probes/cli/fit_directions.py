@@ -1,6 +1,7 @@
 """Fit a persona's directions at every layer: sample contrast responses (persona elicited versus
-suppressed), read response-averaged activations, fit diff-in-means, PCA and probe directions, and
-plot the held-out probe accuracy and the diff-in-means norm by layer.
+suppressed), or read the persona's written ones (`--contrast-answers`; on the default model by
+default, as the main job does), read response-averaged activations, fit diff-in-means, PCA and
+probe directions, and plot the held-out probe accuracy and the diff-in-means norm by layer.
 
     python scripts/fit_directions.py --persona sycophancy
 
@@ -28,7 +29,15 @@ from anchor.constitution import load_persona
 from anchor.contrast_pairs import resolve_contrast
 from anchor.inputs import InputError, check_model_spec, check_output_dir, check_persona
 from anchor.store import atomic_write_json, atomic_write_jsonl
-from probes.contrast import ContrastItem, contrast_activations, sample_contrast
+from probes.contrast import (
+    ANSWER_SOURCES,
+    ContrastItem,
+    contrast_activations,
+    load_contrast_set,
+    sample_contrast,
+    select_answers,
+    written_answers_for,
+)
 from probes.directions import Directions, fit_directions
 
 
@@ -44,14 +53,24 @@ class Config:
     temperature: float = 0.7
     test_fraction: float = 0.25
     read: str = "bare"  # "bare": the answers without their system prompt; "system": with it (PV)
+    answers: str = "auto"  # "written", "sampled", or "auto": written on the default model where shipped
 
     def sampling_key(self) -> str:
         """Hash of the settings the sampled responses depend on."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("test_fraction", "read")}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("test_fraction", "read", "answers")}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 SMOKE = {"questions_per_trait": 2, "pairs_per_question": 1, "max_new_tokens": 16}
+
+
+def written_items(config: Config, path: Path) -> list[ContrastItem]:
+    """The written answers to each trait's first `questions_per_trait` hand-written questions (the
+    ones a written set answers), as many per polarity as `pairs_per_question` (at most what the
+    file holds)."""
+    persona = load_persona(config.persona)
+    questions = [q for t in persona.traits for q in t.questions[: config.questions_per_trait]]
+    return select_answers(load_contrast_set(path), questions, config.pairs_per_question)
 
 
 def sampled_items(config: Config, out: Path, model, tokenizer) -> list[ContrastItem]:
@@ -136,6 +155,13 @@ def main() -> None:
         help="read the contrast answers without their system prompt (bare: the direction can only come "
         "from the answers) or with it (system: the Persona Vectors read, partly encoding the prompt)",
     )
+    parser.add_argument(
+        "--contrast-answers",
+        choices=ANSWER_SOURCES,
+        default=Config.answers,
+        help="written (the persona's shipped <name>.answers.jsonl), sampled (from the model under the contrast "
+        "pairs), or auto (default): written on the default model where the persona ships them, else sampled",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny settings for a quick end-to-end check")
     args = parser.parse_args()
 
@@ -151,6 +177,7 @@ def main() -> None:
         temperature=args.temperature,
         test_fraction=args.test_fraction,
         read=args.read,
+        answers=args.contrast_answers,
     )
     model_tag = Path(args.model).name.replace("/", "_")
     out = Path(args.out or f"runs/directions/{Path(args.persona).stem}-{model_tag}-s{args.seed}")
@@ -158,14 +185,21 @@ def main() -> None:
         check_persona(args.persona)
         check_model_spec(args.model)
         check_output_dir(out)
-    except InputError as err:
+        written = written_answers_for(args.persona, args.model, config.answers)
+        if written is not None:
+            written_items(config, written)
+    except (InputError, ValueError) as err:
         parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
 
     model, tokenizer = load_model(args.model)
-    items = sampled_items(config, out, model, tokenizer)
+    if written is not None:
+        items = written_items(config, written)
+        print(f"contrast answers: {len(items)} written ones from {written}")
+    else:
+        items = sampled_items(config, out, model, tokenizer)
     acts, labels = contrast_activations(
         model,
         tokenizer,
@@ -198,6 +232,7 @@ def main() -> None:
             "read": config.read,
             "config": asdict(config),
             "n_items": len(items),
+            "answers": "written" if written is not None else "sampled",
         },
     )
     directions_path = directions.save(out / "directions.safetensors")
@@ -208,6 +243,7 @@ def main() -> None:
     summary = {
         "persona": config.persona,
         "items": len(items),
+        "answers": "written" if written is not None else "sampled",
         "best_layer": best,
         "best_layer_accuracy": directions.probe.accuracy[index],
         "best_layer_auroc": directions.probe.auroc[index],
