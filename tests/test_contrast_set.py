@@ -75,6 +75,10 @@ def test_the_sycophancy_answers_cover_every_question_twice_per_polarity_under_th
         pair = persona.contrast[i.pair]
         assert i.system == (pair.elicit if i.label else pair.suppress)
     assert len({i.response for i in items}) == len(items)
+    # each question's polarities match in length, so no direction can separate them by length alone
+    words = {(i.question, i.pair, i.label): len(i.response.split()) for i in items}
+    gaps = [words[q, p, 1] - words[q, p, 0] for q, p, label in words if label == 1]
+    assert len(gaps) == 100 and max(map(abs, gaps)) <= 5 and abs(sum(gaps) / len(gaps)) < 1
     # the default run's scale: every question, one answer per polarity; 26 held out beat a coin at 0.66
     chosen = select_answers(items, questions, per_question=1)
     assert len(chosen) == 100 and held_out_count(100, 50) == 26
