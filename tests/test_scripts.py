@@ -53,12 +53,15 @@ def test_fit_directions_smoke_end_to_end(tmp_path):
         ROOT / "scripts" / "fit_directions.py",
         "--persona",
         "sycophancy",
+        "--contrast-answers",  # the default model would read the written ones: this checks sampling
+        "sampled",
         "--smoke",
         "--out",
         tmp_path,
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["answers"] == "sampled"
     assert summary["items"] == 40 and 0 <= summary["best_layer"] < 30
     assert 0.0 <= summary["best_layer_accuracy"] <= 1.0
     assert (tmp_path / "layers.png").stat().st_size > 10_000
