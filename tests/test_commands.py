@@ -139,6 +139,9 @@ def test_the_auto_rules_and_smoke_settings_apply_without_a_run():
     args = _parse(MAIN_JOB["track_drift"], ["--persona", "humor", "--judge", "openai:m", "--smoke"])
     config = TrackConfig.from_args(args)
     assert config.filter_contrast and config.smoke and config.eval_samples == 1
+    assert (config.contrast_questions_per_trait, config.contrast_pairs_per_question) == (5, 1)
+    flags = ["--persona", "sycophancy", "--contrast-pairs-per-question", "2", "--smoke"]
+    assert TrackConfig.from_args(_parse(MAIN_JOB["track_drift"], flags)).contrast_pairs_per_question == 2
     off = TrackConfig.from_args(
         _parse(MAIN_JOB["track_drift"], ["--persona", "humor", "--filter-contrast", "on"])
     )

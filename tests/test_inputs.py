@@ -117,6 +117,11 @@ def cases(script: str, b: dict, tiny: str, tmp: Path) -> list[tuple[dict, str]]:
             ),
             ({"--control": "secur"}, "--control 'secur': unknown dataset 'secur'"),
             ({"--em-rows": 0}, "--em-rows 0: must be 1 or more"),
+            ({"--contrast-pairs-per-question": 0}, "--contrast-pairs-per-question 0: must be 1 or more"),
+            (
+                {"--contrast-set": tmp / "absent.jsonl"},
+                "--contrast-set: .*absent.jsonl: no such contrast set",
+            ),
             ({"--persona-run": b["unfinished"]}, "--persona-run .*the run is not finished"),
             ({"--persona-run": other}, "--persona-run .*trained persona 'sarcasm', not 'humor'"),
         ]

@@ -43,6 +43,8 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
     check_dataset(config.control, "--control")
     check_positive(config.em_rows, "--em-rows")
     check_positive(config.checkpoint_every, "--checkpoint-every")
+    check_positive(config.contrast_questions_per_trait, "--contrast-questions-per-trait")
+    check_positive(config.contrast_pairs_per_question, "--contrast-pairs-per-question")
     if config.probe_questions not in QUESTION_SETS:
         raise InputError(
             f"probe_questions {config.probe_questions!r}: choose from {', '.join(QUESTION_SETS)}"

@@ -153,6 +153,8 @@ _FIELD_FLAGS = (
     "control",
     "checkpoint_every",
     "em_rows",
+    "contrast_questions_per_trait",
+    "contrast_pairs_per_question",
     "contrast",
     "contrast_answers",
     "contrast_set",
@@ -201,6 +203,20 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
         help="the persona direction's contrast answers: written (the persona's shipped <name>.answers.jsonl), "
         "sampled (from the model under the contrast pairs, as Persona Vectors does), or auto (default): "
         "written on the default model, which does not follow the eliciting prompts, sampled otherwise",
+    )
+    add(
+        "--contrast-questions-per-trait",
+        type=int,
+        default=suppress,
+        help="contrast questions per trait, the first of each trait's hand-written ones (default: 5, all of "
+        "the shipped personas')",
+    )
+    add(
+        "--contrast-pairs-per-question",
+        type=int,
+        default=suppress,
+        help="answers per question and polarity (default: 1): sampled under that many contrast pairs, or "
+        "the first that many written ones (sycophancy ships 2: 2 gives 200 answers, 52 held out)",
     )
     add(
         "--contrast-set",
@@ -285,8 +301,8 @@ def _given(args: argparse.Namespace) -> dict:
     settings; `--filter-contrast auto` follows the judge)."""
     flags = vars(args)
     given = {name: flags[name] for name in _FIELD_FLAGS if name in flags}
-    if flags.get("smoke"):
-        given.update(SMOKE)
+    if flags.get("smoke"):  # a flag given beside --smoke wins over the preset's value
+        given = {**SMOKE, **given}
     if flags.get("monitor"):
         given["monitor"] = True
     if "filter_contrast" in flags:
