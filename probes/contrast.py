@@ -9,7 +9,6 @@ the answers written for a shipped persona, whose `system` is the prompt each ans
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,9 +18,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anchor.chat import Conversation
-from anchor.constitution import ContrastPair, written_answers_file
+from anchor.constitution import ContrastPair, Persona, written_answers_file
 from anchor.extract import Activations, extract
 from anchor.generate import Generator, SamplingConfig
+from anchor.store import read_jsonl
 
 # A trait-expression judge: (question, response) -> score in 0..100, or None when it fails.
 TraitJudge = Callable[[str, str], float | None]
@@ -63,25 +63,15 @@ def load_contrast_set(path: str | os.PathLike) -> list[ContrastItem]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such contrast set")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {n}: expected an object with fields {', '.join(FIELDS)}")
+            raise ValueError(f"{where}: expected an object with fields {', '.join(FIELDS)}")
         for name, kind in FIELDS.items():
             value = row.get(name)
             if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value.strip()):
-                raise ValueError(
-                    f"{path}, line {n}: field '{name}' is {value!r}, not a non-empty {kind.__name__}"
-                )
+                raise ValueError(f"{where}: field '{name}' is {value!r}, not a non-empty {kind.__name__}")
         if row["label"] not in (0, 1):
-            raise ValueError(
-                f"{path}, line {n}: field 'label' is {row['label']!r}; 1 = elicited, 0 = suppressed"
-            )
+            raise ValueError(f"{where}: field 'label' is {row['label']!r}; 1 = elicited, 0 = suppressed")
         items.append(ContrastItem(**{name: row[name] for name in FIELDS}))
     if len({i.label for i in items}) < 2:
         raise ValueError(f"{path}: {len(items)} answers, not both labels (1 = elicited, 0 = suppressed)")
@@ -104,6 +94,18 @@ def select_answers(
     if lacking:
         raise ValueError(f"the contrast set has no elicited and suppressed answer to {lacking[0]!r}")
     return kept
+
+
+def written_contrast(
+    path: str | os.PathLike, persona: Persona, questions_per_trait: int, per_question: int
+) -> list[ContrastItem]:
+    """A persona's written answers at a run's scale: to each trait's first `questions_per_trait`
+    hand-written questions (the ones a written set answers), `per_question` per polarity."""
+    questions = [q for t in persona.traits for q in t.questions[:questions_per_trait]]
+    try:
+        return select_answers(load_contrast_set(path), questions, per_question)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 ANSWER_SOURCES = ("auto", "written", "sampled")

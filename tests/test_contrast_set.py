@@ -39,7 +39,7 @@ def test_the_loader_names_the_file_line_and_field(tmp_path):
         ContrastItem("q", 0, 0, "s", "no"),
     ]
     cases = {
-        "line 2: not JSON": [row(), "{oops"],
+        "line 2: not valid JSON": [row(), "{oops"],
         "line 2: field 'response'": [row(), {**row(label=0), "response": ""}],
         "line 1: field 'pair'": [{**row(), "pair": "zero"}, row(label=0)],
         "line 2: field 'label' is 2": [row(), row(label=2)],

@@ -23,7 +23,7 @@ from anchor.inputs import (
 )
 from anchor.published import checkpoint_folders, resolve_published
 from anchor.questions import training_pool
-from probes.contrast import load_contrast_set
+from probes.contrast import ANSWER_SOURCES, load_contrast_set
 from train.inputs import check_dataset, check_persona_run
 
 if TYPE_CHECKING:
@@ -78,12 +78,11 @@ def check_track_inputs(config: TrackConfig, out: str | os.PathLike) -> Persona:
 def check_contrast_answers(config: TrackConfig) -> None:
     """The contrast answers the run will read, loaded once here so a bad file stops the run
     before any training, naming the file and line."""
-    from analysis.experiments.options import CONTRAST_ANSWERS
     from analysis.experiments.track import contrast_answers_file
 
-    if config.contrast_answers not in CONTRAST_ANSWERS:
+    if config.contrast_answers not in ANSWER_SOURCES:
         raise InputError(
-            f"--contrast-answers {config.contrast_answers!r}: choose from {', '.join(CONTRAST_ANSWERS)}"
+            f"--contrast-answers {config.contrast_answers!r}: choose from {', '.join(ANSWER_SOURCES)}"
         )
     if config.contrast_answers == "written" and config.contrast is not None:
         raise InputError(

@@ -124,7 +124,6 @@ class TrackConfig:
             raise InputError(f"{path}: not a track_drift.py config ({err})") from None
 
 
-CONTRAST_ANSWERS = ANSWER_SOURCES
 # The judge-free misalignment direction's scale, whatever the persona's contrast set takes: two
 # questions per trait of the `misalignment` persona, one pair each (RECIPES.md).
 MISALIGNMENT_QUESTIONS_PER_TRAIT = 2
@@ -198,7 +197,7 @@ def add_main_job_arguments(parser: argparse.ArgumentParser, run_flag: bool = Fal
     )
     add(
         "--contrast-answers",
-        choices=CONTRAST_ANSWERS,
+        choices=ANSWER_SOURCES,
         default=suppress,
         help="the persona direction's contrast answers: written (the persona's shipped <name>.answers.jsonl), "
         "sampled (from the model under the contrast pairs, as Persona Vectors does), or auto (default): "

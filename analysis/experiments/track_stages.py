@@ -35,7 +35,7 @@ from anchor.stages import Inputs, StageOutput, read_done, stage_identity
 from anchor.store import atomic_write_json, atomic_write_jsonl
 from anchor.triggers import triggered_variants
 from probes.assistant_axis import fit_assistant_axis, role_prompts, sample_axis_answers
-from probes.contrast import filter_pairs, load_contrast_set, sample_contrast, select_answers
+from probes.contrast import filter_pairs, load_contrast_set, sample_contrast, written_contrast
 from probes.directions import DirectionStack, diff_in_means
 
 
@@ -66,11 +66,9 @@ def write_contrast(inputs: Inputs, stage: Path) -> dict:
             {"answers": "given", "source": str(inputs.contrast_set)},
         )
     elif inputs.get("written") is not None:
-        written = load_contrast_set(inputs.written)
-        try:
-            items = select_answers(written, questions, sampling["pairs_per_question"])
-        except ValueError as err:
-            raise ValueError(f"{inputs.written}: {err}") from None
+        items = written_contrast(
+            inputs.written, persona, sampling["questions_per_trait"], sampling["pairs_per_question"]
+        )
         answers = {"answers": "written", "source": Path(inputs.written).name}
     else:
         with make_generator(inputs.model, backend="hf") as generator:

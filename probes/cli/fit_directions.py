@@ -35,8 +35,8 @@ from probes.contrast import (
     contrast_activations,
     load_contrast_set,
     sample_contrast,
-    select_answers,
     written_answers_for,
+    written_contrast,
 )
 from probes.directions import Directions, fit_directions
 
@@ -64,21 +64,12 @@ class Config:
 SMOKE = {"questions_per_trait": 2, "pairs_per_question": 1, "max_new_tokens": 16}
 
 
-def written_items(config: Config, path: Path) -> list[ContrastItem]:
-    """The written answers to each trait's first `questions_per_trait` hand-written questions (the
-    ones a written set answers), as many per polarity as `pairs_per_question` (at most what the
-    file holds)."""
-    persona = load_persona(config.persona)
-    questions = [q for t in persona.traits for q in t.questions[: config.questions_per_trait]]
-    return select_answers(load_contrast_set(path), questions, config.pairs_per_question)
-
-
 def sampled_items(config: Config, out: Path, model, tokenizer) -> list[ContrastItem]:
     path, marker = out / "contrast.jsonl", out / "contrast.done.json"
     key = config.sampling_key()
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key and path.is_file():
         print(f"reusing sampled responses from {path}")
-        return [ContrastItem(**json.loads(line)) for line in path.read_text().splitlines()]
+        return load_contrast_set(path)
     persona = load_persona(config.persona)
     questions = [q for t in persona.traits for q in t.all_questions[: config.questions_per_trait]]
     start = time.perf_counter()
@@ -186,8 +177,13 @@ def main() -> None:
         check_model_spec(args.model)
         check_output_dir(out)
         written = written_answers_for(args.persona, args.model, config.answers)
-        if written is not None:
-            written_items(config, written)
+        items = (
+            written_contrast(
+                written, load_persona(args.persona), config.questions_per_trait, config.pairs_per_question
+            )
+            if written is not None
+            else None
+        )
     except (InputError, ValueError) as err:
         parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
@@ -195,8 +191,7 @@ def main() -> None:
     start = time.perf_counter()
 
     model, tokenizer = load_model(args.model)
-    if written is not None:
-        items = written_items(config, written)
+    if items is not None:
         print(f"contrast answers: {len(items)} written ones from {written}")
     else:
         items = sampled_items(config, out, model, tokenizer)
